@@ -1,0 +1,1 @@
+"""edgekit: take models to edge devices."""

@@ -1,0 +1,31 @@
+"""The runtime protocol: one module per backend exposes `load` and `run`; timing is shared here.
+
+Runtime modules import numpy and their own runtime library only (no torch, no compile), so the
+same files run on a device or inside the aarch64 emulator.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+
+class Runtime(Protocol):
+    def load(self, artifact_dir: Path, manifest: Any) -> Any: ...
+    def run(self, handle: Any, inputs: list[np.ndarray]) -> list[np.ndarray]: ...
+
+
+def benchmark(run, inputs: list[np.ndarray], warmup: int = 3, iters: int = 20) -> dict:
+    """Wall-clock stats of `run(inputs)` in milliseconds after `warmup` untimed calls."""
+    for _ in range(warmup):
+        run(inputs)
+    times = []
+    for _ in range(max(1, iters)):
+        t0 = time.perf_counter()
+        run(inputs)
+        times.append((time.perf_counter() - t0) * 1e3)
+    t = np.asarray(times)
+    return {"p50_ms": float(np.percentile(t, 50)), "p90_ms": float(np.percentile(t, 90)),
+            "min_ms": float(t.min()), "mean_ms": float(t.mean()), "iters": int(t.size)}
