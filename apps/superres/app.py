@@ -1,0 +1,106 @@
+"""Image pipeline around any SR callable: tiling with overlap, dtype and channel-layout handling.
+
+An `SRFn` maps a float32 1 x 3 x h x w array in [0, 1] to 1 x 3 x sh x sw. Eager PyTorch accepts any
+h x w; compiled artifacts accept only their compiled tile, so `fixed_tile=True` pads windows to it.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+import cv2
+import numpy as np
+import torch
+
+SRFn = Callable[[np.ndarray], np.ndarray]
+
+
+def eager_fn(module: torch.nn.Module) -> SRFn:
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return module(torch.from_numpy(x)).numpy()
+    return run
+
+
+def artifact_fn(artifact_dir) -> SRFn:
+    import edgekit  # the runtime loader; imported late so eager use needs no compiled backend
+    model = edgekit.load(artifact_dir)
+    return lambda x: model.run([x])[0]
+
+
+def windows(size: int, tile: int, overlap: int) -> Iterator[tuple[int, int, int, int]]:
+    """(core_start, core_end, win_start, win_end) along one axis.
+
+    Cores partition [0, size); each window is `tile` long (or the whole axis when shorter), contains its
+    core plus at least `overlap` pixels of real context on each side that is not an image border, and is
+    shifted inward at the borders rather than padded, so only images smaller than a tile need padding.
+    """
+    if size <= tile:
+        yield 0, size, 0, size
+        return
+    step = tile - 2 * overlap
+    for start in range(0, size, step):
+        end = min(start + step, size)
+        win = min(max(start - overlap, 0), size - tile)
+        yield start, end, win, win + tile
+
+
+def check_tiling(tile: int, overlap: int) -> None:
+    from edgekit.errors import EdgekitError
+    if tile <= 2 * overlap:
+        raise EdgekitError(f"--tile {tile} must exceed twice --overlap {overlap}. Raise --tile or lower --overlap.")
+
+
+def upscale_rgb(rgb: np.ndarray, sr: SRFn, scale: int, tile: int | None = None, overlap: int = 16,
+                fixed_tile: bool = False) -> np.ndarray:
+    """H x W x 3 uint8/uint16/float RGB -> sH x sW x 3 of the same dtype, rounded and clipped.
+
+    Memory is one output image plus one tile's activations; `tile=None` runs the image whole.
+    """
+    h, w = rgb.shape[:2]
+    peak = _peak(rgb.dtype)
+    out = np.empty((h * scale, w * scale, 3), rgb.dtype)
+    rows = list(windows(h, tile or h, overlap))
+    cols = list(windows(w, tile or w, overlap))
+    for y0, y1, wy0, wy1 in rows:
+        for x0, x1, wx0, wx1 in cols:
+            patch = rgb[wy0:wy1, wx0:wx1].astype(np.float32) / peak
+            up = _run_patch(sr, patch, tile if fixed_tile else None)
+            core = up[(y0 - wy0) * scale:(y1 - wy0) * scale, (x0 - wx0) * scale:(x1 - wx0) * scale]
+            out[y0 * scale:y1 * scale, x0 * scale:x1 * scale] = _quantize(core, peak, rgb.dtype)
+    return out
+
+
+def _run_patch(sr: SRFn, patch: np.ndarray, pad_to: int | None) -> np.ndarray:
+    """Run one HWC window; pad (mirrored) to pad_to x pad_to when the backend needs its fixed shape."""
+    h, w = patch.shape[:2]
+    if pad_to is not None:
+        patch = np.pad(patch, ((0, pad_to - h), (0, pad_to - w), (0, 0)), mode="symmetric")
+    x = np.ascontiguousarray(patch.transpose(2, 0, 1)[None])
+    y = sr(x)[0].transpose(1, 2, 0)
+    scale = y.shape[0] // patch.shape[0]
+    return y[: h * scale, : w * scale]
+
+
+def _peak(dtype: np.dtype) -> float:
+    return float(np.iinfo(dtype).max) if np.issubdtype(dtype, np.integer) else 1.0
+
+
+def _quantize(x: np.ndarray, peak: float, dtype: np.dtype) -> np.ndarray:
+    x = np.clip(x, 0.0, 1.0) * peak
+    return np.round(x).astype(dtype) if np.issubdtype(dtype, np.integer) else x.astype(dtype)
+
+
+def upscale_image(img: np.ndarray, sr: SRFn, scale: int, **tiling) -> np.ndarray:
+    """Any layout OpenCV reads, in RGB(A) order: gray HxW, RGB HxWx3 or RGBA HxWx4; returns the same layout.
+
+    Gray goes through the model as three equal channels; alpha is not image content the model was
+    trained on, so it is upscaled on its own with bicubic.
+    """
+    if img.ndim == 2:
+        rgb = upscale_rgb(np.repeat(img[..., None], 3, axis=2), sr, scale, **tiling)
+        return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    if img.shape[2] == 4:
+        rgb = upscale_rgb(np.ascontiguousarray(img[..., :3]), sr, scale, **tiling)
+        alpha = cv2.resize(img[..., 3], (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_CUBIC)
+        return np.dstack([rgb, alpha])
+    return upscale_rgb(img, sr, scale, **tiling)
