@@ -1,0 +1,64 @@
+"""edgekit.kernels.attention: fused attention on torch CPU tensors, running the compiled host kernel."""
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .build import host_kernel
+from .tir_kernel import TILE_ROWS
+
+MAX_HEAD_DIM = 256
+_INT32_MAX = 2**31 - 1
+
+
+def attention(q, k, v, *, causal=False, window=None, scale=None):
+    """softmax(q k^T * scale) v for q [B, H, Lq, D] and k, v [B, Hkv, Lk, D] (H a multiple of Hkv).
+
+    causal: query i sits at key position Lk - Lq + i (bottom-right aligned, as in KV-cache decoding)
+    and sees keys j <= that position. window=w: a causal sliding window, keys j with pos - w < j <= pos.
+    scale defaults to D ** -0.5. Returns a new float32 tensor [B, H, Lq, D].
+    """
+    _check(q, k, v, causal, window, scale)
+    lq, d = q.shape[2], q.shape[3]
+    lk = k.shape[2]
+    scale = d**-0.5 if scale is None else float(scale)
+    masked = causal or window is not None
+    # Non-causal: put every query at or past the last key, with a window wider than everything.
+    offset = lk - lq if masked else lk - 1
+    span = window if window is not None else lk + lq + TILE_ROWS
+    pad = -d % 16  # the micro-kernel takes head dims in multiples of 16; zero columns change nothing
+    q, k, v = (F.pad(t, (0, pad)).contiguous() for t in (q, k, v))
+    out = torch.empty_like(q)
+    host_kernel(d + pad)(q, k, v, out, offset, min(span, _INT32_MAX), scale)
+    return out[..., :d].contiguous() if pad else out
+
+
+def _check(q, k, v, causal, window, scale):
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"attention: {name} must be a torch.Tensor, got {type(t).__name__}.")
+        if t.dtype != torch.float32 or t.device.type != "cpu":
+            raise TypeError(f"attention: {name} is {t.dtype} on {t.device}; pass float32 CPU tensors "
+                            "(e.g. {name}.float().cpu()).")
+        if t.dim() != 4 or 0 in t.shape:
+            raise ValueError(f"attention: {name} has shape {tuple(t.shape)}; expected a non-empty "
+                             "[batch, heads, length, head_dim] tensor.")
+    if k.shape != v.shape:
+        raise ValueError(f"attention: k {tuple(k.shape)} and v {tuple(v.shape)} must have the same shape.")
+    (b, h, lq, d), (bk, hkv, lk, dk) = q.shape, k.shape
+    if bk != b or dk != d:
+        raise ValueError(f"attention: q {tuple(q.shape)} and k {tuple(k.shape)} must agree on batch and head_dim.")
+    if h % hkv:
+        raise ValueError(f"attention: q has {h} heads, k/v have {hkv}; q heads must be a multiple of k/v heads.")
+    if d > MAX_HEAD_DIM:
+        raise ValueError(f"attention: head_dim {d} is above the supported {MAX_HEAD_DIM}.")
+    if lq + lk + TILE_ROWS > _INT32_MAX:
+        raise ValueError(f"attention: lengths {lq} + {lk} overflow the kernel's 32-bit positions.")
+    if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
+        raise ValueError(f"attention: window must be a positive int (keys kept per query), got {window!r}.")
+    if (causal or window is not None) and lq > lk:
+        raise ValueError(f"attention: causal attention with Lq={lq} > Lk={lk} leaves the first "
+                         f"{lq - lk} queries no keys; pass at most as many queries as keys.")
+    if scale is not None and not math.isfinite(scale):
+        raise ValueError(f"attention: scale must be a finite number, got {scale!r}.")
