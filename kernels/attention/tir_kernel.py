@@ -24,6 +24,9 @@ TILE_SYMBOL = "ek_attention_tile_f32"
 def flash_rows(head_dim: int, target_kind: str):
     """Portable TIR flash attention for a fixed head dim; target_kind 'cpu' or 'cuda'."""
     D, KB = head_dim, KEY_BLOCK
+    # The per-target schedule of the row: SIMD lanes over the head dim on CPUs; on CUDA one thread
+    # owns a row, so head-dim loops unroll into registers.
+    lanes = {"cpu": T.vectorized, "cuda": T.unroll}[target_kind]
 
     @T.macro
     def one_row(Q, K, V, O, r, offset, window, scale):
@@ -37,7 +40,7 @@ def flash_rows(head_dim: int, target_kind: str):
         pos = T.Cast("int64", offset) + i
         lo = T.max(T.int64(0), pos - T.Cast("int64", window) + 1)
         end = T.min(lk, pos + 1)
-        for d in T.vectorized(D):
+        for d in lanes(D):
             qs[d] = Q[bi, hi, i, d] * scale
             acc[d] = T.float32(0)
         st[0] = T.float32(-3.0e38)
@@ -52,15 +55,15 @@ def flash_rows(head_dim: int, target_kind: str):
                 st[2] = T.max(st[2], s[jj])
             alpha = T.exp(st[0] - st[2])
             st[1] = st[1] * alpha
-            for d in T.vectorized(D):
+            for d in lanes(D):
                 acc[d] = acc[d] * alpha
             for jj in range(T.min(T.int64(KB), end - j0)):
                 p = T.exp(s[jj] - st[2])
                 st[1] = st[1] + p
-                for d in T.vectorized(D):
+                for d in lanes(D):
                     acc[d] = acc[d] + p * V[bi, hk, j0 + jj, d]
             st[0] = st[2]
-        for d in T.vectorized(D):
+        for d in lanes(D):
             O[bi, hi, i, d] = acc[d] / st[1]
 
     @T.prim_func

@@ -1,0 +1,159 @@
+"""Fused attention kernel vs the float64 reference: lengths, head dims, masks, GQA, decode; builds."""
+
+import shutil
+
+import pytest
+import torch
+import tvm
+
+from edgekit.kernels import attention
+from edgekit.kernels.attention import build, tir_kernel
+from edgekit.kernels.attention.reference import attention_reference, visible_keys
+
+ELF_MACHINE = {"aarch64-linux-gnu": 183, "x86_64-linux-gnu": 62}  # ELF e_machine field
+RTOL, ATOL = 1e-4, 1e-5  # fp32 accumulation over up to 4097 keys; the errors seen are ~1e-6
+
+
+def _inputs(b, h, hkv, lq, lk, d, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(b, h, lq, d, generator=gen)
+    k = torch.randn(b, hkv, lk, d, generator=gen)
+    v = torch.randn(b, hkv, lk, d, generator=gen)
+    return q, k, v
+
+
+def _check(b, h, hkv, lq, lk, d, **mask):
+    q, k, v = _inputs(b, h, hkv, lq, lk, d)
+    out = attention(q, k, v, **mask)
+    assert out.shape == q.shape and out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), attention_reference(q, k, v, **mask), rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("length", [1, 7, 113, 1023])
+@pytest.mark.parametrize("head_dim", [32, 64, 80, 128])
+@pytest.mark.parametrize("causal", [False, True])
+def test_prefill_sweep(length, head_dim, causal):
+    _check(1, 2, 2, length, length, head_dim, causal=causal)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_long_sequences(causal):
+    _check(1, 1, 1, 1024, 1024, 64, causal=causal)
+    _check(1, 1, 1, 4097, 4097, 64, causal=causal)
+
+
+@pytest.mark.parametrize("window", [1, 16, 100, 5000])
+@pytest.mark.parametrize("length", [7, 113, 1024])
+def test_sliding_window(window, length):
+    _check(1, 2, 2, length, length, 64, causal=True, window=window)
+
+
+def test_window_alone_is_causal():
+    q, k, v = _inputs(1, 2, 2, 50, 50, 32)
+    torch.testing.assert_close(attention(q, k, v, window=8), attention(q, k, v, causal=True, window=8))
+
+
+@pytest.mark.parametrize("heads,kv_heads", [(8, 1), (8, 2), (6, 3)])
+def test_grouped_query(heads, kv_heads):
+    _check(2, heads, kv_heads, 113, 113, 64, causal=True)
+    _check(1, heads, kv_heads, 37, 37, 32)
+
+
+@pytest.mark.parametrize("lq", [1, 3, 16, 17])
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_decode_with_cache(lq, head_dim):
+    """Lq < Lk: new queries sit at the end of the cache (bottom-right causal alignment)."""
+    _check(1, 4, 2, lq, 4097, head_dim, causal=True)
+    _check(1, 4, 4, lq, 1000, head_dim, causal=True, window=256)
+    _check(1, 4, 4, lq, 1000, head_dim)
+
+
+def test_bottom_right_alignment_matches_full_sequence():
+    """Attending with the last 5 queries equals the last 5 rows of full causal attention."""
+    q, k, v = _inputs(1, 2, 2, 40, 40, 64)
+    full = attention(q, k, v, causal=True)
+    torch.testing.assert_close(attention(q[:, :, -5:], k, v, causal=True), full[:, :, -5:])
+
+
+def test_odd_head_dim_and_custom_scale():
+    _check(1, 2, 1, 33, 70, 20, causal=True, scale=0.3)
+    _check(2, 3, 3, 17, 17, 8, scale=1.0)
+
+
+def test_non_contiguous_inputs():
+    q, k, v = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in _inputs(1, 4, 4, 50, 50, 32))
+    assert not q.is_contiguous()
+    torch.testing.assert_close(attention(q, k, v).double(), attention_reference(q, k, v), rtol=RTOL, atol=ATOL)
+
+
+def test_large_scores_stay_finite():
+    """Scores in the hundreds must not overflow exp (the online max subtraction)."""
+    q, k, v = _inputs(1, 1, 1, 64, 64, 64)
+    _ = q.mul_(30)
+    out = attention(q, k, v, causal=True)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out.double(), attention_reference(q, k, v, causal=True), rtol=RTOL, atol=1e-4)
+
+
+def test_visible_keys_contract():
+    keep = visible_keys(3, 6, causal=True, window=2)
+    # query i sits at key position 3 + i and sees positions pos-1 and pos
+    assert keep.nonzero().tolist() == [[0, 2], [0, 3], [1, 3], [1, 4], [2, 4], [2, 5]]
+
+
+@pytest.mark.parametrize("args,kwargs,error,text", [
+    ((torch.zeros(1, 2, 3, 4, dtype=torch.float64),) * 3, {}, TypeError, "float32"),
+    (([1.0],) * 3, {}, TypeError, "torch.Tensor"),
+    ((torch.zeros(2, 3, 4),) * 3, {}, ValueError, "shape"),
+    ((torch.zeros(1, 3, 4, 8), torch.zeros(1, 2, 4, 8), torch.zeros(1, 2, 4, 8)), {}, ValueError, "multiple"),
+    ((torch.zeros(1, 2, 4, 8), torch.zeros(1, 2, 4, 8), torch.zeros(1, 2, 5, 8)), {}, ValueError, "same shape"),
+    ((torch.zeros(1, 2, 4, 8), torch.zeros(1, 2, 4, 16), torch.zeros(1, 2, 4, 16)), {}, ValueError, "head_dim"),
+    ((torch.zeros(1, 2, 9, 8), torch.zeros(1, 2, 4, 8), torch.zeros(1, 2, 4, 8)), {"causal": True}, ValueError,
+     "no keys"),
+    ((torch.zeros(1, 2, 4, 8),) * 3, {"window": 0}, ValueError, "window"),
+    ((torch.zeros(1, 2, 4, 8),) * 3, {"scale": float("nan")}, ValueError, "scale"),
+])
+def test_invalid_inputs(args, kwargs, error, text):
+    with pytest.raises(error, match=text):
+        attention(*args, **kwargs)
+
+
+def test_portable_tir_kernel_on_host():
+    """The TIR used for aarch64 and CUDA, compiled for this host, against the reference."""
+    kernel = tvm.compile(build.tir_module(build.host_target(), 48), target=build.host_target())["attention_f32"]
+    q, k, v = _inputs(1, 4, 2, 37, 70, 48)
+    for offset, window, mask in [(69, 200, {}), (33, 200, {"causal": True}), (33, 5, {"window": 5})]:
+        out = torch.empty_like(q)
+        kernel(q, k, v, out, offset, window, 48**-0.5)
+        torch.testing.assert_close(out.double(), attention_reference(q, k, v, **mask), rtol=RTOL, atol=ATOL)
+
+
+def test_disk_cache_builds_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEKIT_KERNEL_CACHE", str(tmp_path))
+    calls = []
+
+    def export(path):
+        calls.append(path)
+        path.write_bytes(b"lib")
+
+    first = build._cached("demo", export)
+    assert build._cached("demo", export) == first
+    assert len(calls) == 1 and first.read_bytes() == b"lib" and first.parent == tmp_path
+
+
+@pytest.mark.parametrize("target_name", sorted(build.CROSS_TARGETS))
+def test_cross_builds(target_name, tmp_path, monkeypatch):
+    """aarch64 NEON and CUDA libraries build from the same TIR (running them needs the device)."""
+    compiler = build.CROSS_CC[target_name]
+    if shutil.which(compiler) is None:
+        pytest.skip(f"cross compiler {compiler} not installed")
+    if target_name.startswith("cuda") and shutil.which("nvcc") is None:
+        pytest.skip("nvcc not installed")
+    monkeypatch.setenv("EDGEKIT_KERNEL_CACHE", str(tmp_path))
+    data = build.build_cross_library(target_name, 64).read_bytes()
+    spec = build.CROSS_TARGETS[target_name]
+    host_triple = spec.get("host", spec)["mtriple"]
+    assert data[:4] == b"\x7fELF" and int.from_bytes(data[18:20], "little") == ELF_MACHINE[host_triple]
+    assert tir_kernel.TILE_SYMBOL.encode() not in data  # the portable TIR, not the x86 micro-kernel
+    if target_name.startswith("cuda"):
+        assert b"attention_f32_kernel" in data  # the device kernel is embedded
