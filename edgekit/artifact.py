@@ -155,10 +155,13 @@ class StagingDir:
     def __exit__(self, exc_type, exc, tb) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
 
-    def commit(self, manifest: Manifest) -> Path:
+    def seal(self, manifest: Manifest) -> None:
+        """Record every payload file's sha256 and write manifest.json (again, after verify adds its result)."""
         manifest.files = {p.relative_to(self.path).as_posix(): sha256_file(p)
-                          for p in sorted(self.path.rglob("*")) if p.is_file()}
+                          for p in sorted(self.path.rglob("*")) if p.is_file() and p.name != MANIFEST}
         (self.path / MANIFEST).write_text(manifest.to_json(), encoding="utf-8")
+
+    def commit(self) -> Path:
         if self.output.exists():
             if not self.force:  # another process finished first
                 raise EdgekitError(f"{self.output}: output directory appeared while compiling; pass --force "
@@ -166,6 +169,7 @@ class StagingDir:
             old = Path(tempfile.mkdtemp(prefix=f".{self.output.name}.old.", dir=self.output.parent))
             os.replace(self.output, old / "a")
             shutil.rmtree(old, ignore_errors=True)
+        os.chmod(self.path, 0o755)  # mkdtemp makes it private; an artifact is meant to be copied around
         try:
             os.rename(self.path, self.output)
         except OSError as exc:

@@ -1,0 +1,54 @@
+"""torch.export with errors a user can act on: which line failed and what to do about it."""
+from __future__ import annotations
+
+import re
+import traceback
+
+from edgekit.errors import EdgekitError
+
+from .source import TorchSource
+
+_USER_FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\w+)\n\s+(.+)')
+_HINTS = (
+    ("data-dependent", "the model branches or sizes a tensor on its values; use torch.where / torch.cond, or "
+                       "move the decision out of forward()"),
+    ("numpy", "forward() calls .numpy() or other non-torch code; keep forward() in torch ops"),
+    ("not supported", "replace the unsupported call with plain torch ops"),
+)
+
+
+def export_torch(source: TorchSource):
+    import torch
+
+    try:
+        with torch.no_grad():
+            return torch.export.export(source.module, source.example_inputs)
+    except Exception as exc:  # torch.export raises many unrelated types; all mean "cannot export"
+        raise EdgekitError(describe_export_failure(source.name, exc)) from None
+
+
+def describe_export_failure(name: str, exc: BaseException) -> str:
+    text = str(exc)
+    first = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
+    where = _user_location(text, exc)
+    hint = next((h for key, h in _HINTS if key in text.lower()), "rewrite that line with export-friendly torch ops")
+    return (f"model {name!r} cannot be exported with torch.export: {first}"
+            + (f"\n  at {where}" if where else "")
+            + f"\n  fix: {hint} (see https://pytorch.org/docs/stable/export.html).")
+
+
+def _user_location(text: str, exc: BaseException) -> str:
+    frames = [m for m in _USER_FRAME.finditer(text) if not _is_library(m.group(1))]
+    if frames:
+        f = frames[-1]
+        return f"{f.group(1)}:{f.group(2)} in {f.group(3)}: {f.group(4).strip()}"
+    user = [f for f in traceback.extract_tb(exc.__traceback__) if not _is_library(f.filename)]
+    if user:
+        f = user[-1]
+        return f"{f.filename}:{f.lineno} in {f.name}: {(f.line or '').strip()}"
+    return ""
+
+
+def _is_library(filename: str) -> bool:
+    return "site-packages" in filename or "/torch/" in filename or "/edgekit/compile/" in filename \
+        or filename.endswith("compile/export.py") or filename.startswith("<")

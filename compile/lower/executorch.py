@@ -1,0 +1,37 @@
+"""torch.export -> ExecuTorch edge dialect -> XNNPACK delegate -> .pte."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgekit.errors import EdgekitError
+from edgekit.targets import Target
+
+from ..export import export_torch
+from ..source import Source, TorchSource
+from . import Lowered, versions
+
+
+def lower(source: Source, target: Target, out: Path) -> Lowered:
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.devtools.backend_debug import get_delegation_info
+    from executorch.exir import to_edge_transform_and_lower
+
+    if not isinstance(source, TorchSource):
+        raise EdgekitError(f"backend 'executorch' compiles PyTorch models; {source.path} is a .{source.kind} file. "
+                           "Use --backend tvm or onnxruntime for it.")
+    edge = to_edge_transform_and_lower(export_torch(source), partitioner=[XnnpackPartitioner()])
+    info = get_delegation_info(edge.exported_program().graph_module)
+    program = edge.to_executorch()
+    (out / "model.pte").write_bytes(program.buffer)
+    non_delegated = sorted({op for op, n in _non_delegated_ops(info).items() if n})
+    return Lowered("model.pte", {
+        "delegate": "XnnpackBackend",
+        "delegated_subgraphs": int(info.num_delegated_subgraphs),
+        "delegated_ops": int(info.num_delegated_nodes),
+        "non_delegated_ops": int(info.num_non_delegated_nodes),
+        "non_delegated_op_types": non_delegated,
+    }, versions("executorch", "torch"))
+
+
+def _non_delegated_ops(info) -> dict[str, int]:
+    return {op: stats.non_delegated for op, stats in info.delegation_by_operator.items()}

@@ -1,0 +1,58 @@
+"""torch.export -> ONNX (dynamo exporter) -> ONNX Runtime offline graph optimisation -> model.onnx."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from edgekit.errors import EdgekitError
+from edgekit.targets import Target, host_arch
+
+from ..export import export_torch
+from ..source import Source, TorchSource
+from . import Lowered, versions
+
+OPSET = 18
+
+
+def lower(source: Source, target: Target, out: Path) -> Lowered:
+    import onnxruntime as ort
+
+    raw = out.parent / f"{out.name}.raw.onnx"   # outside the payload dir: only the optimised graph ships
+    try:
+        if isinstance(source, TorchSource):
+            _export_onnx(source, raw)
+        elif source.kind == "onnx":
+            shutil.copyfile(source.path, raw)
+        else:
+            raise EdgekitError(f"backend 'onnxruntime' takes PyTorch or ONNX models; for {source.path} use "
+                               "--backend tvm, or import it to PyTorch first.")
+        # Offline 'extended' fusions are only portable to the machine that ran them; other targets get 'basic'.
+        level = "extended" if target.arch == host_arch() and not target.cuda_arch else "basic"
+        options = ort.SessionOptions()
+        options.graph_optimization_level = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                                            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED}[level]
+        options.optimized_model_filepath = str(out / "model.onnx")
+        try:
+            ort.InferenceSession(str(raw), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # ORT raises its own Fail/InvalidGraph types; all mean the graph is unusable
+            raise EdgekitError(f"ONNX Runtime rejected the model graph: {str(exc).splitlines()[0]}") from None
+    finally:
+        raw.unlink(missing_ok=True)
+    return Lowered("model.onnx", {"opset": OPSET, "graph_optimization": level,
+                                  "providers": ["CUDAExecutionProvider", "CPUExecutionProvider"]
+                                  if target.cuda_arch else ["CPUExecutionProvider"]},
+                   versions("onnx", "onnxruntime"))
+
+
+def _export_onnx(source: TorchSource, path: Path) -> None:
+    import torch
+
+    program = export_torch(source)
+    names = [f"input{i}" for i in range(len(source.example_inputs))]
+    try:
+        onnx_program = torch.onnx.export(program, source.example_inputs, dynamo=True, input_names=names,
+                                         opset_version=OPSET, optimize=True, verbose=False)
+    except Exception as exc:  # the exporter wraps many internal errors; report its first line
+        raise EdgekitError(f"model {source.name!r} could not be converted to ONNX: {str(exc).splitlines()[0]}. "
+                           "Try --backend executorch or tvm.") from None
+    onnx_program.save(str(path))

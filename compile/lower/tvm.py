@@ -1,0 +1,100 @@
+"""Import to relax (torch / ONNX / TFLite frontends) -> tvm.compile for the target -> model.so.
+
+aarch64 targets are cross-compiled and linked with the target's cross compiler into a real ELF
+shared library; CUDA targets get DLight GPU schedules (TVM's GPU pipeline) and keep the CPU as host.
+"""
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from edgekit.errors import EdgekitError
+from edgekit.targets import Target, host_arch
+
+from ..export import export_torch
+from ..source import Source, TorchSource
+from . import Lowered, versions
+
+
+def import_relax(source: Source):
+    from tvm import relax  # noqa: F401  (registers the frontends)
+
+    if isinstance(source, TorchSource):
+        from tvm.relax.frontend.torch import from_exported_program
+
+        return from_exported_program(export_torch(source), keep_params_as_input=False)
+    if source.kind == "onnx":
+        import onnx
+        from tvm.relax.frontend.onnx import from_onnx
+
+        return from_onnx(onnx.load(str(source.path)), keep_params_in_input=False)
+    from tvm.relax.frontend.tflite import from_tflite
+
+    return from_tflite(_tflite_model(source.path))
+
+
+def _tflite_model(path: Path):
+    import tflite
+
+    buf = path.read_bytes()
+    return tflite.Model.GetRootAsModel(buf, 0)
+
+
+def lower(source: Source, target: Target, out: Path) -> Lowered:
+    import tvm
+
+    mod = import_relax(source)
+    tvm_target = tvm.target.Target(target.tvm_target())
+    try:
+        executable = tvm.compile(mod, target=tvm_target)
+    except Exception as exc:  # TVM raises its own error types from C++; surface the first line
+        raise EdgekitError(f"TVM could not compile the model for {target.name}: {str(exc).splitlines()[0]}") from None
+    executable.export_library(str(out / "model.so"), fcompile=_fcompile(target))
+    info = {"target": target.tvm_target(), "pipeline": "default (DLight GPU schedules)" if target.cuda_arch
+            else "default (untuned loops)"}
+    if target.cuda_arch:
+        info["device_code"] = _precompile_cuda(executable, target.cuda_arch, out)
+    return Lowered("model.so", info, versions("apache-tvm"))
+
+
+def _fcompile(target: Target):
+    if target.arch == host_arch():
+        return None
+    from tvm.support.cc import cross_compiler
+
+    if not target.cross_compiler or shutil.which(target.cross_compiler) is None:
+        raise EdgekitError(f"cross compiler {target.cross_compiler!r} for target {target.name!r} not found. "
+                           "Install it with `apt-get install g++-aarch64-linux-gnu` (or run `make setup`).")
+    return cross_compiler(target.cross_compiler)
+
+
+def _precompile_cuda(executable, arch: str, out: Path) -> dict:
+    """This TVM build keeps CUDA kernels as source, compiled when the library loads. Compile them here
+    with nvcc for the target arch and ship the cubin; runtimes/tvm.py hands it back to TVM by source hash,
+    so the device needs no CUDA compiler and runs exactly the code checked here."""
+    sources = [m.inspect_source("cuda") for m in _walk(executable.mod) if m.kind == "cuda"]
+    if len(sources) != 1:
+        raise EdgekitError(f"expected one CUDA module in the TVM build, found {len(sources)}.")
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        raise EdgekitError("nvcc not found: GPU targets need the CUDA toolkit to build device code. Install it "
+                           "(or put nvcc on PATH) and retry.")
+    cubin = f"device.{arch}.cubin"
+    with tempfile.TemporaryDirectory() as tmp:
+        cu = Path(tmp) / "kernels.cu"
+        cu.write_text(sources[0])
+        done = subprocess.run([nvcc, "--cubin", f"-arch={arch}", "-O3", "-w", "-o", str(out / cubin), str(cu)],
+                              capture_output=True, text=True)
+    if done.returncode != 0:
+        raise EdgekitError(f"nvcc failed to build the device code for {arch}:\n{done.stderr[-2000:]}")
+    return {"kind": "cuda", "arch": arch, "cubin": cubin,
+            "source_sha256": hashlib.sha256(sources[0].encode()).hexdigest()}
+
+
+def _walk(module):
+    yield module
+    for child in module.imports:
+        yield from _walk(child)

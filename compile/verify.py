@@ -1,0 +1,90 @@
+"""Run the staged artifact through the runtimes and compare with the reference outputs."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.errors import EdgekitError
+from edgekit.runtimes.model import _has_cuda, load
+
+
+def reference_outputs(source, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    """The oracle: eager PyTorch for torch models, ONNX Runtime for .onnx, the TFLite runtime for .tflite."""
+    from .source import TorchSource
+
+    if isinstance(source, TorchSource):
+        import torch
+
+        with torch.no_grad():
+            out = source.module(*source.example_inputs)
+        return [t.detach().numpy() for t in _flatten(out)]
+    if source.kind == "onnx":
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(source.path), providers=["CPUExecutionProvider"])
+        return list(session.run(None, {i.name: x for i, x in zip(session.get_inputs(), inputs)}))
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=str(source.path))
+    interp.allocate_tensors()
+    for detail, x in zip(interp.get_input_details(), inputs):
+        interp.set_tensor(detail["index"], x)
+    interp.invoke()
+    return [interp.get_tensor(d["index"]) for d in interp.get_output_details()]
+
+
+def _flatten(out):
+    import torch
+
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        out = list(out.values())
+    return [t for item in out for t in _flatten(item)]
+
+
+def verify(artifact_dir: Path, inputs: list[np.ndarray], expected: list[np.ndarray],
+           atol: float, rtol: float) -> dict:
+    """Max abs/rel error per output; raises with a readable report when beyond atol + rtol*|expected|."""
+    from edgekit.artifact import read_manifest
+
+    manifest = read_manifest(artifact_dir)
+    device = manifest.backend_info.get("device_code")
+    if device and not _has_cuda():
+        return {"status": "not-run", "reason": f"needs a CUDA GPU ({device['arch']}); none on this machine",
+                "where": None}
+    model = load(artifact_dir)
+    got = model.run(inputs)
+    where = "emulator (qemu-aarch64)" if manifest.arch != _host() else "host"
+    rows = [_compare(i, g, e, atol, rtol) for i, (g, e) in enumerate(zip(got, expected))]
+    result = {"status": "pass", "where": where, "atol": atol, "rtol": rtol, "outputs": rows,
+              "max_abs_err": max(r["max_abs_err"] for r in rows),
+              "max_rel_err": max(r["max_rel_err"] for r in rows)}
+    if len(got) != len(expected):
+        raise EdgekitError(f"verify: the artifact returned {len(got)} outputs, the reference {len(expected)}.")
+    bad = [r for r in rows if not r["ok"]]
+    if bad:
+        lines = "\n".join(f"  output {r['index']}: max abs err {r['max_abs_err']:.3g}, max rel err "
+                          f"{r['max_rel_err']:.3g} ({r['n_bad']} of {r['n']} elements beyond tolerance)" for r in bad)
+        raise EdgekitError(f"verify failed on {where}: the {manifest.backend} artifact disagrees with the reference "
+                           f"beyond atol={atol:g}, rtol={rtol:g}:\n{lines}\nNothing was written. Loosen --atol/--rtol "
+                           "if this precision is expected, or report the model.")
+    return result
+
+
+def _compare(i: int, got: np.ndarray, expected: np.ndarray, atol: float, rtol: float) -> dict:
+    if got.shape != expected.shape:
+        raise EdgekitError(f"verify: output {i} has shape {list(got.shape)}, the reference {list(expected.shape)}.")
+    g, e = got.astype(np.float64), expected.astype(np.float64)
+    err = np.abs(g - e)
+    bad = err > atol + rtol * np.abs(e)
+    scale = float(np.abs(e).max()) or 1.0
+    return {"index": i, "n": int(err.size), "n_bad": int(bad.sum()), "ok": not bool(bad.any()),
+            "max_abs_err": float(err.max(initial=0.0)), "max_rel_err": float(err.max(initial=0.0) / scale)}
+
+
+def _host() -> str:
+    from edgekit.targets import host_arch
+
+    return host_arch()

@@ -1,0 +1,182 @@
+"""`edgekit` command line. Every user error ends in one readable paragraph and a non-zero exit, no traceback."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from pathlib import Path
+
+from .errors import EdgekitError
+
+APPS = ("superres", "pose")          # each edgekit.apps.<name>.demo registers its own subcommand
+EXIT_USER_ERROR = 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USER_ERROR
+    try:
+        return int(args.func(args) or 0)
+    except EdgekitError as exc:
+        print(f"edgekit: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("edgekit: interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    parser = argparse.ArgumentParser(prog="edgekit", description="Compile models for edge devices and run them.",
+                                     formatter_class=fmt)
+    sub = parser.add_subparsers(metavar="COMMAND")
+
+    p = sub.add_parser("targets", help="print the target table", formatter_class=fmt)
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_targets)
+
+    p = sub.add_parser("compile", help="compile a model into an artifact directory", formatter_class=fmt)
+    p.add_argument("--model", required=True, help="FILE.py:FUNC (FUNC() returns (module, example_inputs)), "
+                                                  "model.onnx or model.tflite")
+    p.add_argument("--target", default="host", help="target name (see `edgekit targets`)")
+    p.add_argument("--backend", required=True, help="executorch | tvm | onnxruntime")
+    p.add_argument("--output", "-o", required=True, help="artifact directory to create")
+    p.add_argument("--name", help="model name recorded in the manifest (default: from --model)")
+    p.add_argument("--force", action="store_true", help="replace --output if it exists")
+    p.add_argument("--no-verify", dest="check", action="store_false",
+                   help="skip running the artifact against the reference")
+    p.add_argument("--atol", type=float, default=1e-4, help="verify: absolute tolerance")
+    p.add_argument("--rtol", type=float, default=1e-4, help="verify: relative tolerance")
+    p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("run", help="run an artifact on .npy inputs", formatter_class=fmt)
+    p.add_argument("artifact", help="artifact directory")
+    p.add_argument("--input", "-i", action="append", default=[], help=".npy file, once per model input, in order")
+    p.add_argument("--output", "-o", required=True, help=".npz file to write (arrays out0, out1, ...)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("bench", help="time an artifact on seeded random inputs", formatter_class=fmt)
+    p.add_argument("artifact", help="artifact directory")
+    p.add_argument("--warmup", type=int, default=3, help="untimed runs first")
+    p.add_argument("--iters", type=int, default=20, help="timed runs")
+    p.add_argument("--device", help="run on a remote device: rpc://HOST:PORT (TVM RPC server)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("info", help="print an artifact's manifest after checking it", formatter_class=fmt)
+    p.add_argument("artifact", help="artifact directory")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("demo", help="compile the bundled model with every backend for host and compare",
+                       formatter_class=fmt)
+    p.add_argument("--output", default="out/demo", help="where the demo artifacts go")
+    p.set_defaults(func=lambda a: importlib.import_module("edgekit.demo").run(Path(a.output)))
+
+    _register_optional(sub, "edgekit.device_cli")
+    for app in APPS:
+        _register_optional(sub, f"edgekit.apps.{app}.demo")
+    return parser
+
+
+def _register_optional(sub, module: str) -> None:
+    """Subcommands of parts that may not be installed in a given checkout (apps, device tools)."""
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name and module.startswith(exc.name):
+            return
+        raise
+    mod.register(sub)
+
+
+def cmd_targets(args) -> int:
+    from .targets import TARGETS
+
+    rows = [t.as_row() for t in TARGETS.values()]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="edgekit targets")
+    for col in rows[0]:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*[str(v) for v in row.values()])
+    Console(width=200).print(table)
+    return 0
+
+
+def cmd_compile(args) -> int:
+    from .compile import compile_model
+
+    out = compile_model(args.model, target=args.target, backend=args.backend, output=args.output, name=args.name,
+                        force=args.force, check=args.check, atol=args.atol, rtol=args.rtol, progress=True)
+    from .artifact import read_manifest
+
+    v = read_manifest(out).verify
+    detail = f"max abs err {v['max_abs_err']:.3g} on {v['where']}" if v.get("status") == "pass" else v.get("reason")
+    print(f"wrote {out} (verify: {v['status']}; {detail})")
+    return 0
+
+
+def cmd_run(args) -> int:
+    import numpy as np
+
+    from . import load
+
+    model = load(args.artifact)
+    inputs = [_load_npy(p) for p in args.input]
+    outputs = model.run(inputs)
+    out = Path(args.output)
+    tmp = out.with_name(out.name + ".partial.npz")
+    np.savez(tmp, **{f"out{i}": y for i, y in enumerate(outputs)})
+    tmp.replace(out)
+    print(f"wrote {out}: " + ", ".join(f"out{i} {y.dtype}{list(y.shape)}" for i, y in enumerate(outputs)))
+    return 0
+
+
+def _load_npy(path: str):
+    import numpy as np
+
+    try:
+        return np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise EdgekitError(f"{path}: input file not found.") from None
+    except ValueError as exc:
+        raise EdgekitError(f"{path}: not a readable .npy array ({exc}). Save inputs with numpy.save.") from None
+
+
+def cmd_bench(args) -> int:
+    if args.device:
+        from .runtimes.rpc import bench_remote
+
+        stats = bench_remote(Path(args.artifact), args.device, warmup=args.warmup, iters=args.iters)
+    else:
+        from . import load
+
+        model = load(args.artifact)
+        stats = model.benchmark(warmup=args.warmup, iters=args.iters)
+        m = model.manifest
+        stats = {"model": m.model, "backend": m.backend, "target": m.target, "precision": m.precision, **stats}
+    if args.json:
+        print(json.dumps(stats, indent=2))
+    else:
+        print(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in stats.items()))
+    return 0
+
+
+def cmd_info(args) -> int:
+    from .artifact import load_verified
+
+    print(load_verified(args.artifact).to_json())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
