@@ -1,0 +1,225 @@
+"""The BlazePose pipeline around two plain callables (detector, landmarker): numpy in, numpy out.
+
+detect persons (SSD anchors, box/keypoint decoding, weighted NMS) -> a rotated square ROI per person from the
+detector's hip-centre and body-scale keypoints -> affine-warp the ROI to the landmark model's input -> 33
+keypoints projected back to the image -> next frame's ROI from the landmark model's own alignment points, so the
+detector only runs to find new persons.
+"""
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+Model = Callable[[np.ndarray], Sequence[np.ndarray]]
+
+DETECTOR_SIZE = 224
+LANDMARK_SIZE = 256
+NUM_KEYPOINTS = 33
+# SSD anchor layout of pose_detection.tflite: two anchors per cell at strides 8 and 16, six at stride 32.
+ANCHOR_GRID = ((8, 2), (16, 2), (32, 6))
+DETECTION_THRESHOLD = 0.5
+NMS_IOU = 0.3
+PRESENCE_THRESHOLD = 0.5
+ROI_SCALE = 1.25  # the ROI is 1.25x the body circle the alignment points describe
+SAME_PERSON_IOU = 0.4
+# Skeleton edges between BlazePose keypoints, for drawing.
+EDGES = ((11, 12), (11, 13), (13, 15), (12, 14), (14, 16), (11, 23), (12, 24), (23, 24), (23, 25), (25, 27),
+         (27, 29), (29, 31), (27, 31), (24, 26), (26, 28), (28, 30), (30, 32), (28, 32), (0, 11), (0, 12))
+
+
+@dataclass
+class Roi:
+    """A rotated square in image pixels; rotation (radians) turns the crop's up axis onto the body's."""
+    center: np.ndarray
+    size: float
+    rotation: float
+
+    @classmethod
+    def from_alignment(cls, center: np.ndarray, scale_point: np.ndarray) -> "Roi":
+        """MediaPipe's alignment: the body circle around `center` through `scale_point`, rotated so the
+        centre->scale-point direction points up in the crop."""
+        dx, dy = scale_point - center
+        rotation = np.pi / 2 - np.arctan2(-dy, dx)
+        rotation = (rotation + np.pi) % (2 * np.pi) - np.pi
+        return cls(np.asarray(center, np.float64), 2 * np.hypot(dx, dy) * ROI_SCALE, float(rotation))
+
+    def crop_to_image(self, crop_size: int) -> np.ndarray:
+        """2x3 affine map from crop pixels to image pixels."""
+        c, s = np.cos(self.rotation), np.sin(self.rotation)
+        linear = self.size / crop_size * np.array([[c, -s], [s, c]])
+        offset = self.center - linear @ np.full(2, crop_size / 2)
+        return np.hstack([linear, offset[:, None]])
+
+    def bounds(self) -> np.ndarray:
+        """Axis-aligned box (x0, y0, x1, y1) around the rotated square."""
+        corners = _affine(self.crop_to_image(1), np.array([[0, 0], [1, 0], [0, 1], [1, 1]], np.float64))
+        return np.concatenate([corners.min(0), corners.max(0)])
+
+
+@dataclass
+class Person:
+    keypoints: np.ndarray  # (33, 3): x, y in image pixels, visibility in [0, 1]
+    score: float           # the landmark model's pose-presence probability
+    roi: Roi               # the crop the keypoints came from
+    alignment: np.ndarray  # (2, 2): hip centre and body-scale point, in image pixels
+
+
+class PoseApp:
+    """Multi-person BlazePose on a stream of RGB frames (uint8, HxWx3).
+
+    Persons are tracked by their ROI; the detector runs every `detect_every` frames (and whenever nobody is
+    tracked) to pick up newcomers. `tiles` splits the frame into a grid for detection so small, distant
+    persons reach the detector at a usable scale.
+    """
+
+    def __init__(self, detector: Model, landmarker: Model, max_persons: int = 8, detect_every: int = 5,
+                 tiles: tuple[int, int] = (1, 1)):
+        self.detector, self.landmarker = detector, landmarker
+        self.max_persons, self.detect_every, self.tiles = max_persons, detect_every, tiles
+        self.anchors = ssd_anchors()
+        self.tracked: list[Roi] = []
+        self.frame_index = 0
+
+    def reset(self) -> None:
+        self.tracked, self.frame_index = [], 0
+
+    def __call__(self, frame: np.ndarray) -> list[Person]:
+        rois = list(self.tracked)
+        if not rois or self.frame_index % self.detect_every == 0:
+            rois += [roi for roi in self.detect(frame) if not _overlaps_any(roi, rois)]
+        self.frame_index += 1
+        persons = [p for roi in rois if (p := self.landmarks(frame, roi)).score >= PRESENCE_THRESHOLD]
+        persons = _distinct(sorted(persons, key=lambda p: -p.score))[: self.max_persons]
+        self.tracked = [next_roi(p) for p in persons]
+        return persons
+
+    def detect(self, frame: np.ndarray) -> list[Roi]:
+        """Person ROIs found by the detector, over the tile grid."""
+        height, width = frame.shape[:2]
+        rows, cols = self.tiles
+        tile_h, tile_w = int(np.ceil(height / rows * 1.25)), int(np.ceil(width / cols * 1.25))  # 25% overlap
+        found = []
+        for y0 in np.linspace(0, height - min(tile_h, height), rows).astype(int):
+            for x0 in np.linspace(0, width - min(tile_w, width), cols).astype(int):
+                boxes, keypoints, scores = self._detect_tile(frame[y0:y0 + tile_h, x0:x0 + tile_w])
+                offset = np.array([x0, y0], np.float64)
+                found += [(s, b + np.tile(offset, 2), k + offset) for b, k, s in zip(boxes, keypoints, scores)]
+        if not found:
+            return []
+        scores, boxes, keypoints = (np.array(v) for v in zip(*found))
+        boxes, keypoints, scores = weighted_nms(boxes, keypoints, scores, NMS_IOU)
+        return [Roi.from_alignment(k[0], k[1]) for k in keypoints[: self.max_persons]]
+
+    def _detect_tile(self, tile: np.ndarray):
+        image, to_tile = letterbox(tile, DETECTOR_SIZE)
+        raw_boxes, raw_scores = self.detector(image[None] / 127.5 - 1)[:2]
+        boxes, keypoints, scores = decode_detections(raw_boxes[0], raw_scores[0, :, 0], self.anchors)
+        keep = scores >= DETECTION_THRESHOLD
+        boxes = _affine(to_tile, boxes[keep].reshape(-1, 2)).reshape(-1, 4)
+        return boxes, _affine(to_tile, keypoints[keep]), scores[keep]
+
+    def landmarks(self, frame: np.ndarray, roi: Roi) -> Person:
+        crop_to_image = roi.crop_to_image(LANDMARK_SIZE)
+        crop = cv2.warpAffine(frame, crop_to_image, (LANDMARK_SIZE, LANDMARK_SIZE),
+                              flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT)
+        raw, presence = self.landmarker(crop[None].astype(np.float32) / 255)[:2]
+        points = raw.reshape(-1, 5)  # 33 body + 2 alignment + 4 unused points: x, y, z, visibility, presence
+        xy = _affine(crop_to_image, points[:, :2].astype(np.float64))
+        keypoints = np.hstack([xy, _sigmoid(points[:, 3:4])])
+        return Person(keypoints[:NUM_KEYPOINTS], float(presence.ravel()[0]), roi, xy[NUM_KEYPOINTS:NUM_KEYPOINTS + 2])
+
+
+def next_roi(person: Person) -> Roi:
+    """The ROI for the next frame from the landmark model's alignment points (hip centre, body-scale point)."""
+    return Roi.from_alignment(person.alignment[0], person.alignment[1])
+
+
+def ssd_anchors() -> np.ndarray:
+    """Anchor centres (x, y) in [0, 1], in the detector's output order."""
+    centers = []
+    for stride, per_cell in ANCHOR_GRID:
+        cells = DETECTOR_SIZE // stride
+        grid = (np.stack(np.meshgrid(np.arange(cells), np.arange(cells)), -1).reshape(-1, 2) + 0.5) / cells
+        centers.append(np.repeat(grid, per_cell, axis=0))
+    return np.concatenate(centers)
+
+
+def decode_detections(raw_boxes: np.ndarray, raw_scores: np.ndarray, anchors: np.ndarray):
+    """Boxes (x0, y0, x1, y1) and 4 keypoints in detector-input pixels, and sigmoid scores."""
+    offsets = anchors * DETECTOR_SIZE
+    center, size = raw_boxes[:, :2] + offsets, raw_boxes[:, 2:4]
+    boxes = np.hstack([center - size / 2, center + size / 2])
+    keypoints = raw_boxes[:, 4:].reshape(-1, 4, 2) + offsets[:, None]
+    return boxes, keypoints, _sigmoid(np.clip(raw_scores, -100, 100))
+
+
+def weighted_nms(boxes: np.ndarray, keypoints: np.ndarray, scores: np.ndarray, iou_threshold: float):
+    """MediaPipe's weighted NMS: each kept detection is the score-weighted mean of the cluster it suppresses."""
+    order = np.argsort(-scores)
+    kept = []
+    while order.size:
+        cluster = order[_iou(boxes[order[0]], boxes[order]) > iou_threshold]
+        weights = scores[cluster] / scores[cluster].sum()
+        kept.append((np.tensordot(weights, boxes[cluster], 1), np.tensordot(weights, keypoints[cluster], 1),
+                     scores[order[0]]))
+        order = order[~np.isin(order, cluster)]
+    boxes, keypoints, scores = (np.array(v) for v in zip(*kept))
+    return boxes, keypoints, scores
+
+
+def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Scale into a size x size square with centred padding; return it and the 2x3 map back to the image."""
+    height, width = image.shape[:2]
+    scale = size / max(height, width)
+    pad = (np.array([size, size]) - np.array([width, height]) * scale) / 2
+    to_square = np.array([[scale, 0, pad[0]], [0, scale, pad[1]]])
+    square = cv2.warpAffine(image, to_square, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+    return square.astype(np.float32), cv2.invertAffineTransform(to_square)
+
+
+def draw(frame: np.ndarray, persons: Sequence[Person], min_visibility: float = 0.5) -> np.ndarray:
+    """The skeleton overlay on a copy of the frame."""
+    out = frame.copy()
+    for person in persons:
+        points = person.keypoints
+        for a, b in EDGES:
+            if min(points[a, 2], points[b, 2]) >= min_visibility:
+                cv2.line(out, _pixel(points[a]), _pixel(points[b]), (0, 255, 0), 2, cv2.LINE_AA)
+        for point in points:
+            if point[2] >= min_visibility:
+                cv2.circle(out, _pixel(point), 3, (255, 64, 0), -1, cv2.LINE_AA)
+    return out
+
+
+def _pixel(point: np.ndarray) -> tuple[int, int]:
+    return int(round(point[0])), int(round(point[1]))
+
+
+def _affine(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
+    return points @ matrix[:, :2].T + matrix[:, 2]
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1 + np.tanh(x / 2))  # the logistic without exp overflow
+
+
+def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    low, high = np.maximum(box[:2], boxes[:, :2]), np.minimum(box[2:], boxes[:, 2:])
+    inter = np.prod(np.clip(high - low, 0, None), axis=1)
+    area = lambda b: np.prod(b[..., 2:] - b[..., :2], axis=-1)  # noqa: E731
+    return inter / (area(box) + area(boxes) - inter + 1e-9)
+
+
+def _overlaps_any(roi: Roi, others: Sequence[Roi]) -> bool:
+    return any(_iou(roi.bounds(), other.bounds()[None])[0] > SAME_PERSON_IOU for other in others)
+
+
+def _distinct(persons: Sequence[Person]) -> list[Person]:
+    """Drop persons whose ROI mostly covers a better-scoring one's (two tracks that converged on one body)."""
+    kept: list[Person] = []
+    for person in persons:
+        if not _overlaps_any(person.roi, [k.roi for k in kept]):
+            kept.append(person)
+    return kept

@@ -1,0 +1,179 @@
+"""`edgekit pose run|live`: BlazePose keypoints on an image, a video or a camera, with a skeleton overlay."""
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edgekit.apps.pose.app import PoseApp, draw
+from edgekit.apps.pose.model import BACKENDS, BlazePose, runners
+from edgekit.errors import EdgekitError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+NO_3D_NOTE = "joints_3d omitted: the KTPFormer 3D lifter is not built yet (2D keypoints only)."
+
+
+def register(subparsers) -> None:
+    pose = subparsers.add_parser("pose", help="BlazePose 2D keypoints on images, videos and cameras")
+    commands = pose.add_subparsers(dest="pose_command", metavar="COMMAND", required=True)
+
+    run = commands.add_parser("run", help="keypoints for every frame of an image or video, with an overlay")
+    run.add_argument("input", help="image or video file")
+    run.add_argument("-o", "--output", help="overlay to write: .png/.jpg for an image, .mp4 for a video")
+    run.add_argument("--json", action="store_true", help="print the keypoints as one JSON object on stdout")
+    run.add_argument("--max-frames", type=int, help="stop after this many video frames")
+    _common_options(run)
+    run.set_defaults(func=run_command)
+
+    live = commands.add_parser("live", help="camera (or video file) with overlay and FPS")
+    live.add_argument("--source", default="0", help="camera index or video file")
+    live.add_argument("--headless", action="store_true", help="no window; write the overlay video to -o")
+    live.add_argument("-o", "--output", help="overlay video to write (.mp4); required with --headless")
+    live.add_argument("--max-frames", type=int, help="stop after this many frames")
+    _common_options(live)
+    live.set_defaults(func=live_command)
+
+
+def _common_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backend", default="eager", choices=BACKENDS,
+                        help="eager runs the imported torch modules; the others compile them for this host once")
+    parser.add_argument("--weights", help="folder with pose_detection.tflite and pose_landmark_full.tflite "
+                                          "(default: $EDGEKIT_WEIGHTS/mediapipe)")
+    parser.add_argument("--artifacts", default="out/pose",
+                        help="where compiled backends are written and reused")
+    parser.add_argument("--tiles", default="1x1", type=_tiles,
+                        help="ROWSxCOLS detector grid; more tiles find smaller, distant persons (e.g. 3x4)")
+    parser.add_argument("--detect-every", type=int, default=5,
+                        help="run the detector every N frames to find new persons (tracked ones need none)")
+    parser.add_argument("--max-persons", type=int, default=8)
+
+
+def _tiles(text: str) -> tuple[int, int]:
+    rows, _, cols = text.partition("x")
+    if not (rows.isdigit() and cols.isdigit() and int(rows) > 0 and int(cols) > 0):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected ROWSxCOLS, e.g. 3x4")
+    return int(rows), int(cols)
+
+
+def build_app(args) -> PoseApp:
+    detector, landmarker = runners(BlazePose.from_pretrained(args.weights), args.backend, Path(args.artifacts))
+    return PoseApp(detector, landmarker, max_persons=args.max_persons, detect_every=args.detect_every,
+                   tiles=args.tiles)
+
+
+def run_command(args) -> int:
+    source = Path(args.input)
+    if not source.is_file():
+        raise EdgekitError(f"{source} not found. Pass an image or video file.")
+    is_image = source.suffix.lower() in IMAGE_SUFFIXES
+    if args.output and Path(args.output).suffix.lower() not in (IMAGE_SUFFIXES if is_image else {".mp4", ".avi"}):
+        raise EdgekitError(f"-o {args.output}: use {'.png or .jpg' if is_image else '.mp4'} for this input.")
+    app = build_app(args)
+    frames, fps = (iter([_read_image(source)]), 0.0) if is_image else _video(str(source))
+    writer = _Writer(args.output, fps)
+    records, elapsed = [], 0.0
+    for index, frame in enumerate(_limit(frames, args.max_frames)):
+        start = time.perf_counter()
+        persons = app(frame)
+        elapsed += time.perf_counter() - start
+        records.append({"frame": index, "persons": [{"keypoints_2d": _rounded(p.keypoints)} for p in persons]})
+        writer.write(draw(frame, persons))
+    writer.close()
+    if not records:
+        raise EdgekitError(f"{source}: no frames could be read. Check that the file is a readable video.")
+    if args.json:
+        print(json.dumps({"frames": records}))
+    persons = sum(len(r["persons"]) for r in records)
+    print(f"pose: {len(records)} frames, {persons} person detections, {len(records) / elapsed:.2f} FPS "
+          f"({args.backend}); {NO_3D_NOTE}" + (f" Overlay: {args.output}" if args.output else ""), file=sys.stderr)
+    return 0
+
+
+def live_command(args) -> int:
+    if args.headless and not args.output:
+        raise EdgekitError("--headless needs -o out.mp4 for the overlay video.")
+    app = build_app(args)
+    frames, fps = _video(int(args.source) if args.source.isdigit() else args.source)
+    writer = _Writer(args.output, fps or 30.0)
+    last, rate = time.perf_counter(), 0.0
+    for frame in _limit(frames, args.max_frames):
+        overlay = draw(frame, app(frame))
+        now = time.perf_counter()
+        rate = 0.9 * rate + 0.1 / (now - last) if rate else 1 / (now - last)  # smoothed so the number is readable
+        last = now
+        cv2.putText(overlay, f"{rate:.1f} FPS", (10, 30), cv2.FONT_HERSHEY_SIMPLEX, 1, (255, 255, 0), 2)
+        writer.write(overlay)
+        if not args.headless and _show(overlay):
+            break
+    writer.close()
+    return 0
+
+
+def _show(frame_rgb: np.ndarray) -> bool:
+    """Display one frame; True when the user pressed q or Esc."""
+    try:
+        cv2.imshow("edgekit pose", cv2.cvtColor(frame_rgb, cv2.COLOR_RGB2BGR))
+        return cv2.waitKey(1) & 0xFF in (ord("q"), 27)
+    except cv2.error:
+        raise EdgekitError("this OpenCV build cannot open a window. Use --headless -o out.mp4.") from None
+
+
+def _read_image(path: Path) -> np.ndarray:
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise EdgekitError(f"{path}: not a readable image.")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def _video(source: str | int) -> tuple[Iterator[np.ndarray], float]:
+    capture = cv2.VideoCapture(source)
+    if not capture.isOpened():
+        raise EdgekitError(f"cannot open video source {source!r}. Pass a video file or a camera index.")
+
+    def frames():
+        try:
+            while (frame := capture.read()[1]) is not None:
+                yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+        finally:
+            capture.release()
+    return frames(), capture.get(cv2.CAP_PROP_FPS)
+
+
+def _limit(frames: Iterator[np.ndarray], count: int | None) -> Iterator[np.ndarray]:
+    for index, frame in enumerate(frames):
+        if count is not None and index >= count:
+            return
+        yield frame
+
+
+def _rounded(keypoints: np.ndarray) -> list[list[float]]:
+    return [[round(float(x), 1), round(float(y), 1), round(float(v), 3)] for x, y, v in keypoints]
+
+
+class _Writer:
+    """Overlay output: one image, or a video opened at the first frame's size; nothing when path is None."""
+
+    def __init__(self, path: str | None, fps: float):
+        self.path, self.fps, self.video = path, fps, None
+
+    def write(self, frame_rgb: np.ndarray) -> None:
+        if self.path is None:
+            return
+        bgr = cv2.cvtColor(frame_rgb, cv2.COLOR_RGB2BGR)
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        if Path(self.path).suffix.lower() in IMAGE_SUFFIXES:
+            cv2.imwrite(self.path, bgr)
+            return
+        if self.video is None:
+            size = (bgr.shape[1], bgr.shape[0])
+            self.video = cv2.VideoWriter(self.path, cv2.VideoWriter_fourcc(*"mp4v"), self.fps or 10.0, size)
+        self.video.write(bgr)
+
+    def close(self) -> None:
+        if self.video is not None:
+            self.video.release()

@@ -1,0 +1,76 @@
+"""BlazePose's two networks (MediaPipe's TFLite files) imported as torch modules."""
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from edgekit.compile.tflite_import import load_tflite
+from edgekit.errors import EdgekitError
+
+DETECTOR_FILE = "pose_detection.tflite"
+LANDMARK_FILE = "pose_landmark_full.tflite"
+BACKENDS = ("eager", "executorch", "onnxruntime", "tvm")
+Runner = Callable[..., list[np.ndarray]]
+
+
+@dataclass
+class Network:
+    module: torch.nn.Module
+    example_inputs: tuple[torch.Tensor, ...]
+
+
+@dataclass
+class BlazePose:
+    detector: Network    # 224x224 RGB in [-1, 1] -> SSD boxes (1, 2254, 12), scores (1, 2254, 1)
+    landmarker: Network  # 256x256 RGB in [0, 1] -> landmarks (1, 195), presence (1, 1), mask, heatmap, world
+
+    @classmethod
+    def from_pretrained(cls, weights_dir: str | Path | None = None) -> "BlazePose":
+        """Load both .tflite files from weights_dir (default: $EDGEKIT_WEIGHTS/mediapipe)."""
+        if weights_dir is None:
+            if "EDGEKIT_WEIGHTS" not in os.environ:
+                raise EdgekitError("BlazePose weights not located. Set EDGEKIT_WEIGHTS to the folder holding "
+                                   "mediapipe/ or pass --weights DIR.")
+            weights_dir = Path(os.environ["EDGEKIT_WEIGHTS"]) / "mediapipe"
+        weights_dir = Path(weights_dir)
+        missing = [f for f in (DETECTOR_FILE, LANDMARK_FILE) if not (weights_dir / f).is_file()]
+        if missing:
+            raise EdgekitError(f"{', '.join(missing)} not found in {weights_dir}. Point --weights (or "
+                               "EDGEKIT_WEIGHTS/mediapipe) at MediaPipe's pose .tflite files.")
+        return cls(Network(*load_tflite(weights_dir / DETECTOR_FILE)), Network(*load_tflite(weights_dir / LANDMARK_FILE)))
+
+
+def runners(model: BlazePose, backend: str, artifacts: Path) -> tuple[Runner, Runner]:
+    """(detector, landmarker) as numpy-in, numpy-out callables on `backend` (see BACKENDS)."""
+    if backend not in BACKENDS:
+        raise EdgekitError(f"unknown backend {backend!r}. Choose one of {', '.join(BACKENDS)}.")
+    if backend == "eager":
+        return eager(model.detector), eager(model.landmarker)
+    return (compiled(model.detector, "pose_detection", backend, artifacts),
+            compiled(model.landmarker, "pose_landmark_full", backend, artifacts))
+
+
+def eager(network: Network) -> Runner:
+    def run(*inputs: np.ndarray) -> list[np.ndarray]:
+        with torch.no_grad():
+            return [y.numpy() for y in network.module(*(torch.from_numpy(x.astype(np.float32)) for x in inputs))]
+    return run
+
+
+def compiled(network: Network, name: str, backend: str, artifacts: Path) -> Runner:
+    """Compile for this host on first use (artifacts/<name>-<backend>), then run the artifact."""
+    import edgekit
+    from edgekit.artifact import MANIFEST
+
+    path = artifacts / f"{name}-{backend}"
+    if not (path / MANIFEST).is_file():
+        # Float32 rounding differs between kernels; the segmentation logits reach ~1e3, hence the relative part.
+        edgekit.compile_model(network.module, network.example_inputs, target="host", backend=backend, output=path,
+                              name=name, atol=1e-3, rtol=1e-4)
+    model = edgekit.load(path)
+    return lambda *inputs: model.run([x.astype(np.float32) for x in inputs])
