@@ -28,7 +28,7 @@ def attention(q, k, v, *, causal=False, window=None, scale=None):
     offset = lk - lq if masked else lk - 1
     span = window if window is not None else lk + lq + TILE_ROWS
     pad = -d % 16  # the micro-kernel takes head dims in multiples of 16; zero columns change nothing
-    q, k, v = (F.pad(t, (0, pad)).contiguous() for t in (q, k, v))
+    q, k, v = (F.pad(t, (0, pad)) if pad else t.contiguous() for t in (q, k, v))
     out = torch.empty_like(q)
     host_kernel(d + pad)(q, k, v, out, offset, min(span, _INT32_MAX), scale)
     return out[..., :d].contiguous() if pad else out
