@@ -21,16 +21,12 @@ def attention(q, k, v, *, causal=False, window=None, scale=None):
     """
     _check(q, k, v, causal, window, scale)
     lq, d = q.shape[2], q.shape[3]
-    lk = k.shape[2]
     scale = d**-0.5 if scale is None else float(scale)
-    masked = causal or window is not None
-    # Non-causal: put every query at or past the last key, with a window wider than everything.
-    offset = lk - lq if masked else lk - 1
-    span = window if window is not None else lk + lq + TILE_ROWS
     pad = -d % 16  # the micro-kernel takes head dims in multiples of 16; zero columns change nothing
     q, k, v = (F.pad(t, (0, pad)) if pad else t.contiguous() for t in (q, k, v))
     out = torch.empty_like(q)
-    host_kernel(d + pad)(q, k, v, out, offset, min(span, _INT32_MAX), scale)
+    causal = causal or window is not None
+    host_kernel(d + pad)(q, k, v, out, int(causal), min(window or 0, _INT32_MAX), scale)
     return out[..., :d].contiguous() if pad else out
 
 

@@ -9,8 +9,9 @@
   ~600 ms where the micro-kernel takes ~15-30 ms (see bench.py).
 
 All functions share one calling convention, with lengths symbolic so one build serves every shape:
-    attention_f32(q[B,H,Lq,D], k[B,Hkv,Lk,D], v[B,Hkv,Lk,D], o[B,H,Lq,D], offset, window, scale)
-Query i sits at key position offset + i and sees keys j with offset + i - window < j <= offset + i.
+    attention_f32(q[B,H,Lq,D], k[B,Hkv,Lk,D], v[B,Hkv,Lk,D], o[B,H,Lq,D], causal, window, scale)
+causal != 0: query i sits at key position Lk - Lq + i and sees keys j <= it (bottom-right aligned);
+window > 0 also drops keys j <= position - window; window <= 0 means no window.
 """
 
 from tvm.script import tirx as T
@@ -29,7 +30,7 @@ def flash_rows(head_dim: int, target_kind: str):
     lanes = {"cpu": T.vectorized, "cuda": T.unroll}[target_kind]
 
     @T.macro
-    def one_row(Q, K, V, O, r, offset, window, scale):
+    def one_row(Q, K, V, O, r, causal, window, scale):
         qs = T.alloc_buffer((D,), "float32", scope="local")
         acc = T.alloc_buffer((D,), "float32", scope="local")
         s = T.alloc_buffer((KB,), "float32", scope="local")
@@ -37,8 +38,8 @@ def flash_rows(head_dim: int, target_kind: str):
         b, h, lq, lk = Q.shape[0], Q.shape[1], Q.shape[2], K.shape[2]
         bi, hi, i = r // (h * lq), r // lq % h, r % lq
         hk = hi // (h // K.shape[1])
-        pos = T.Cast("int64", offset) + i
-        lo = T.max(T.int64(0), pos - T.Cast("int64", window) + 1)
+        pos = T.if_then_else(causal != 0, lk - lq, lk - 1) + i  # non-causal: at or past the last key
+        lo = T.if_then_else(window > 0, T.max(T.int64(0), pos - T.Cast("int64", window) + 1), T.int64(0))
         end = T.min(lk, pos + 1)
         for d in lanes(D):
             qs[d] = Q[bi, hi, i, d] * scale
@@ -68,18 +69,18 @@ def flash_rows(head_dim: int, target_kind: str):
 
     @T.prim_func
     def attention_cpu(q: T.handle, k: T.handle, v: T.handle, o: T.handle,
-                      offset: T.int32, window: T.int32, scale: T.float32):
+                      causal: T.int32, window: T.int32, scale: T.float32):
         b, h, hkv, lq, lk = T.int64(), T.int64(), T.int64(), T.int64(), T.int64()
         Q = T.match_buffer(q, (b, h, lq, D), "float32")
         K = T.match_buffer(k, (b, hkv, lk, D), "float32")
         V = T.match_buffer(v, (b, hkv, lk, D), "float32")
         O = T.match_buffer(o, (b, h, lq, D), "float32")
         for r in T.parallel(b * h * lq):
-            one_row(Q, K, V, O, r, offset, window, scale)
+            one_row(Q, K, V, O, r, causal, window, scale)
 
     @T.prim_func
     def attention_cuda(q: T.handle, k: T.handle, v: T.handle, o: T.handle,
-                       offset: T.int32, window: T.int32, scale: T.float32):
+                       causal: T.int32, window: T.int32, scale: T.float32):
         b, h, hkv, lq, lk = T.int64(), T.int64(), T.int64(), T.int64(), T.int64()
         Q = T.match_buffer(q, (b, h, lq, D), "float32")
         K = T.match_buffer(k, (b, hkv, lk, D), "float32")
@@ -88,7 +89,7 @@ def flash_rows(head_dim: int, target_kind: str):
         for bx in T.thread_binding((b * h * lq + CUDA_THREADS - 1) // CUDA_THREADS, thread="blockIdx.x"):
             for tx in T.thread_binding(CUDA_THREADS, thread="threadIdx.x"):
                 if bx * CUDA_THREADS + tx < b * h * lq:
-                    one_row(Q, K, V, O, bx * CUDA_THREADS + tx, offset, window, scale)
+                    one_row(Q, K, V, O, bx * CUDA_THREADS + tx, causal, window, scale)
 
     func = {"cpu": attention_cpu, "cuda": attention_cuda}[target_kind]
     return func.with_attr("global_symbol", "attention_f32")
@@ -96,13 +97,16 @@ def flash_rows(head_dim: int, target_kind: str):
 
 @T.prim_func
 def tile_driver(q: T.handle, k: T.handle, v: T.handle, o: T.handle,
-                offset: T.int32, window: T.int32, scale: T.float32):
+                causal: T.int32, window: T.int32, scale: T.float32):
     b, h, hkv, lq, lk, d = T.int64(), T.int64(), T.int64(), T.int64(), T.int64(), T.int64()
     Q = T.match_buffer(q, (b, h, lq, d), "float32")
     K = T.match_buffer(k, (b, hkv, lk, d), "float32")
     V = T.match_buffer(v, (b, hkv, lk, d), "float32")
     O = T.match_buffer(o, (b, h, lq, d), "float32")
     ntile = (lq + TILE_ROWS - 1) // TILE_ROWS
+    # The micro-kernel's mask: query i at offset + i sees keys (offset + i - span, offset + i].
+    offset = T.Cast("int32", T.if_then_else(causal != 0, lk - lq, lk - 1))
+    span = T.if_then_else(window > 0, window, T.Cast("int32", lk + lq + TILE_ROWS))
     for t in T.parallel(b * h * ntile):
         bi, hi, u = t // (h * ntile), t // ntile % h, t % ntile
         # Interleave early and late tiles so the thread pool's contiguous chunks get equal causal work.
@@ -113,4 +117,4 @@ def tile_driver(q: T.handle, k: T.handle, v: T.handle, o: T.handle,
             T.address_of(Q[bi, hi, i0, 0]), T.address_of(K[bi, hk, 0, 0]),
             T.address_of(V[bi, hk, 0, 0]), T.address_of(O[bi, hi, i0, 0]),
             T.Cast("int32", T.min(lq - i0, TILE_ROWS)), T.Cast("int32", lk), T.Cast("int32", d),
-            offset + T.Cast("int32", i0), window, scale))
+            offset + T.Cast("int32", i0), span, scale))
