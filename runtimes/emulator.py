@@ -65,7 +65,8 @@ def _stamp() -> dict:
 
 
 def is_ready() -> bool:
-    return sysroot().is_dir() and _stamp() == wanted()
+    stamp = _stamp()
+    return sysroot().is_dir() and all(stamp.get(part) == want for part, want in wanted().items())
 
 
 def status() -> dict:
