@@ -55,9 +55,10 @@ def _grouped_time_major(t, n_pad):
     return _pad_state(t.transpose(-1, -2), n_pad).contiguous()
 
 
-def _run(kernel, opts, tensors):
+def _run(kernel, opts, inputs, outputs):
+    """Outputs must be contiguous already: the kernel writes them through DLPack."""
     fn = build.host_kernel(kernel, opts)
-    fn(*(tvm.runtime.from_dlpack(t.contiguous()) for t in tensors))
+    fn(*(tvm.runtime.from_dlpack(t) for t in [*(t.contiguous() for t in inputs), *outputs]))
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
@@ -77,11 +78,11 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     n_pad = _padded_state_size(n_state)
     opts = Options(n_pad, has_d=D is not None, has_z=z is not None,
                    has_bias=delta_bias is not None, softplus=bool(delta_softplus))
-    out = torch.empty_like(u)
+    out = u.new_empty(batch, dim, length)
     last_state = u.new_empty(batch, dim, n_pad)
     optional = [t for t in (D, z, delta_bias) if t is not None]
     _run("scan", opts, [u, delta, _pad_state(A, n_pad), _grouped_time_major(B, n_pad),
-                        _grouped_time_major(C, n_pad), *optional, out, last_state])
+                        _grouped_time_major(C, n_pad), *optional], [out, last_state])
     if not return_last_state:
         return out
     return out, last_state[..., :n_state].contiguous()
@@ -106,15 +107,15 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
     n_pad = _padded_state_size(n_state)
     opts = Options(n_pad, has_d=D is not None, has_z=z is not None,
                    has_bias=dt_bias is not None, softplus=bool(dt_softplus))
-    work = _pad_state(state, n_pad)  # `state` itself unless N needs padding
+    work = _pad_state(state, n_pad)  # `state` itself (zero copy) unless N needs padding
 
     def grouped(t):
         return _pad_state(t if t.dim() == 3 else t.unsqueeze(1), n_pad)
 
     out = x.new_empty(batch, dim)
     optional = [t for t in (D, z, dt_bias) if t is not None]
-    _run("state_update", opts, [work, x, dt, _pad_state(A, n_pad), grouped(B), grouped(C),
-                                *optional, out])
+    _run("state_update", opts, [x, dt, _pad_state(A, n_pad), grouped(B), grouped(C), *optional],
+         [work, out])
     if work is not state:
         state.copy_(work[..., :n_state])
     return out

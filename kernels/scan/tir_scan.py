@@ -197,7 +197,6 @@ def build_state_update(opts: Options, sched: Schedule):
             def arg(name, shape):
                 bufs[name] = T.arg(name, T.buffer(shape, "float32", buffer_name=name))
 
-            arg("state", (batch, dim, n))
             arg("x", (batch, dim))
             arg("dt", (batch, dim))
             arg("A", (dim, n))
@@ -209,6 +208,7 @@ def build_state_update(opts: Options, sched: Schedule):
                 arg("z", (batch, dim))
             if opts.has_bias:
                 arg("dt_bias", (dim,))
+            arg("state", (batch, dim, n))  # read and updated in place
             arg("out", (batch, dim))
             state, b_mat, c_mat = bufs["state"], bufs["B"], bufs["C"]
             with sched.channels(batch * dim) as bd:
