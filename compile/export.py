@@ -1,6 +1,9 @@
 """torch.export with errors a user can act on: which line failed and what to do about it."""
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import re
 import traceback
 
@@ -21,10 +24,23 @@ def export_torch(source: TorchSource):
     import torch
 
     try:
-        with torch.no_grad():
+        with torch.no_grad(), quiet_torch_logs():
             return torch.export.export(source.module, source.example_inputs)
     except Exception as exc:  # torch.export raises many unrelated types; all mean "cannot export"
         raise EdgekitError(describe_export_failure(source.name, exc)) from None
+
+
+@contextlib.contextmanager
+def quiet_torch_logs():
+    """torch logs and prints whole graphs while failing or exporting; the user gets our summary instead."""
+    logger = logging.getLogger("torch")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        logger.setLevel(level)
 
 
 def describe_export_failure(name: str, exc: BaseException) -> str:

@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 import zipfile
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from importlib.metadata import version
 from pathlib import Path
 
@@ -28,7 +28,8 @@ from edgekit.errors import EdgekitError
 SUITE = "bookworm"  # its python3 is 3.11, the version the aarch64 wheels are picked for
 MIRROR = "http://deb.debian.org/debian"
 DEBIAN_PACKAGES = ("python3", "libstdc++6", "libgomp1")
-WHEELS = ("numpy", "onnxruntime", "apache-tvm", "apache-tvm-ffi", "ml_dtypes")  # pinned to the host's versions
+WHEELS = ("numpy", "onnxruntime", "apache-tvm", "apache-tvm-ffi", "ml_dtypes",
+          "cloudpickle")  # cloudpickle: the TVM RPC server needs it. Versions = the host venv's
 PIP_AARCH64 = ("--platform", "manylinux_2_28_aarch64", "--only-binary=:all:", "--python-version", "3.11",
                "--implementation", "cp")
 SITE = "usr/local/lib/python3.11/dist-packages"
@@ -251,7 +252,8 @@ def rpc_server(port: int = 9090, timeout_s: float = 180):
             _wait_for(lambda: "bind to" in Path(log.name).read_text(), proc, timeout_s, log.name)
             yield f"rpc://127.0.0.1:{port}"
         finally:
-            os.killpg(proc.pid, signal.SIGTERM)  # its own session: the server and its per-connection forks
+            with suppress(ProcessLookupError):  # its own session: the server and its worker processes
+                os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(timeout=30)
 
 

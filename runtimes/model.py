@@ -100,8 +100,9 @@ def check_inputs(specs: list[TensorSpec], inputs) -> list[np.ndarray]:
             raise EdgekitError(f"input {i} ({spec.name}) is a {type(x).__name__}; expected a numpy array "
                                f"{spec.describe()}.")
         if list(x.shape) != list(spec.shape) or x.dtype.name != spec.dtype:
+            others = f" All inputs: {expected}." if len(specs) > 1 else ""
             raise EdgekitError(f"input {i} ({spec.name}) is {x.dtype.name}{list(x.shape)}; expected "
-                               f"{spec.describe()}. Expected inputs: {expected}.")
+                               f"{spec.describe()}.{others}")
         arrays.append(np.ascontiguousarray(x))
     return arrays
 

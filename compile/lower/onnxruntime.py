@@ -7,7 +7,7 @@ from pathlib import Path
 from edgekit.errors import EdgekitError
 from edgekit.targets import Target, host_arch
 
-from ..export import export_torch
+from ..export import export_torch, quiet_torch_logs
 from ..source import Source, TorchSource
 from . import Lowered, versions
 
@@ -50,8 +50,9 @@ def _export_onnx(source: TorchSource, path: Path) -> None:
     program = export_torch(source)
     names = [f"input{i}" for i in range(len(source.example_inputs))]
     try:
-        onnx_program = torch.onnx.export(program, source.example_inputs, dynamo=True, input_names=names,
-                                         opset_version=OPSET, optimize=True, verbose=False)
+        with quiet_torch_logs():
+            onnx_program = torch.onnx.export(program, source.example_inputs, dynamo=True, input_names=names,
+                                             opset_version=OPSET, optimize=True, verbose=False)
     except Exception as exc:  # the exporter wraps many internal errors; report its first line
         raise EdgekitError(f"model {source.name!r} could not be converted to ONNX: {str(exc).splitlines()[0]}. "
                            "Try --backend executorch or tvm.") from None

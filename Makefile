@@ -1,0 +1,63 @@
+# edgekit: `make demo` and `make test` are the whole set-up on a fresh machine.
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+EDGEKIT := $(VENV)/bin/edgekit
+SHARED  ?= ../shared
+export EDGEKIT_DATA    ?= $(abspath $(SHARED)/data)
+export EDGEKIT_WEIGHTS ?= $(abspath $(SHARED)/weights)
+
+MODEL   ?= examples/conv_attention.py:build
+TARGET  ?= host
+BACKEND ?= tvm
+OUT     ?= out
+APP_MODELS ?= superres pose
+# Debian packages: cross compiler for aarch64 targets, QEMU + debootstrap for the aarch64 emulator
+APT_PACKAGES := g++-aarch64-linux-gnu qemu-user-static debootstrap binfmt-support file
+
+.PHONY: setup system-deps demo test test-fast compile jetson phone emulator bench bench-kernels clean
+
+setup: $(VENV)/.installed system-deps
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+system-deps:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  else echo "missing Debian packages: $$missing (run: sudo apt-get install $$missing)"; exit 1; fi; \
+	fi
+
+demo: setup
+	$(EDGEKIT) demo --output $(OUT)/demo
+
+test: setup
+	$(PY) -m pytest -q -ra
+
+compile: setup
+	$(EDGEKIT) compile --model $(MODEL) --target $(TARGET) --backend $(BACKEND) --output $(OUT)/$(notdir $(MODEL))-$(TARGET)-$(BACKEND) --force $(if $(QUANT),--quantize $(QUANT))
+
+# every app model, every backend the device supports
+jetson phone: setup emulator
+	@target=$(if $(filter jetson,$@),jetson-orin,android-arm64); \
+	for backend in $$($(EDGEKIT) targets --json | $(PY) -c "import json,sys; print(' '.join(next(t['backends'] for t in json.load(sys.stdin) if t['name']=='$$target').split(',')))"); do \
+	  for model in $(APP_MODELS); do \
+	    $(EDGEKIT) compile --model $$model --target $$target --backend $$backend --output $(OUT)/$$target/$$model-$$backend --force || exit 1; \
+	  done; \
+	done
+
+emulator: setup
+	$(EDGEKIT) device emulator setup
+
+bench: setup
+	$(EDGEKIT) bench-suite --output reports
+
+bench-kernels: setup
+	$(PY) -m edgekit.kernels.attention.bench --json reports/attention.json
+	$(PY) -m edgekit.kernels.scan.bench --json reports/scan.json
+
+clean:
+	rm -rf $(OUT) .pytest_cache

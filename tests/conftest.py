@@ -1,0 +1,68 @@
+"""Shared fixtures: the repo's paths, the read-only shared data, and the bundled model compiled once per backend."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("EDGEKIT_SHARED", REPO.parent / "shared"))
+MODEL_SPEC = f"{REPO / 'examples' / 'conv_attention.py'}:build"
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    if not SHARED.is_dir():
+        pytest.skip(f"shared data not found at {SHARED} (set EDGEKIT_SHARED)")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def zoo_model():
+    from edgekit.zoo import conv_attention
+
+    module, inputs = conv_attention()
+    return module, inputs, module(*inputs).detach().numpy()
+
+
+@pytest.fixture(scope="session")
+def host_artifacts(tmp_path_factory, zoo_model) -> dict[str, Path]:
+    """The bundled model compiled for host by every backend, through the CLI as a user would."""
+    from edgekit.cli import main
+
+    root = tmp_path_factory.mktemp("host")
+    arts = {}
+    for backend in ("executorch", "tvm", "onnxruntime"):
+        out = root / backend
+        assert main(["compile", "--model", MODEL_SPEC, "--backend", backend, "--output", str(out)]) == 0
+        arts[backend] = out
+    return arts
+
+
+@pytest.fixture
+def artifact_copy(tmp_path, host_artifacts):
+    """A private copy of the onnxruntime artifact that a test may damage."""
+    def make(backend: str = "onnxruntime") -> Path:
+        dst = tmp_path / f"copy-{backend}"
+        shutil.copytree(host_artifacts[backend], dst)
+        return dst
+    return make
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run the CLI in-process; returns (exit code, stdout, stderr)."""
+    from edgekit.cli import main
+
+    def run(*args: str):
+        code = main([str(a) for a in args])
+        out = capsys.readouterr()
+        return code, out.out, out.err
+    return run
+
+
+def example_input(zoo_model) -> np.ndarray:
+    return zoo_model[1][0].numpy()

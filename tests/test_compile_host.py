@@ -1,0 +1,78 @@
+"""Spine acceptance 2: the bundled Conv2d + LayerNorm + MultiheadAttention + GELU model, compiled for host by
+each backend through the CLI, loaded with edgekit.load and run, matches eager fp32 within 1e-4."""
+import hashlib
+import json
+
+import numpy as np
+import pytest
+
+import edgekit
+from edgekit.artifact import SCHEMA_VERSION
+
+BACKENDS = ("executorch", "tvm", "onnxruntime")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_host_artifact_matches_eager(backend, host_artifacts, zoo_model):
+    _, inputs, expected = zoo_model
+    model = edgekit.load(host_artifacts[backend])
+    (got,) = model.run([inputs[0].numpy()])
+    assert got.shape == expected.shape
+    assert np.abs(got - expected).max() <= 1e-4
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_manifest_records_what_a_user_needs(backend, host_artifacts):
+    d = host_artifacts[backend]
+    m = json.loads((d / "manifest.json").read_text())
+    assert m["schema_version"] == SCHEMA_VERSION
+    assert (m["backend"], m["target"], m["precision"]) == (backend, "host", "fp32")
+    assert m["inputs"] == [{"name": "input0", "shape": [1, 3, 32, 32], "dtype": "float32"}]
+    assert m["outputs"] == [{"name": "output0", "shape": [1, 256, 32], "dtype": "float32"}]
+    assert "torch" in m["toolchain"]
+    for name, digest in m["files"].items():
+        assert hashlib.sha256((d / name).read_bytes()).hexdigest() == digest
+    assert m["verify"]["status"] == "pass" and m["verify"]["where"] == "host"
+    assert 0 <= m["verify"]["max_abs_err"] <= 1e-4
+
+
+def test_executorch_manifest_counts_delegated_ops(host_artifacts):
+    info = edgekit.load(host_artifacts["executorch"]).manifest.backend_info
+    assert info["delegate"] == "XnnpackBackend"
+    assert info["delegated_ops"] > 0 and info["non_delegated_ops"] >= 0
+
+
+def test_run_and_bench_commands(cli, host_artifacts, zoo_model, tmp_path):
+    _, inputs, expected = zoo_model
+    x = tmp_path / "x.npy"
+    np.save(x, inputs[0].numpy())
+    out = tmp_path / "out.npz"
+    code, stdout, _ = cli("run", host_artifacts["tvm"], "--input", x, "--output", out)
+    assert code == 0 and "out0 float32[1, 256, 32]" in stdout
+    assert np.abs(np.load(out)["out0"] - expected).max() <= 1e-4
+    code, stdout, _ = cli("bench", host_artifacts["onnxruntime"], "--iters", "5", "--json")
+    stats = json.loads(stdout)
+    assert code == 0 and stats["backend"] == "onnxruntime" and 0 < stats["min_ms"] <= stats["p50_ms"] <= stats["p90_ms"]
+    code, stdout, _ = cli("info", host_artifacts["executorch"])
+    assert code == 0 and json.loads(stdout)["backend"] == "executorch"
+
+
+def test_python_api_compiles_a_module(tmp_path, zoo_model):
+    module, inputs, expected = zoo_model
+    art = edgekit.compile_model(module, inputs, target="host", backend="onnxruntime", output=tmp_path / "m")
+    (got,) = edgekit.load(art).run([inputs[0].numpy()])
+    assert np.abs(got - expected).max() <= 1e-4
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "staging directories left behind"
+
+
+def test_onnx_file_compiles_with_tvm_and_onnxruntime(tmp_path, zoo_model, host_artifacts):
+    """An .onnx file as input: the optimised graph from the onnxruntime artifact goes back in."""
+    _, inputs, expected = zoo_model
+    onnx_file = tmp_path / "model.onnx"
+    onnx_file.write_bytes((host_artifacts["onnxruntime"] / "model.onnx").read_bytes())
+    for backend in ("tvm", "onnxruntime"):
+        art = edgekit.compile_model(str(onnx_file), target="host", backend=backend, output=tmp_path / backend)
+        manifest = edgekit.load(art).manifest
+        assert manifest.verify["status"] == "pass"
+        (got,) = edgekit.load(art).run([inputs[0].numpy()])
+        assert np.abs(got - expected).max() <= 1e-4
