@@ -95,7 +95,7 @@ def setup(force: bool = False) -> float:
         have = {"base": want["base"]}
         _write_stamp(have)
     if want["payload"] != have.get("payload"):
-        _step(console, "install aarch64 wheels: " + ", ".join(f"{k}=={v}" for k, v in want["payload"]["wheels"].items()),
+        _step(console, "install the aarch64 wheels of " + ", ".join(want["payload"]["wheels"]),
               _install_wheels, root, want["payload"]["wheels"])
         _step(console, f"build the ExecuTorch C++ runner (executorch=={want['payload']['executorch']})",
               _build_runner, root, want["payload"]["executorch"])

@@ -12,7 +12,6 @@ import numpy as np
 
 from edgekit.errors import EdgekitError
 
-from . import tvm as tvm_runtime
 from .emulator import summarize
 
 
@@ -50,15 +49,21 @@ def run_remote(url: str, artifact_dir: Path, manifest, inputs: list[np.ndarray],
     session.upload(str(Path(artifact_dir) / manifest.entry), target=name)
     device = session.cuda(0) if manifest.backend_info.get("device_code") else session.cpu(0)
     vm = relax.VirtualMachine(session.load_module(name), device)
-    outputs = tvm_runtime.run((vm, device), inputs)  # the same code as on-device, with remote handles
+    # Stateful calls: a remote VM cannot hand back a tuple object, but it can return its fields one by one
+    vm.set_input("main", *[tvm.runtime.tensor(np.ascontiguousarray(x), device) for x in inputs])
+    vm.invoke_stateful("main")
+    outputs = [t.numpy() for t in _leaves(vm.get_outputs("main"))]
     if not benchmark:
         return outputs, None
-    vm.set_input("main", *[tvm.runtime.tensor(np.ascontiguousarray(x), device) for x in inputs])
     for _ in range(benchmark.get("warmup", 3)):
         vm.invoke_stateful("main")
     timer = vm.time_evaluator("invoke_stateful", device, number=1, repeat=max(1, benchmark.get("iters", 20)))
     return outputs, summarize([s * 1e3 for s in timer("main").results])
 
+
+
+def _leaves(result) -> list:
+    return [result] if hasattr(result, "numpy") else [t for item in result for t in _leaves(item)]
 
 
 def bench_remote(artifact_dir: Path, url: str, warmup: int = 3, iters: int = 20) -> dict:
