@@ -65,14 +65,26 @@ def test_python_api_compiles_a_module(tmp_path, zoo_model):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "staging directories left behind"
 
 
-def test_onnx_file_compiles_with_tvm_and_onnxruntime(tmp_path, zoo_model, host_artifacts):
-    """An .onnx file as input: the optimised graph from the onnxruntime artifact goes back in."""
-    _, inputs, expected = zoo_model
+def test_onnx_file_compiles_with_tvm_and_onnxruntime(tmp_path, zoo_model):
+    import torch
+
+    module, inputs, expected = zoo_model
     onnx_file = tmp_path / "model.onnx"
-    onnx_file.write_bytes((host_artifacts["onnxruntime"] / "model.onnx").read_bytes())
+    torch.onnx.export(module, inputs, dynamo=True).save(str(onnx_file))
     for backend in ("tvm", "onnxruntime"):
         art = edgekit.compile_model(str(onnx_file), target="host", backend=backend, output=tmp_path / backend)
         manifest = edgekit.load(art).manifest
         assert manifest.verify["status"] == "pass"
         (got,) = edgekit.load(art).run([inputs[0].numpy()])
         assert np.abs(got - expected).max() <= 1e-4
+
+
+def test_onnx_with_ops_tvm_cannot_import_gets_a_clear_error(tmp_path, host_artifacts):
+    """ORT's optimised graph holds com.microsoft fused ops that only ONNX Runtime knows."""
+    from edgekit.errors import EdgekitError
+
+    onnx_file = tmp_path / "fused.onnx"
+    onnx_file.write_bytes((host_artifacts["onnxruntime"] / "model.onnx").read_bytes())
+    with pytest.raises(EdgekitError, match="TVM's onnx importer cannot read this model.*--backend onnxruntime"):
+        edgekit.compile_model(str(onnx_file), backend="tvm", output=tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -20,7 +20,7 @@ from . import Lowered, versions
 
 
 def import_relax(source: Source):
-    from tvm import relax  # noqa: F401  (registers the frontends)
+    import tvm
 
     if isinstance(source, TorchSource):
         from tvm.relax.frontend.torch import from_exported_program
@@ -30,10 +30,17 @@ def import_relax(source: Source):
         import onnx
         from tvm.relax.frontend.onnx import from_onnx
 
-        return from_onnx(onnx.load(str(source.path)), keep_params_in_input=False)
-    from tvm.relax.frontend.tflite import from_tflite
+        frontend = lambda: from_onnx(onnx.load(str(source.path)), keep_params_in_input=False)  # noqa: E731
+    else:
+        from tvm.relax.frontend.tflite import from_tflite
 
-    return from_tflite(_tflite_model(source.path))
+        frontend = lambda: from_tflite(_tflite_model(source.path))  # noqa: E731
+    try:
+        return frontend()
+    except tvm.error.OpNotImplemented as exc:
+        raise EdgekitError(f"{source.path}: TVM's {source.kind} importer cannot read this model: "
+                           f"{str(exc).splitlines()[0]} Use --backend onnxruntime for it, or export the model "
+                           "without runtime-specific fused ops.") from None
 
 
 def _tflite_model(path: Path):
