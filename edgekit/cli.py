@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .errors import EdgekitError
 
-APPS = ("superres", "pose")          # each edgekit.apps.<name>.demo registers its own subcommand
+APPS = ("superres", "pose", "asr", "chimp")   # each edgekit.apps.<name>.demo registers its own subcommand
 EXIT_USER_ERROR = 2
 
 
