@@ -1,13 +1,16 @@
 """Fused attention kernel vs the float64 reference: lengths, head dims, masks, GQA, decode; builds."""
 
 import shutil
+import subprocess
 
 import pytest
 import torch
 import tvm
 
 from edgekit.kernels import attention
-from edgekit.kernels.attention import build, tir_kernel
+from tvm import relax
+
+from edgekit.kernels.attention import build, relax_pass, tir_kernel
 from edgekit.kernels.attention.reference import attention_reference, visible_keys
 
 ELF_MACHINE = {"aarch64-linux-gnu": 183, "x86_64-linux-gnu": 62}  # ELF e_machine field
@@ -157,3 +160,88 @@ def test_cross_builds(target_name, tmp_path, monkeypatch):
     assert tir_kernel.TILE_SYMBOL.encode() not in data  # the portable TIR, not the x86 micro-kernel
     if target_name.startswith("cuda"):
         assert b"attention_f32_kernel" in data  # the device kernel is embedded
+
+
+def _relax_attention_module(lq, lk, causal_mask, scales=(None,)):
+    """main(q, k, v) in BSNH layout with one R.nn.attention per scale, summed."""
+    bb = relax.BlockBuilder()
+    q = relax.Var("q", relax.TensorType((1, lq, 4, 64), "float32"))
+    k = relax.Var("k", relax.TensorType((1, lk, 4, 64), "float32"))
+    v = relax.Var("v", relax.TensorType((1, lk, 4, 64), "float32"))
+    with bb.function("main", [q, k, v]):
+        with bb.dataflow():
+            outs = [bb.emit(relax.op.nn.attention(q, k, v, scale=s, causal_mask=causal_mask)) for s in scales]
+            total = outs[0]
+            for o in outs[1:]:
+                total = bb.emit(relax.op.add(total, o))
+            result = bb.emit_output(total)
+        bb.emit_func_output(result)
+    return bb.get()
+
+
+def _run_relax(mod, tmp_path, *tensors):
+    target = build.host_target()
+    lib = tmp_path / "model.so"
+    tvm.compile(mod, target=tvm.target.Target(target)).export_library(
+        str(lib), fcompile=relax_pass.link_fcompile(target))
+    vm = relax.VirtualMachine(tvm.runtime.load_module(str(lib)), tvm.cpu())
+    return torch.from_dlpack(vm["main"](*[tvm.runtime.tensor(t.numpy()) for t in tensors]))
+
+
+def _ops(mod):
+    return mod["main"].script()
+
+
+def test_relax_attention_op_uses_kernel(tmp_path):
+    mod = relax_pass.use_fused_attention(_relax_attention_module(37, 37, "TopLeft", (None, 0.2)),
+                                         build.host_target())
+    assert "R.nn.attention" not in _ops(mod) and _ops(mod).count("R.call_tir") == 2
+    q, k, v = (t.transpose(1, 2).contiguous() for t in _inputs(1, 4, 4, 37, 37, 64))  # BSNH
+    out = _run_relax(mod, tmp_path, q, k, v).transpose(1, 2)
+    q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+    expected = attention_reference(q, k, v, causal=True) + attention_reference(q, k, v, causal=True, scale=0.2)
+    torch.testing.assert_close(out.double(), expected, rtol=RTOL, atol=ATOL)
+
+
+def test_relax_top_left_causal_with_unequal_lengths_is_left_alone():
+    mod = relax_pass.use_fused_attention(_relax_attention_module(5, 9, "TopLeft"), build.host_target())
+    assert "R.nn.attention" in _ops(mod) and "R.call_tir" not in _ops(mod)
+
+
+def test_relax_matmul_softmax_chain_uses_kernel(tmp_path):
+    bb = relax.BlockBuilder()
+    params = [relax.Var(n, relax.TensorType((1, 2, 50, 32), "float32")) for n in "qkv"]
+    with bb.function("main", params):
+        with bb.dataflow():
+            q, k, v = params
+            scores = bb.emit(relax.op.matmul(q, bb.emit(relax.op.permute_dims(k, [0, 1, 3, 2]))))
+            scaled = bb.emit(relax.op.divide(scores, relax.const(4.0, "float32")))
+            probs = bb.emit(relax.op.nn.softmax(scaled, axis=-1))
+            result = bb.emit_output(relax.op.matmul(probs, v))
+        bb.emit_func_output(result)
+    mod = relax_pass.use_fused_attention(bb.get(), build.host_target())
+    assert "R.nn.softmax" not in _ops(mod) and "R.call_tir" in _ops(mod)
+    q, k, v = _inputs(1, 2, 2, 50, 50, 32)
+    torch.testing.assert_close(_run_relax(mod, tmp_path, q, k, v).double(),
+                               attention_reference(q, k, v, scale=0.25), rtol=RTOL, atol=ATOL)
+
+
+def _cuda_sources(module):
+    own = [module.inspect_source("cuda")] if module.kind == "cuda" else []
+    return own + [src for child in module.imports for src in _cuda_sources(child)]
+
+
+@pytest.mark.parametrize("target_name", ["cuda-sm87", "cuda-sm90"])
+def test_relax_rewrite_builds_for_cuda(target_name, tmp_path):
+    """The rewritten model compiles for CUDA, and nvcc turns its device code into a cubin."""
+    target = build.CROSS_TARGETS[target_name]
+    mod = relax_pass.use_fused_attention(_relax_attention_module(64, 64, "BottomRight"), target)
+    assert "R.call_tir" in _ops(mod)
+    (source,) = _cuda_sources(tvm.compile(mod, target=tvm.target.Target(target)).mod)
+    assert "threadIdx.x" in source
+    if shutil.which("nvcc") is None:
+        pytest.skip("nvcc not installed: CUDA source generated but not compiled")
+    (tmp_path / "kernels.cu").write_text(source)
+    done = subprocess.run(["nvcc", "--cubin", f"-arch={target['arch']}", "-O3", "-o", str(tmp_path / "k.cubin"),
+                           str(tmp_path / "kernels.cu")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
