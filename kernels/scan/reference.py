@@ -82,9 +82,9 @@ def parallel_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_soft
 
 
 def selective_state_update_ref(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
-                               dt_softplus=False):
-    """One step in float64; returns (out [B, D], new_state [B, D, N]) and leaves `state` alone."""
-    state, x, dt, A, B, C, D, z, dt_bias = _cast(torch.float64, state, x, dt, A, B, C, D, z, dt_bias)
+                               dt_softplus=False, dtype=torch.float64):
+    """One step in `dtype`; returns (out [B, D], new_state [B, D, N]) and leaves `state` alone."""
+    state, x, dt, A, B, C, D, z, dt_bias = _cast(dtype, state, x, dt, A, B, C, D, z, dt_bias)
     decay, drive = _discretize(x[..., None], dt[..., None], A, B[..., None], dt_bias, dt_softplus)
     new_state = decay[:, :, 0] * state + drive[:, :, 0]
     out = _readout(new_state[:, :, None], x[..., None], C[..., None], D, None if z is None else z[..., None])

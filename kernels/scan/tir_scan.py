@@ -210,30 +210,55 @@ def build_state_update(opts: Options, sched: Schedule):
                 arg("dt_bias", (dim,))
             arg("state", (batch, dim, n))  # read and updated in place
             arg("out", (batch, dim))
-            state, b_mat, c_mat = bufs["state"], bufs["B"], bufs["C"]
-            with sched.channels(batch * dim) as bd:
-                b = T.Bind(bd // dim)
-                d = T.Bind(bd % dim)
-                g = T.Bind(d // (dim // groups))
-                prod = T.alloc_buffer((n,), "float32", scope=sched.scratch_scope)
+            _update_body(bufs, opts, sched, batch, dim, groups)
+    return ib.get()
+
+
+def _update_body(bufs, opts, sched, batch, dim, groups):
+    """Channels in blocks of CHUNK: dt/softplus and the D/z epilogue run as SIMD over the block,
+    the state update as SIMD over N per channel."""
+    n, vec = opts.n_state, sched.lanes
+    state, x, b_mat, c_mat = bufs["state"], bufs["x"], bufs["B"], bufs["C"]
+    blocks = (dim + CHUNK - 1) // CHUNK
+    with sched.channels(batch * blocks) as bb:
+        b = T.Bind(bb // blocks)
+        d0 = T.Bind(bb % blocks * CHUNK)
+        scratch = [T.alloc_buffer((size,), "float32", scope=sched.scratch_scope)
+                   for size in (n, CHUNK, CHUNK, CHUNK)]
+        prod, dt, dx, y = scratch
+
+        def block(count, tail):
+            with vec(CHUNK) as j:
+                d = tirx.min(d0 + j, dim - 1) if tail else d0 + j  # clamp: see _scan_body
                 v = bufs["dt"][b, d]
                 if opts.has_bias:
                     v = v + bufs["dt_bias"][d]
                 if opts.softplus:
                     v = sched.softplus(v)
-                dt = T.Bind(v)
-                dx = T.Bind(dt * bufs["x"][b, d])
+                _store(dt, v, j)
+                _store(dx, v * x[b, d], j)
+            with T.serial(0, count) as j:
+                d = d0 + j
+                g = d // (dim // groups)
                 with vec(n) as i:
-                    h = sched.exp(dt * bufs["A"][d, i]) * state[b, d, i] + dx * b_mat[b, g, i]
-                    _store(prod, h, i)
+                    decay = sched.exp(dt[j] * bufs["A"][d, i])
+                    _store(prod, decay * state[b, d, i] + dx[j] * b_mat[b, g, i], i)
                 with vec(n) as i:
                     _store(state, prod[i], b, d, i)
                     _store(prod, prod[i] * c_mat[b, g, i], i)
                 _tree_sum(prod, n, vec)
-                out = prod[0]
+                _store(y, prod[0], j)
+            with (T.serial(0, count) if tail else vec(count)) as j:
+                d = d0 + j
+                out = y[j]
                 if opts.has_d:
-                    out = out + bufs["D"][d] * bufs["x"][b, d]
+                    out = out + bufs["D"][d] * x[b, d]
                 if opts.has_z:
                     out = out * sched.silu(bufs["z"][b, d])
                 _store(bufs["out"], out, b, d)
-    return ib.get()
+
+        with T.If(d0 + CHUNK <= dim):
+            with T.Then():
+                block(CHUNK, tail=False)
+            with T.Else():
+                block(dim - d0, tail=True)

@@ -121,7 +121,7 @@ def _update_inputs(batch, dim, n, groups, flags, seed=1):
 @pytest.mark.parametrize("n,groups,flags", [(16, None, FLAGS[-1]), (64, 2, FLAGS[5]),
                                             (128, 1, FLAGS[10]), (10, None, FLAGS[0])])
 def test_state_update_matches_reference(n, groups, flags):
-    state, step = _update_inputs(3, 4, n, groups, flags)
+    state, step = _update_inputs(3, 36, n, groups, flags)  # two full channel blocks and a tail
     ref_out, ref_state = selective_state_update_ref(state, **step)
     out = selective_state_update(state, **step)
     _assert_close(out, ref_out)
