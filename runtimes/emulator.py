@@ -25,6 +25,8 @@ import numpy as np
 
 from edgekit.errors import EdgekitError
 
+from . import executorch_runner
+
 SUITE = "bookworm"  # its python3 is 3.11, the version the aarch64 wheels are picked for
 MIRROR = "http://deb.debian.org/debian"
 DEBIAN_PACKAGES = ("python3", "libstdc++6", "libgomp1")
@@ -81,7 +83,7 @@ def status() -> dict:
 # ---------------------------------------------------------------- setup
 
 def setup(force: bool = False) -> float:
-    """Build or refresh the sysroot; returns the seconds it took."""
+    """Build or refresh the sysroot (only the parts whose pins changed); returns the seconds it took."""
     from rich.console import Console
 
     console = Console(stderr=True)
@@ -90,15 +92,16 @@ def setup(force: bool = False) -> float:
     _ensure_binfmt()
     want, have = wanted(), ({} if force else _stamp())
     root = sysroot()
+    if is_ready() and not force:
+        console.print(f"[green]emulator up to date[/]: {root}")
+        return time.perf_counter() - t0
     if want["base"] != have.get("base") or not root.is_dir():
         _step(console, f"debootstrap Debian {SUITE} arm64 (minutes)", _build_base, root)
-        have = {"base": want["base"]}
-        _write_stamp(have)
-    if want["payload"] != have.get("payload"):
-        _step(console, "install the aarch64 wheels of " + ", ".join(want["payload"]["wheels"]),
-              _install_wheels, root, want["payload"]["wheels"])
-        _step(console, f"build the ExecuTorch C++ runner (executorch=={want['payload']['executorch']})",
-              _build_runner, root, want["payload"]["executorch"])
+        _write_stamp({"base": want["base"]})
+    _step(console, "install the aarch64 wheels of " + ", ".join(want["payload"]["wheels"]),
+          _install_wheels, root, want["payload"]["wheels"])
+    _step(console, f"build the ExecuTorch C++ runner (executorch=={want['payload']['executorch']})",
+          _build_runner, root, want["payload"]["executorch"])
     _step(console, "check the runtimes start inside the emulator", _smoke_test, root)
     seconds = time.perf_counter() - t0
     _write_stamp({**want, "setup_seconds": round(seconds, 1)})
@@ -224,15 +227,23 @@ def _ensure_binfmt() -> None:
                            "(in a container: --privileged), or run the artifact on an aarch64 machine.") from None
 
 
+def _chroot(root: Path) -> list[str]:
+    """The command prefix that runs aarch64 programs inside the sysroot.
+
+    A chroot with binfmt, not `qemu-aarch64-static -L SYSROOT`: with -L, onnxruntime crashed reading
+    the host's /proc/cpuinfo and Python could not import packages from host paths (qemu 7.2).
+    """
+    _ensure_binfmt()
+    if os.geteuid() != 0:
+        raise EdgekitError("cannot start the aarch64 emulator: it runs artifacts in a chroot, which needs root. "
+                           "Run as root (sudo), or run the artifact on an aarch64 machine.")
+    return ["chroot", str(root)]
+
+
 def _emulate(root: Path, argv: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
     """Run an aarch64 command inside the sysroot; raise a readable error when it fails."""
-    _ensure_binfmt()
     settings = [f"{k}={v}" for k, v in (env or {}).items()]
-    try:
-        proc = subprocess.run(["chroot", str(root), "/usr/bin/env", *settings, *argv], capture_output=True, text=True)
-    except PermissionError as exc:
-        raise EdgekitError(f"cannot start the aarch64 emulator: chroot is not permitted ({exc}). "
-                           "Run as root, or run the artifact on an aarch64 machine.") from None
+    proc = subprocess.run([*_chroot(root), "/usr/bin/env", *settings, *argv], capture_output=True, text=True)
     if proc.returncode:
         raise EdgekitError(f"the aarch64 emulator failed running `{' '.join(argv[:3])} ...` (exit "
                            f"{proc.returncode}):\n{_tail(proc)}")
@@ -243,9 +254,8 @@ def _emulate(root: Path, argv: list[str], env: dict | None = None) -> subprocess
 def rpc_server(port: int = 9090, timeout_s: float = 180):
     """A TVM RPC server inside the emulator on 127.0.0.1:PORT: proves the rpc:// path without a board."""
     root = require_sysroot()
-    _ensure_binfmt()
     with tempfile.NamedTemporaryFile("w+", prefix="edgekit-rpc-", suffix=".log") as log:
-        proc = subprocess.Popen(["chroot", str(root), "python3", "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1",
+        proc = subprocess.Popen([*_chroot(root), "python3", "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1",
                                  "--port", str(port), "--port-end", str(port + 1)],
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
@@ -262,7 +272,8 @@ def _wait_for(ready, proc: subprocess.Popen, timeout_s: float, log: str) -> None
     while not ready():
         if proc.poll() is not None or time.monotonic() > deadline:
             tail = "\n".join(Path(log).read_text().strip().splitlines()[-10:])
-            raise EdgekitError(f"the TVM RPC server in the emulator did not start (exit {proc.returncode}):\n{tail}")
+            why = f"exit {proc.returncode}" if proc.returncode is not None else f"no answer in {timeout_s:.0f} s"
+            raise EdgekitError(f"the TVM RPC server in the emulator did not start ({why}):\n{tail}")
         time.sleep(0.2)
 
 
@@ -316,17 +327,6 @@ def _run_python(root, work: Path, guest: str, manifest, inputs, bench: dict):
 
 
 def _run_executorch(root, work: Path, guest: str, manifest, inputs, bench: dict):
-    for i, x in enumerate(inputs):
-        (work / f"in{i}.bin").write_bytes(np.ascontiguousarray(x).tobytes())
-    warmup, iters = (bench.get("warmup", 3), bench.get("iters", 20)) if bench else (0, 1)
-    proc = _emulate(root, [f"/{RUNNER}", f"{guest}/artifact/{manifest.entry}", guest, str(warmup), str(iters)])
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
-    outputs = [np.fromfile(work / f"out{i}.bin", dtype=spec.dtype).reshape(shape)
-               for i, (spec, shape) in enumerate(zip(manifest.outputs, report["shapes"]))]
-    return outputs, (summarize(report["times_ms"]) if bench else None)
-
-
-def summarize(times_ms: list[float]) -> dict:
-    t = np.asarray(times_ms)
-    return {"p50_ms": float(np.percentile(t, 50)), "p90_ms": float(np.percentile(t, 90)),
-            "min_ms": float(t.min()), "mean_ms": float(t.mean()), "iters": int(t.size)}
+    executorch_runner.write_inputs(work, inputs)
+    proc = _emulate(root, [f"/{RUNNER}", *executorch_runner.args(f"{guest}/artifact/{manifest.entry}", guest, bench)])
+    return executorch_runner.read_result(work, manifest, proc.stdout, bench)

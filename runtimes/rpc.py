@@ -1,7 +1,8 @@
 """TVM RPC: run and time a TVM artifact on a board that runs `python3 -m tvm.exec.rpc_server`.
 
 The .so is uploaded, loaded into a relax VM on the board, run there, and timed there with
-TVM's time_evaluator (device-side clock, no network in the numbers).
+TVM's time_evaluator (device-side clock, no network in the numbers). `bench_remote` also hands
+adb:// devices to adb.py, so `edgekit bench --device` has one entry point.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import numpy as np
 
 from edgekit.errors import EdgekitError
 
-from .emulator import summarize
+from .executorch_runner import summarize
 
 
 def parse_url(url: str) -> tuple[str, int]:
@@ -67,12 +68,14 @@ def _leaves(result) -> list:
 
 
 def bench_remote(artifact_dir: Path, url: str, warmup: int = 3, iters: int = 20) -> dict:
-    """`edgekit bench DIR --device rpc://HOST:PORT`: checked artifact, example inputs, device-side timings."""
+    """`edgekit bench DIR --device URL`, URL = rpc://HOST:PORT (TVM) or adb://[SERIAL] (ExecuTorch on a phone):
+    checked artifact, example inputs, timings taken on the device."""
     from edgekit.artifact import load_verified
 
+    from .adb import run_adb
     from .model import example_inputs
 
     manifest = load_verified(artifact_dir)
-    _, stats = run_remote(url, artifact_dir, manifest, example_inputs(manifest),
-                          benchmark={"warmup": warmup, "iters": iters})
+    run = run_adb if url.startswith("adb://") else run_remote
+    _, stats = run(url, artifact_dir, manifest, example_inputs(manifest), benchmark={"warmup": warmup, "iters": iters})
     return {"model": manifest.model, "backend": manifest.backend, "target": manifest.target, "device": url, **stats}

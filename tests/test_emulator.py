@@ -133,6 +133,12 @@ def test_rpc_url_is_checked():
         rpc.parse_url("adb://emulator-5554")
 
 
+def test_adb_without_an_android_runner_says_how_to_get_one(artifacts, monkeypatch):
+    monkeypatch.delenv("EDGEKIT_ADB_RUNNER", raising=False)
+    with pytest.raises(EdgekitError, match="EDGEKIT_ADB_RUNNER"):
+        rpc.bench_remote(artifacts("android-arm64", "executorch"), "adb://emulator-5554")
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
