@@ -5,11 +5,17 @@ h x w; compiled artifacts accept only their compiled tile, so `fixed_tile=True` 
 """
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
 from typing import Callable, Iterator
 
 import cv2
 import numpy as np
 import torch
+
+from edgekit.errors import EdgekitError
+
+from .model import example_inputs, from_pretrained, resolve_weights
 
 SRFn = Callable[[np.ndarray], np.ndarray]
 
@@ -22,7 +28,7 @@ def eager_fn(module: torch.nn.Module) -> SRFn:
 
 
 def artifact_fn(artifact_dir) -> SRFn:
-    import edgekit  # the runtime loader; imported late so eager use needs no compiled backend
+    import edgekit  # late: loading runtimes is only needed for compiled backends
     model = edgekit.load(artifact_dir)
     return lambda x: model.run([x])[0]
 
@@ -45,7 +51,6 @@ def windows(size: int, tile: int, overlap: int) -> Iterator[tuple[int, int, int,
 
 
 def check_tiling(tile: int, overlap: int) -> None:
-    from edgekit.errors import EdgekitError
     if tile <= 2 * overlap:
         raise EdgekitError(f"--tile {tile} must exceed twice --overlap {overlap}. Raise --tile or lower --overlap.")
 
@@ -104,3 +109,33 @@ def upscale_image(img: np.ndarray, sr: SRFn, scale: int, **tiling) -> np.ndarray
         alpha = cv2.resize(img[..., 3], (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_CUBIC)
         return np.dstack([rgb, alpha])
     return upscale_rgb(img, sr, scale, **tiling)
+
+
+BACKENDS = ("eager", "onnxruntime", "executorch", "tvm")
+DEFAULT_CACHE = Path.home() / ".cache" / "edgekit" / "artifacts"
+
+
+def build_sr(backend: str, scale: int, weights=None, tile: int = 128, target: str = "host",
+             quantize: str | None = None, cache_dir=None) -> SRFn:
+    """The SR callable for a backend. Compiled artifacts are cached per (backend, target, precision,
+    scale, tile, weights digest), so a second eval or run reuses them instead of recompiling."""
+    if backend not in BACKENDS:
+        raise EdgekitError(f"Unknown backend {backend!r}. Choose one of: {', '.join(BACKENDS)}.")
+    path = resolve_weights(weights, scale)
+    module = from_pretrained(path, scale)
+    if backend == "eager":
+        if quantize:
+            raise EdgekitError("--quantize needs a compiled backend. Pass --backend executorch, onnxruntime or tvm.")
+        return eager_fn(module)
+    from edgekit.compile import compile_model  # late: importing the compilers costs seconds
+
+    name = f"cfsr_x{scale}"
+    art = Path(cache_dir or DEFAULT_CACHE) / f"{name}_{backend}_{target}_{quantize or 'fp32'}_t{tile}_{_digest(path)}"
+    if not (art / "manifest.json").is_file():
+        compile_model(module, example_inputs(tile, tile), target=target, backend=backend, output=art,
+                      name=name, force=True, **({"quantize": quantize} if quantize else {}))
+    return artifact_fn(art)
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]

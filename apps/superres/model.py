@@ -125,7 +125,10 @@ class CFSR(nn.Module):
         return self.upsample(deep) + self.mean
 
 
-def default_weights(scale: int) -> Path:
+def resolve_weights(weights: str | os.PathLike | None, scale: int) -> Path:
+    """The given path, else $EDGEKIT_WEIGHTS/cfsr/CFSR_x{scale}.pth."""
+    if weights:
+        return Path(weights)
     root = os.environ.get("EDGEKIT_WEIGHTS")
     if not root:
         raise EdgekitError("No CFSR weights given. Pass --weights PATH or set EDGEKIT_WEIGHTS to the folder "
@@ -156,7 +159,7 @@ def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
 def from_pretrained(weights: str | os.PathLike | None = None, scale: int = 4) -> CFSR:
     """The official model in eval mode; refuses weights trained for another scale."""
     check_scale(scale)
-    path = Path(weights) if weights else default_weights(scale)
+    path = resolve_weights(weights, scale)
     state = _load_state_dict(path)
     ckpt_scale = round((state["upsample.0.weight"].shape[0] / 3) ** 0.5)
     if ckpt_scale != scale:

@@ -24,6 +24,15 @@ def ckpt(scale: int) -> Path:
     return WEIGHTS / "cfsr" / f"CFSR_x{scale}.pth"
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """OpenMP threads spin-wait when the CPU is oversubscribed (shared CI boxes): 10-30x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def sr_x2():
     return app.eager_fn(model.from_pretrained(ckpt(2), 2))
@@ -89,10 +98,10 @@ def test_windows_cover_axis_with_context(size, tile, overlap):
 
 
 def test_tiling_seams_are_invisible(sr_x2):
-    lr = crop("baby", 150, 170)
+    lr = crop("baby", 100, 120)
     whole = app.upscale_rgb(lr, sr_x2, 2)
     for fixed in (False, True):
-        tiled = app.upscale_rgb(lr, sr_x2, 2, tile=64, overlap=16, fixed_tile=fixed)
+        tiled = app.upscale_rgb(lr, sr_x2, 2, tile=48, overlap=12, fixed_tile=fixed)
         assert psnr(tiled, whole) >= 50
 
 

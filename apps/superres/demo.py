@@ -1,0 +1,201 @@
+"""`edgekit superres {eval,run,live}`: the command line over model, eval and app."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edgekit.errors import EdgekitError
+
+from .app import BACKENDS, DEFAULT_CACHE, build_sr, check_tiling, upscale_image, upscale_rgb
+from .eval import evaluate
+from .model import SCALES, check_scale
+
+FORMATTER = argparse.ArgumentDefaultsHelpFormatter
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("superres", help="CFSR super-resolution: evaluate, upscale files, live video",
+                                   formatter_class=FORMATTER)
+    commands = parser.add_subparsers(dest="superres_command", required=True)
+
+    ev = commands.add_parser("eval", help="PSNR-Y/SSIM-Y on an HR image folder (SR-literature protocol)",
+                             formatter_class=FORMATTER)
+    _model_args(ev, tile=96)
+    ev.add_argument("--data", default=_default_data(), help="folder of HR images; None: $EDGEKIT_DATA/sr/Set5")
+    ev.add_argument("--quantize", choices=["int8"], help="evaluate a quantized compiled artifact")
+    ev.add_argument("--json", action="store_true", help="print one JSON object")
+    ev.set_defaults(func=_eval)
+
+    run = commands.add_parser("run", help="upscale one image file", formatter_class=FORMATTER)
+    run.add_argument("input", type=Path, help="image to upscale (RGB, gray, RGBA; 8 or 16 bit)")
+    run.add_argument("-o", "--output", type=Path, required=True, help="where to write the result")
+    _model_args(run, tile=128)
+    run.set_defaults(func=_run)
+
+    live = commands.add_parser("live", help="side-by-side bicubic vs CFSR on a camera, file or stream",
+                               formatter_class=FORMATTER)
+    live.add_argument("--source", default="0", help="camera index, /dev/videoN, video file or rtsp:// URL")
+    live.add_argument("--headless", action="store_true", help="write a video instead of opening a window")
+    live.add_argument("-o", "--output", type=Path, help="video to write with --headless (.mp4)")
+    live.add_argument("--max-frames", type=int, default=0, help="stop after N frames (0: until the source ends)")
+    _model_args(live, tile=128)
+    live.set_defaults(func=_live)
+
+
+def _model_args(parser: argparse.ArgumentParser, tile: int) -> None:
+    parser.add_argument("--scale", type=int, default=4, choices=SCALES, help="upscaling factor")
+    parser.add_argument("--weights", help="CFSR_x{S}.pth checkpoint; None: $EDGEKIT_WEIGHTS/cfsr/CFSR_x{S}.pth")
+    parser.add_argument("--backend", default="eager", choices=BACKENDS, help="eager is the PyTorch reference")
+    parser.add_argument("--target", default="host", help="compile target for compiled backends")
+    parser.add_argument("--tile", type=int, default=tile, help="LR tile size (compiled artifacts' input shape)")
+    parser.add_argument("--overlap", type=int, default=16, help="LR context pixels around each tile")
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="compiled artifact cache")
+
+
+def _default_data() -> str | None:
+    root = os.environ.get("EDGEKIT_DATA")
+    return str(Path(root) / "sr" / "Set5") if root else None
+
+
+def _sr_from_args(args: argparse.Namespace, quantize: str | None = None):
+    check_scale(args.scale)
+    check_tiling(args.tile, args.overlap)
+    sr = build_sr(args.backend, args.scale, args.weights, args.tile, args.target, quantize, args.cache)
+    # Eager takes any shape; compiled artifacts only their tile.
+    fixed = args.backend != "eager"
+    return sr, {"tile": args.tile, "overlap": args.overlap, "fixed_tile": fixed}
+
+
+def _eval(args: argparse.Namespace) -> int:
+    if not args.data:
+        raise EdgekitError("No evaluation data given. Pass --data DIR or set EDGEKIT_DATA.")
+    sr, tiling = _sr_from_args(args, args.quantize)
+    if args.backend == "eager":
+        tiling = {}  # the reference runs whole images, as in the paper
+    scores = evaluate(lambda lr: upscale_rgb(lr, sr, args.scale, **tiling), args.data, args.scale)
+    report = {
+        "model": f"cfsr_x{args.scale}", "dataset": Path(args.data).name, "scale": args.scale,
+        "backend": args.backend, "target": args.target, "precision": args.quantize or "fp32",
+        "tile": tiling.get("tile"), "n_images": len(scores),
+        "psnr_y": float(np.mean([s.psnr_y for s in scores])),
+        "ssim_y": float(np.mean([s.ssim_y for s in scores])),
+        "bicubic_psnr_y": float(np.mean([s.bicubic_psnr_y for s in scores])),
+        "images": [vars(s) for s in scores],
+    }
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(f"{report['model']} {report['backend']} {report['precision']} on {report['dataset']} "
+              f"({report['n_images']} images): PSNR-Y {report['psnr_y']:.2f} dB, SSIM-Y {report['ssim_y']:.4f} "
+              f"(bicubic {report['bicubic_psnr_y']:.2f} dB)")
+    return 0
+
+
+def upscale_file(src, dst, scale: int = 4, backend: str = "eager", weights=None, tile: int = 128,
+                 overlap: int = 16, target: str = "host", cache=DEFAULT_CACHE) -> Path:
+    """Read `src`, super-resolve it, write `dst` (format from its suffix); the `run` command and `make demo`."""
+    args = argparse.Namespace(scale=scale, backend=backend, weights=weights, tile=tile, overlap=overlap,
+                              target=target, cache=cache)
+    img = cv2.imread(str(src), cv2.IMREAD_UNCHANGED)
+    if img is None or img.dtype not in (np.uint8, np.uint16):
+        raise EdgekitError(f"Cannot read {src} as an 8- or 16-bit image. Pass a PNG, JPEG, BMP or TIFF file.")
+    sr, tiling = _sr_from_args(args)
+    out = _from_rgb(upscale_image(_to_rgb(img), sr, scale, **tiling))
+    try:
+        written = cv2.imwrite(str(dst), out)
+    except cv2.error as exc:
+        raise EdgekitError(f"Cannot write {dst}: {exc.err}. Use a .png, .jpg, .bmp or .tiff output name.") from exc
+    if not written:
+        raise EdgekitError(f"Cannot write {dst}. Check the folder exists and the suffix is an image format.")
+    return Path(dst)
+
+
+def _run(args: argparse.Namespace) -> int:
+    upscale_file(args.input, args.output, args.scale, args.backend, args.weights, args.tile, args.overlap,
+                 args.target, args.cache)
+    return 0
+
+
+def _to_rgb(img: np.ndarray) -> np.ndarray:
+    """OpenCV's BGR(A) order to RGB(A); gray stays as is."""
+    if img.ndim == 2:
+        return img
+    return cv2.cvtColor(img, cv2.COLOR_BGRA2RGBA if img.shape[2] == 4 else cv2.COLOR_BGR2RGB)
+
+
+def _from_rgb(img: np.ndarray) -> np.ndarray:
+    if img.ndim == 2:
+        return img
+    return cv2.cvtColor(img, cv2.COLOR_RGBA2BGRA if img.shape[2] == 4 else cv2.COLOR_RGB2BGR)
+
+
+def _open_source(source: str) -> cv2.VideoCapture:
+    cap = cv2.VideoCapture(int(source) if source.isdigit() else source)
+    if not cap.isOpened():
+        raise EdgekitError(f"Cannot open video source {source!r}. Pass a camera index, /dev/videoN, "
+                           "a readable video file or a reachable stream URL.")
+    return cap
+
+
+def _side_by_side(frame: np.ndarray, sr, scale: int, tiling: dict, fps: float) -> np.ndarray:
+    """Downscale the BGR frame by `scale`, then show bicubic (left) and CFSR (right) back at frame size."""
+    h, w = frame.shape[0] - frame.shape[0] % scale, frame.shape[1] - frame.shape[1] % scale
+    lr = cv2.resize(frame[:h, :w], (w // scale, h // scale), interpolation=cv2.INTER_AREA)
+    bicubic = cv2.resize(lr, (w, h), interpolation=cv2.INTER_CUBIC)
+    restored = _from_rgb(upscale_rgb(_to_rgb(lr), sr, scale, **tiling))
+    for img, label in ((bicubic, "bicubic"), (restored, f"CFSR x{scale}  {fps:.1f} fps")):
+        cv2.putText(img, label, (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (0, 255, 255), 2)
+    return np.hstack([bicubic, restored])
+
+
+def _live(args: argparse.Namespace) -> int:
+    if args.headless and not args.output:
+        raise EdgekitError("--headless needs -o OUT.mp4 to write the side-by-side video.")
+    sr, tiling = _sr_from_args(args)
+    cap = _open_source(args.source)
+    writer, fps, frames = None, 0.0, 0
+    try:
+        while not args.max_frames or frames < args.max_frames:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            start = time.perf_counter()
+            view = _side_by_side(frame, sr, args.scale, tiling, fps)
+            fps = 1.0 / (time.perf_counter() - start)
+            frames += 1
+            if args.headless:
+                writer = writer or _open_writer(args.output, view.shape, cap.get(cv2.CAP_PROP_FPS))
+                writer.write(view)
+            elif _show(view):
+                break
+    finally:
+        cap.release()
+        if writer is not None:
+            writer.release()
+        if not args.headless:
+            cv2.destroyAllWindows()
+    if frames == 0:
+        raise EdgekitError(f"Video source {args.source!r} opened but gave no frames.")
+    return 0
+
+
+def _open_writer(path: Path, shape: tuple, fps: float) -> cv2.VideoWriter:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps or 25.0, (shape[1], shape[0]))
+    if not writer.isOpened():
+        raise EdgekitError(f"Cannot write video {path}. Use an .mp4 name in an existing folder.")
+    return writer
+
+
+def _show(view: np.ndarray) -> bool:
+    """Display one frame; True when the user pressed q or Esc."""
+    try:
+        cv2.imshow("edgekit superres (q to quit)", view)
+        return cv2.waitKey(1) & 0xFF in (ord("q"), 27)
+    except cv2.error as exc:
+        raise EdgekitError("This OpenCV build cannot open windows. Run with --headless -o out.mp4.") from exc
