@@ -1,9 +1,8 @@
 """Public entry points: validate torch inputs, lay them out for the kernel, run the host build.
 
 Contract as mamba_ssm's selective_scan_fn / selective_state_update, on CPU float32 tensors.
-Tensors reach the kernel through DLPack (no copy) except B/C, which are transposed to
-[batch, groups, length, N] so every time step reads one contiguous vector; that is N*L per group,
-small next to the D*L*N work.
+Contiguous tensors reach the kernel through DLPack without a copy; only a state size that is not a
+power of two costs a zero-padded copy of A/B/C (and of the state for the in-place update).
 """
 
 import torch
@@ -44,15 +43,15 @@ def _padded_state_size(n):
     return 1 << max(n - 1, 0).bit_length()
 
 
-def _pad_state(t, n_pad):
-    """Zero-pad the last (state) dim: zero B/C/A lanes carry zero state and add nothing to y."""
-    return F.pad(t, (0, n_pad - t.shape[-1])) if t.shape[-1] != n_pad else t
+def _pad_state(t, n_pad, axis=-1):
+    """Zero-pad the state axis: zero B/C/A lanes carry zero state and add nothing to y."""
+    missing = n_pad - t.shape[axis]
+    return F.pad(t, [0, 0] * (-axis - 1) + [0, missing]) if missing else t
 
 
-def _grouped_time_major(t, n_pad):
-    """[batch, (G,) N, L] -> contiguous [batch, G, L, N_pad]."""
-    t = t if t.dim() == 4 else t.unsqueeze(1)
-    return _pad_state(t.transpose(-1, -2), n_pad).contiguous()
+def _grouped(t, ndim):
+    """B/C without a group axis are one group."""
+    return t if t.dim() == ndim else t.unsqueeze(1)
 
 
 def _run(kernel, opts, inputs, outputs):
@@ -81,8 +80,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     out = u.new_empty(batch, dim, length)
     last_state = u.new_empty(batch, dim, n_pad)
     optional = [t for t in (D, z, delta_bias) if t is not None]
-    _run("scan", opts, [u, delta, _pad_state(A, n_pad), _grouped_time_major(B, n_pad),
-                        _grouped_time_major(C, n_pad), *optional], [out, last_state])
+    b_mat, c_mat = (_pad_state(_grouped(t, 4), n_pad, axis=-2) for t in (B, C))
+    _run("scan", opts, [u, delta, _pad_state(A, n_pad), b_mat, c_mat, *optional], [out, last_state])
     if not return_last_state:
         return out
     return out, last_state[..., :n_state].contiguous()
@@ -109,13 +108,10 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
                    has_bias=dt_bias is not None, softplus=bool(dt_softplus))
     work = _pad_state(state, n_pad)  # `state` itself (zero copy) unless N needs padding
 
-    def grouped(t):
-        return _pad_state(t if t.dim() == 3 else t.unsqueeze(1), n_pad)
-
     out = x.new_empty(batch, dim)
     optional = [t for t in (D, z, dt_bias) if t is not None]
-    _run("state_update", opts, [x, dt, _pad_state(A, n_pad), grouped(B), grouped(C), *optional],
-         [work, out])
+    b_mat, c_mat = (_pad_state(_grouped(t, 3), n_pad) for t in (B, C))
+    _run("state_update", opts, [x, dt, _pad_state(A, n_pad), b_mat, c_mat, *optional], [work, out])
     if work is not state:
         state.copy_(work[..., :n_state])
     return out

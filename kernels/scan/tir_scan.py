@@ -6,8 +6,7 @@ the exp-throughput limit, and the same code lowers to NEON and CUDA.
 One builder per kernel; `Schedule` carries the per-target choices (how channels are spread over
 cores or threads, how the state dimension becomes SIMD lanes, which exp). Shapes are symbolic
 except the state size N, which is the SIMD width and must be a power of two (api.py pads).
-Layout the kernels expect (api.py prepares it): B and C as [batch, groups, length, N], so each
-time step reads one contiguous N-vector.
+B and C come in the caller's [batch, groups, N, L] layout; the scan first copies them time-major.
 """
 
 from contextlib import contextmanager
@@ -112,8 +111,8 @@ def build_scan(opts: Options, sched: Schedule):
             arg("u", (batch, dim, length))
             arg("delta", (batch, dim, length))
             arg("A", (dim, n))
-            arg("B", (batch, groups, length, n))
-            arg("C", (batch, groups, length, n))
+            arg("B", (batch, groups, n, length))
+            arg("C", (batch, groups, n, length))
             if opts.has_d:
                 arg("D", (dim,))
             if opts.has_z:
@@ -122,8 +121,27 @@ def build_scan(opts: Options, sched: Schedule):
                 arg("delta_bias", (dim,))
             arg("out", (batch, dim, length))
             arg("last_state", (batch, dim, n))
+            for name in ("B", "C"):
+                bufs[name] = _time_major(bufs[name], sched)
             _scan_body(bufs, opts, sched, batch, dim, length, groups)
     return ib.get()
+
+
+def _time_major(src, sched):
+    """[batch, groups, N, L] -> workspace [batch, groups, L, N]: each step then reads one vector.
+
+    Done here rather than with torch so the whole call runs on TVM's thread pool; torch's OpenMP
+    workers spin after a parallel copy and would take a core from the scan on small machines.
+    """
+    batch, groups, n, length = src.shape
+    dst = T.alloc_buffer((batch, groups, length, n), "float32")
+    with sched.channels(batch * groups * length) as row:
+        b = T.Bind(row // (groups * length))
+        g = T.Bind(row // length % groups)
+        l = T.Bind(row % length)
+        with sched.lanes(n) as i:
+            _store(dst, src[b, g, i, l], b, g, l, i)
+    return dst
 
 
 def _scan_body(bufs, opts, sched, batch, dim, length, groups):
