@@ -13,22 +13,43 @@ from edgekit.targets import check_backend, get_target
 
 from . import source as sources
 from .lower import lowerer, versions
-from .verify import reference_outputs, verify
+from .quantize import Int8Static, QuantPlan, manifest_record, parse
+from .quantize import apply as apply_quantization
+from .quantize.calibration import load_samples, split
+from .quantize.choose import check_final, choose_float_layers
+from .verify import load, reference_outputs, verify
 
 
 def compile_model(model, example_inputs=None, *, target: str = "host", backend: str, output,
                   name: str | None = None, force: bool = False, check: bool = True,
-                  atol: float = 1e-4, rtol: float = 1e-4, progress: bool = False) -> Path:
+                  atol: float = 1e-4, rtol: float = 1e-4, progress: bool = False,
+                  quantize=None, calibration=None, max_drop: float | None = None, auto_fallback: bool = False,
+                  task_metric=None) -> Path:
     """Compile `model` (torch Module + example inputs, or a path to .onnx / .tflite / FILE.py:FUNC) into an
-    artifact directory at `output`; returns its path. Nothing is written unless every step succeeds."""
+    artifact directory at `output`; returns its path. Nothing is written unless every step succeeds.
+
+    quantize: "int8" (static PTQ, needs `calibration`), "int8-weight-only", "int4-weight-only" or a config.
+    max_drop / auto_fallback / task_metric: the accuracy gate (see compile/quantize/gate.py)."""
     tgt = get_target(target)
     check_backend(tgt, backend)
     source = _as_source(model, example_inputs, name, backend)
     step = _stepper(progress)
+    inputs = _numpy_inputs(source)
+    plan = _plan(source, quantize, calibration, inputs, max_drop, auto_fallback, task_metric)
+    if plan and not check:
+        raise EdgekitError("--no-verify cannot be combined with --quantize: a quantized artifact ships only with a "
+                           "measured accuracy figure.")
+    skip = frozenset()
     with StagingDir(output, force=force) as staging:
+        if plan:
+            with step(f"quantizing ({plan.config.name})" + (", choosing float layers" if max_drop is not None
+                                                              else "")):
+                skip = choose_float_layers(source, plan)
+                lowered_source = apply_quantization(source, plan, backend, skip)
+        else:
+            lowered_source = source
         with step(f"lowering {source.name} with {backend} for {tgt.name}"):
-            lowered = lowerer(backend).lower(source, tgt, staging.path)
-        inputs = _numpy_inputs(source)
+            lowered = lowerer(backend).lower(lowered_source, tgt, staging.path)
         with step("computing reference outputs"):
             expected = reference_outputs(source, inputs)
         manifest = Manifest(
@@ -36,15 +57,35 @@ def compile_model(model, example_inputs=None, *, target: str = "host", backend: 
             inputs=[_spec(f"input{i}", x) for i, x in enumerate(inputs)],
             outputs=[_spec(f"output{i}", y) for i, y in enumerate(expected)],
             toolchain={**versions("torch"), **lowered.toolchain}, entry=lowered.entry,
-            backend_info=lowered.backend_info,
+            backend_info=lowered.backend_info, precision=plan.config.name if plan else "fp32",
+            quantization=manifest_record(plan, backend, skip) if plan else None,
             verify={"status": "skipped", "reason": "disabled with --no-verify"})
         staging.seal(manifest)
         if check:
             with step("verifying against the reference" + (" under the aarch64 emulator"
                                                             if tgt.arch != _host() else "")):
-                manifest.verify = verify(staging.path, inputs, expected, atol, rtol)
+                # quantized artifacts are judged by the accuracy gate, not by fp32 tolerances
+                manifest.verify = verify(staging.path, inputs, expected, atol, rtol, enforce=plan is None)
+                if plan and manifest.verify["status"] == "pass":
+                    model = load(staging.path)
+                    manifest.quantization["accuracy"] = check_final(source, plan, model.run).as_dict()
             staging.seal(manifest)
         return staging.commit()
+
+
+def _plan(source, quantize, calibration, inputs, max_drop, auto_fallback, task_metric) -> QuantPlan | None:
+    if quantize is None:
+        if max_drop is not None or auto_fallback:
+            raise EdgekitError("--max-drop / --auto-fallback apply to quantization; add --quantize.")
+        return None
+    config = parse(quantize)
+    if not isinstance(source, sources.TorchSource):
+        raise EdgekitError(f"quantization works on PyTorch models; {source.path} is a .{source.kind} file. Quantize "
+                           "the model before exporting it, or compile it in float.")
+    if calibration is None and not isinstance(config, Int8Static):
+        calibration = [inputs, inputs]  # weight-only needs no calibration; the example input is the held-out check
+    calib, held = split(load_samples(calibration, inputs))
+    return QuantPlan(config, calib, held, max_drop, auto_fallback, task_metric)
 
 
 def _as_source(model, example_inputs, name, backend):

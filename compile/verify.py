@@ -45,8 +45,8 @@ def _flatten(out):
 
 
 def verify(artifact_dir: Path, inputs: list[np.ndarray], expected: list[np.ndarray],
-           atol: float, rtol: float) -> dict:
-    """Max abs/rel error per output; raises with a readable report when beyond atol + rtol*|expected|."""
+           atol: float, rtol: float, enforce: bool = True) -> dict:
+    """Max abs/rel error per output; with `enforce`, raises a readable report when beyond atol + rtol*|expected|."""
     from edgekit.artifact import read_manifest
 
     manifest = read_manifest(artifact_dir)
@@ -64,7 +64,9 @@ def verify(artifact_dir: Path, inputs: list[np.ndarray], expected: list[np.ndarr
     if len(got) != len(expected):
         raise EdgekitError(f"verify: the artifact returned {len(got)} outputs, the reference {len(expected)}.")
     bad = [r for r in rows if not r["ok"]]
-    if bad:
+    if not enforce:
+        result.update(status="pass", note="errors recorded, not enforced (quantized: see quantization.accuracy)")
+    elif bad:
         lines = "\n".join(f"  output {r['index']}: max abs err {r['max_abs_err']:.3g}, max rel err "
                           f"{r['max_rel_err']:.3g} ({r['n_bad']} of {r['n']} elements beyond tolerance)" for r in bad)
         raise EdgekitError(f"verify failed on {where}: the {manifest.backend} artifact disagrees with the reference "

@@ -51,6 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip running the artifact against the reference")
     p.add_argument("--atol", type=float, default=1e-4, help="verify: absolute tolerance")
     p.add_argument("--rtol", type=float, default=1e-4, help="verify: relative tolerance")
+    p.add_argument("--quantize", choices=["int8", "int8-weight-only", "int4-weight-only"],
+                   help="int8: static post-training (needs --calibration); *-weight-only: Linear weights")
+    p.add_argument("--calibration", help="directory of samples: .npy per sample (one input) or .npz with "
+                                         "input0, input1, ...; the last quarter is held out for the accuracy figure")
+    p.add_argument("--max-drop", type=float, help="fail if the accuracy metric drops more than this (without a "
+                                                  "task metric: 1 - cosine similarity to fp32)")
+    p.add_argument("--auto-fallback", action="store_true", help="keep the most sensitive layers in float until "
+                                                                "the drop is within --max-drop")
     p.set_defaults(func=cmd_compile)
 
     p = sub.add_parser("run", help="run an artifact on .npy inputs", formatter_class=fmt)
@@ -116,12 +124,19 @@ def cmd_compile(args) -> int:
     from .compile import compile_model
 
     out = compile_model(args.model, target=args.target, backend=args.backend, output=args.output, name=args.name,
-                        force=args.force, check=args.check, atol=args.atol, rtol=args.rtol, progress=True)
+                        force=args.force, check=args.check, atol=args.atol, rtol=args.rtol, progress=True,
+                        quantize=args.quantize, calibration=args.calibration, max_drop=args.max_drop,
+                        auto_fallback=args.auto_fallback)
     from .artifact import read_manifest
 
     v = read_manifest(out).verify
     detail = f"max abs err {v['max_abs_err']:.3g} on {v['where']}" if v.get("status") == "pass" else v.get("reason")
     print(f"wrote {out} (verify: {v['status']}; {detail})")
+    q = read_manifest(out).quantization
+    if q:
+        a = q["accuracy"]
+        print(f"{q['scheme']}: {a['metric']} {a['quantized']:.6g} vs fp32 {a['fp32']:.6g} (drop {a['drop']:.3g}), "
+              f"output SNR {a['snr_db']:.1f} dB; float layers: {', '.join(q['float_layers']) or 'none'}")
     return 0
 
 

@@ -20,7 +20,7 @@ def lower(source: Source, target: Target, out: Path) -> Lowered:
     raw = out.parent / f"{out.name}.raw.onnx"   # outside the payload dir: only the optimised graph ships
     try:
         if isinstance(source, TorchSource):
-            _export_onnx(source, raw)
+            export_onnx(source, raw)
         elif source.kind == "onnx":
             shutil.copyfile(source.path, raw)
         else:
@@ -44,7 +44,7 @@ def lower(source: Source, target: Target, out: Path) -> Lowered:
                    versions("onnx", "onnxruntime"))
 
 
-def _export_onnx(source: TorchSource, path: Path) -> None:
+def export_onnx(source: TorchSource, path: Path) -> None:
     import torch
 
     program = export_torch(source)

@@ -1,0 +1,130 @@
+"""Quantization: config -> registered transform per backend, chosen layers kept in float, gated on accuracy.
+
+    quantize_(model, Int8WeightOnly(group_size=32))       # torch-level, in place
+    compile_model(m, x, backend="executorch", quantize="int8", calibration=[...], max_drop=0.001)
+"""
+from __future__ import annotations
+
+import copy
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from edgekit.errors import EdgekitError
+
+from ..source import FileSource, TorchSource
+from .configs import CONFIGS, Int4WeightOnly, Int8Static, Int8WeightOnly, describe, parse
+from .gate import TaskMetric
+
+__all__ = ["CONFIGS", "Int8Static", "Int8WeightOnly", "Int4WeightOnly", "QuantPlan", "quantize_", "parse"]
+
+_TRANSFORMS: dict[tuple[type, str], Callable] = {}
+ALL_BACKENDS = ("executorch", "tvm", "onnxruntime")
+
+
+def register(config_type: type, backends: tuple[str, ...]):
+    def add(fn):
+        for backend in backends:
+            _TRANSFORMS[(config_type, backend)] = fn
+        return fn
+    return add
+
+
+@dataclass
+class QuantPlan:
+    config: Int8Static | Int8WeightOnly | Int4WeightOnly
+    calibration: list[list[np.ndarray]]
+    held_out: list[list[np.ndarray]]
+    max_drop: float | None = None
+    auto_fallback: bool = False
+    task_metric: TaskMetric | None = None
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="edgekit-quant-")))
+
+
+def quantize_(model, config) -> list[str]:
+    """torchao-style in-place weight-only quantization of a torch module; returns the layers replaced."""
+    from .weight_only import quantize_linears
+
+    config = parse(config)
+    if isinstance(config, Int8Static):
+        raise EdgekitError("int8 static quantization needs calibration data; use compile_model(..., quantize='int8', "
+                           "calibration=[...]).")
+    return quantize_linears(model, config)
+
+
+def apply(source: TorchSource, plan: QuantPlan, backend: str, skip: frozenset[str]):
+    transform = _TRANSFORMS.get((type(plan.config), backend))
+    if transform is None:
+        raise EdgekitError(f"{plan.config.name} is not available for backend {backend!r}.")
+    return transform(source, plan, skip)
+
+
+def simulate(source: TorchSource, plan: QuantPlan, skip: frozenset[str], only: frozenset[str] | None = None):
+    """A torch module that computes like the quantized artifact (fake-quant), for choosing float layers fast."""
+    if isinstance(plan.config, Int8Static):
+        from .pt2e import quantize_pt2e
+
+        return quantize_pt2e(source.module, source.example_inputs, _tensors(plan.calibration),
+                             per_channel=plan.config.per_channel, skip=skip, only=only)
+    from .weight_only import quantize_linears
+
+    model = copy.deepcopy(source.module)
+    layers = candidate_layers(source, plan)
+    quantize_linears(model, plan.config, skip=frozenset(layers) - only if only is not None else skip)
+    return model
+
+
+def candidate_layers(source: TorchSource, plan: QuantPlan) -> list[str]:
+    from torch import nn
+
+    from .pt2e import quantizable_layers
+
+    if isinstance(plan.config, Int8Static):
+        return quantizable_layers(source.module)
+    return [n for n, m in source.module.named_modules() if type(m) is nn.Linear]
+
+
+def manifest_record(plan: QuantPlan, backend: str, skip: frozenset[str]) -> dict:
+    compute = {"executorch": "int8 XNNPACK kernels", "onnxruntime": "int8 QLinear/QDQ kernels",
+               "tvm": "int8 weights and activations stored as QDQ; TVM dequantizes and computes in fp32 "
+                      "(no int8 kernels in this TVM build's CPU path)"}
+    record = {**describe(plan.config), "float_layers": sorted(skip), "calibration_samples": len(plan.calibration),
+              "held_out_samples": len(plan.held_out)}
+    if isinstance(plan.config, Int8Static):
+        record["compute"] = compute[backend]
+    else:
+        record["compute"] = "integer weights dequantized to fp32 at run time"
+    return record
+
+
+def _tensors(samples: list[list[np.ndarray]]) -> list[tuple]:
+    import torch
+
+    return [tuple(torch.from_numpy(x) for x in s) for s in samples]
+
+
+@register(Int8Static, ("executorch",))
+def _int8_pt2e(source: TorchSource, plan: QuantPlan, skip: frozenset[str]) -> TorchSource:
+    module = simulate(source, plan, skip)
+    return TorchSource(module, source.example_inputs, source.name)
+
+
+@register(Int8Static, ("onnxruntime", "tvm"))
+def _int8_qdq(source: TorchSource, plan: QuantPlan, skip: frozenset[str]) -> FileSource:
+    from ..lower.onnxruntime import export_onnx
+    from .ort import quantize_qdq
+
+    fp32 = plan.workdir / "fp32.onnx"
+    export_onnx(source, fp32)
+    qdq = plan.workdir / f"{source.name}.int8.onnx"
+    quantize_qdq(fp32, qdq, plan.calibration, per_channel=plan.config.per_channel, skip=skip)
+    return FileSource(qdq, "onnx", source.name, [t.detach().numpy() for t in source.example_inputs])
+
+
+@register(Int8WeightOnly, ALL_BACKENDS)
+@register(Int4WeightOnly, ALL_BACKENDS)
+def _weight_only(source: TorchSource, plan: QuantPlan, skip: frozenset[str]) -> TorchSource:
+    return TorchSource(simulate(source, plan, skip), source.example_inputs, source.name)

@@ -1,0 +1,110 @@
+"""int8 PTQ with an accuracy gate (issue 4): the fragile fixture trips --max-drop naming its layer, and
+--auto-fallback keeps that layer in float until the drop fits; weight-only configs; clear errors."""
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+import edgekit
+from edgekit.compile.quantize import Int4WeightOnly, Int8WeightOnly, quantize_
+from edgekit.errors import EdgekitError
+
+sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
+import fragile  # noqa: E402
+
+
+@pytest.mark.parametrize("backend", ["executorch", "onnxruntime"])
+def test_fragile_layer_trips_the_gate_and_auto_fallback_fixes_it(backend, tmp_path):
+    module, inputs = fragile.build()
+    with pytest.raises(EdgekitError) as exc:
+        edgekit.compile_model(module, inputs, backend=backend, output=tmp_path / "a", quantize="int8",
+                              calibration=fragile.calibration(), max_drop=0.01)
+    report = str(exc.value)
+    assert "accuracy gate failed" in report
+    worst = report.split("worst first:\n")[1].splitlines()[0].split()
+    assert worst[0] == "fc1" and float(worst[1]) > 0.01
+    assert not (tmp_path / "a").exists()
+
+    art = edgekit.compile_model(module, inputs, backend=backend, output=tmp_path / "a", quantize="int8",
+                                calibration=fragile.calibration(), max_drop=0.01, auto_fallback=True)
+    manifest = edgekit.load(art).manifest
+    q = manifest.quantization
+    assert manifest.precision == "int8" and q["float_layers"] == ["fc1"]
+    assert q["accuracy"]["metric"] == "cosine" and q["accuracy"]["drop"] <= 0.01
+    assert q["held_out_samples"] == 3 and q["calibration_samples"] == 9
+
+
+def test_int8_onnxruntime_artifact_holds_int8_ops(tmp_path, zoo_model):
+    module, inputs, expected = zoo_model
+    calib = [(torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(i)),) for i in range(8)]
+    art = edgekit.compile_model(module, inputs, backend="onnxruntime", output=tmp_path / "q", quantize="int8",
+                                calibration=calib)
+    ops = {n.op_type for n in onnx.load(str(art / "model.onnx")).graph.node}
+    assert ops & {"QuantizeLinear", "QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger"}
+    model = edgekit.load(art)
+    acc = model.manifest.quantization["accuracy"]
+    assert acc["cosine"] > 0.99 and acc["snr_db"] > 15  # int8 of a healthy model stays close to fp32
+    (got,) = model.run([inputs[0].numpy()])
+    assert got.shape == expected.shape
+
+
+@pytest.mark.parametrize("config, tol", [(Int8WeightOnly(), 0.02), (Int4WeightOnly(group_size=16), 0.2)])
+def test_weight_only_linear(config, tol):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.GELU(), torch.nn.Linear(32, 8))
+    x = torch.randn(5, 64)
+    expected = model(x)
+    replaced = quantize_(model, config)
+    assert replaced == ["0", "2"]
+    assert model[0].qweight.dtype == torch.int8
+    assert model[0].qweight.abs().max() <= (127 if isinstance(config, Int8WeightOnly) else 8)
+    err = (model(x) - expected).abs().max() / expected.abs().max()
+    assert 0 < err < tol
+
+
+def test_weight_only_compiles_with_a_measured_figure(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 8)).eval()
+    art = edgekit.compile_model(model, (torch.randn(2, 64),), backend="executorch", output=tmp_path / "w",
+                                quantize="int8-weight-only")
+    q = edgekit.load(art).manifest.quantization
+    assert q["scheme"] == "int8-weight-only" and q["accuracy"]["cosine"] > 0.999
+
+
+def test_quantization_errors(tmp_path, zoo_model):
+    module, inputs, _ = zoo_model
+    with pytest.raises(EdgekitError, match="needs calibration data"):
+        edgekit.compile_model(module, inputs, backend="executorch", output=tmp_path / "a", quantize="int8")
+    with pytest.raises(EdgekitError, match="--no-verify cannot be combined with --quantize"):
+        edgekit.compile_model(module, inputs, backend="executorch", output=tmp_path / "a", quantize="int8",
+                              calibration=[inputs, inputs], check=False)
+    with pytest.raises(EdgekitError, match=r"calibration sample 0 has inputs \[\(\[1, 3, 8, 8\]"):
+        edgekit.compile_model(module, inputs, backend="executorch", output=tmp_path / "a", quantize="int8",
+                              calibration=[(torch.zeros(1, 3, 8, 8),)] * 2)
+    with pytest.raises(EdgekitError, match="unknown quantization 'int2'"):
+        edgekit.compile_model(module, inputs, backend="executorch", output=tmp_path / "a", quantize="int2")
+    with pytest.raises(EdgekitError, match="apply to quantization"):
+        edgekit.compile_model(module, inputs, backend="executorch", output=tmp_path / "a", max_drop=0.1)
+    with pytest.raises(EdgekitError, match="group size 48 does not divide in_features 64"):
+        quantize_(torch.nn.Sequential(torch.nn.Linear(64, 4)), Int4WeightOnly(group_size=48))
+    with pytest.raises(EdgekitError, match="pass the module that holds the Linear"):
+        quantize_(torch.nn.Linear(64, 4), Int8WeightOnly())
+    assert not (tmp_path / "a").exists()
+
+
+def test_calibration_directory_via_cli(cli, tmp_path):
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for i, (x,) in enumerate(fragile.calibration(8)):
+        np.save(calib / f"{i:03d}.npy", x.numpy())
+    spec = f"{Path(fragile.__file__)}:build"
+    code, out, err = cli("compile", "--model", spec, "--backend", "onnxruntime", "--output", tmp_path / "o",
+                         "--quantize", "int8", "--calibration", calib, "--max-drop", "0.01", "--auto-fallback")
+    assert code == 0, err
+    assert "float layers: fc1" in out
+    code, _, err = cli("compile", "--model", spec, "--backend", "onnxruntime", "--output", tmp_path / "p",
+                       "--quantize", "int8", "--calibration", tmp_path / "nowhere")
+    assert code == 2 and "calibration directory not found" in err
