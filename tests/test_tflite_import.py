@@ -16,11 +16,12 @@ SHARED = Path(__file__).parents[1] / "../shared"
 WEIGHTS = SHARED / "weights/mediapipe"
 IMAGE = SHARED / "data/pose/messi5.jpg"
 MODELS = {"pose_detection": (-1.0, 1.0), "pose_landmark_full": (0.0, 1.0)}  # file stem: input value range
-# |actual - litert| <= ATOL + RTOL * |litert|, elementwise (edgekit's verify rule). The relative part matters only
-# for large outputs: box offsets and landmark coordinates in input pixels (~250) and segmentation logits (~1.6e3),
-# where float32 summation order alone moves results by ~1e-5 relative (LiteRT's XNNPACK and builtin kernels
-# disagree with each other by as much).
-ATOL, RTOL = 1e-3, 1e-4
+# Elementwise |actual - litert| <= ATOL + RTOL * |litert|. RTOL matters only for box offsets and landmark
+# coordinates in input pixels (up to ~700), where float32 summation order alone moves results by ~1e-6 relative.
+ATOL, RTOL = 1e-3, 1e-5
+# The segmentation logits reach ~1.6e3 and move by ~0.1-0.2 with the summation order (LiteRT's XNNPACK and builtin
+# kernels disagree by 0.1 on the same input); they are read as mask probabilities, so compared as those.
+SEGMENTATION = ("pose_landmark_full", 2)
 
 def photo_input(shape: tuple[int, ...], value_range: tuple[float, float]) -> np.ndarray:
     """A real photo resized to the model input, scaled to its value range (activations like in use)."""
@@ -39,11 +40,13 @@ def litert_outputs(path: Path, x: np.ndarray) -> list[np.ndarray]:
     return [interpreter.get_tensor(d["index"]) for d in interpreter.get_output_details()]
 
 
-def assert_matches(label: str, expected: list[np.ndarray], actual: list[np.ndarray]) -> None:
+def assert_matches(name: str, label: str, expected: list[np.ndarray], actual: list[np.ndarray]) -> None:
     assert [e.shape for e in expected] == [a.shape for a in actual]
-    print(label, "max abs errors", [f"{np.abs(e - a).max():.2g}" for e, a in zip(expected, actual)])
-    for e, a in zip(expected, actual):
-        np.testing.assert_allclose(a, e, atol=ATOL, rtol=RTOL)
+    print(name, label, "raw max abs errors", [f"{np.abs(e - a).max():.2g}" for e, a in zip(expected, actual)])
+    for index, (e, a) in enumerate(zip(expected, actual)):
+        if (name, index) == SEGMENTATION:
+            e, a = (0.5 * (1 + np.tanh(y.astype(np.float64) / 2)) for y in (e, a))  # sigmoid, no overflow
+        np.testing.assert_allclose(a, e, atol=ATOL, rtol=RTOL, err_msg=f"{name} output {index}")
 
 
 @pytest.fixture(scope="module", params=sorted(MODELS))
@@ -60,7 +63,7 @@ def test_eager_matches_litert(imported):
     name, module, _, x, expected = imported
     with torch.no_grad():
         actual = [y.numpy() for y in module(torch.from_numpy(x))]
-    assert_matches(f"{name} eager", expected, actual)
+    assert_matches(name, "eager", expected, actual)
 
 
 def test_exports_with_the_same_outputs(imported):
@@ -79,7 +82,7 @@ def test_compiled_matches_litert(imported, backend, tmp_path):
     name, module, examples, x, expected = imported
     artifact = edgekit.compile_model(module, examples, target="host", backend=backend, output=tmp_path / name,
                                      name=name, check=False)  # checked below on a photo, not zeros
-    assert_matches(f"{name} {backend}", expected, edgekit.load(artifact).run([x]))
+    assert_matches(name, backend, expected, edgekit.load(artifact).run([x]))
 
 
 def tiny_model(op: int, path: Path) -> Path:
