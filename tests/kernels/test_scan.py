@@ -5,6 +5,7 @@ import shutil
 
 import pytest
 import torch
+import tvm
 
 from edgekit.kernels import selective_scan, selective_state_update
 from edgekit.kernels.scan import build, tir_scan
@@ -200,3 +201,40 @@ def test_tiny_mamba_exports_and_takes_the_kernel():
         with_kernel = model(x)
     torch.testing.assert_close(exported, eager, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(with_kernel, eager, rtol=1e-4, atol=1e-4)
+
+
+class _ChunkedScan(torch.nn.Module):
+    def forward(self, u, delta, A, B, C, D, z, delta_bias):
+        return chunked_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus=True,
+                            return_last_state=True)
+
+
+def _chunked_scan_program():
+    args, opts = _scan_inputs(1, 4, 40, 16, groups=2)
+    inputs = (*args.values(), opts["D"], opts["z"], opts["delta_bias"])
+    with torch.no_grad():
+        expected = _ChunkedScan()(*inputs)
+    return torch.export.export(_ChunkedScan(), inputs), inputs, expected
+
+
+def test_chunked_scan_runs_in_tvm():
+    from tvm import relax
+    from tvm.relax.frontend.torch import from_exported_program
+
+    program, inputs, expected = _chunked_scan_program()
+    exe = tvm.compile(from_exported_program(program), target=tvm.target.Target({"kind": "llvm"}))
+    vm = relax.VirtualMachine(exe, tvm.cpu())
+    outputs = vm["main"](*(tvm.runtime.from_dlpack(t) for t in inputs))
+    for got, want in zip(outputs, expected):
+        torch.testing.assert_close(torch.from_numpy(got.numpy()), want, rtol=1e-5, atol=1e-5)
+
+
+def test_chunked_scan_runs_in_onnxruntime(tmp_path):
+    import onnxruntime
+
+    program, inputs, expected = _chunked_scan_program()
+    torch.onnx.export(program, inputs, tmp_path / "scan.onnx", dynamo=True)
+    session = onnxruntime.InferenceSession(tmp_path / "scan.onnx")
+    feeds = {i.name: t.numpy() for i, t in zip(session.get_inputs(), inputs)}
+    for got, want in zip(session.run(None, feeds), expected):
+        torch.testing.assert_close(torch.from_numpy(got), want, rtol=1e-5, atol=1e-5)
