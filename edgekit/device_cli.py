@@ -35,10 +35,13 @@ def _status(args: argparse.Namespace) -> None:
 
 
 def _rpc_server(args: argparse.Namespace) -> None:
+    import signal
+    import sys
     import threading
 
     from edgekit.runtimes import emulator
 
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # unwind, so the server inside is stopped too
     with emulator.rpc_server(args.port) as url:
         print(f"TVM RPC server running in the aarch64 emulator: {url}  (Ctrl-C to stop)\n"
               f"  try: edgekit bench ARTIFACT --device {url}", flush=True)

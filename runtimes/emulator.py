@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+import edgekit
 from edgekit.errors import EdgekitError
 
 from . import executorch_runner
@@ -142,10 +143,10 @@ def _build_base(root: Path) -> None:
 
 
 def _write_cpu_description(root: Path) -> None:
-    """A /proc/cpuinfo and CPU lists as an arm64 Linux shows them.
+    """/proc/cpuinfo and the CPU lists as an arm64 Linux shows them (a Cortex-A76: 0x41/0xd0b).
 
-    The host's own (x86) /proc/cpuinfo makes the runtimes' cpuinfo library crash under qemu, and
-    without one it prints errors on every run. qemu's default CPU implements these features.
+    The runtimes' cpuinfo library reads them: with none it prints errors on every run, and the host's
+    x86 ones crashed onnxruntime under qemu. qemu's default CPU implements the listed features.
     """
     n = os.cpu_count() or 1
     cpu = root / "sys/devices/system/cpu"
@@ -290,7 +291,7 @@ def require_sysroot() -> Path:
 
 def stage_package(dest: Path) -> None:
     """Copy edgekit's device-safe files (ground layer + runtimes) so the emulator runs the same code."""
-    edgekit_src = Path(__file__).resolve().parents[1] / "edgekit"
+    edgekit_src = Path(edgekit.__file__).parent
     pkg = dest / "edgekit"
     (pkg / "runtimes").mkdir(parents=True)
     for name in ("__init__.py", "errors.py", "artifact.py", "targets.py"):

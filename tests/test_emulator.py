@@ -95,10 +95,8 @@ def test_tvm_rpc_loopback(artifacts, spine_model):
     with emulator.rpc_server(_free_port()) as url:
         (got,), stats = rpc.run_remote(url, art, model.manifest, [inputs[0].numpy()],
                                        benchmark={"warmup": 1, "iters": 3})
-        bench = rpc.bench_remote(art, url, warmup=0, iters=2)
     assert np.abs(got - expected).max() < 1e-4
     assert stats["iters"] == 3 and stats["min_ms"] > 0
-    assert bench["device"] == url and bench["iters"] == 2
 
 
 def test_setup_again_reuses_the_sysroot(sysroot):
