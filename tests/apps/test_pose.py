@@ -1,0 +1,175 @@
+"""The BlazePose pipeline: geometry and decoding units, then the real models on real photos and video."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+cv2 = pytest.importorskip("cv2")
+
+from edgekit.apps.pose import app as pose  # noqa: E402
+from edgekit.apps.pose.demo import register  # noqa: E402
+from edgekit.errors import EdgekitError  # noqa: E402
+
+SHARED = Path(__file__).parents[2] / "../shared"
+WEIGHTS = SHARED / "weights/mediapipe"
+PHOTO = SHARED / "data/pose/messi5.jpg"
+VIDEO = SHARED / "data/pose/vtest.avi"
+LEFT_SHOULDER, RIGHT_SHOULDER, LEFT_HIP, RIGHT_HIP, LEFT_ANKLE, RIGHT_ANKLE = 11, 12, 23, 24, 27, 28
+
+
+def test_anchors_follow_the_detector_output_layout():
+    anchors = pose.ssd_anchors()
+    assert anchors.shape == (2254, 2)
+    step = 1 / 28
+    np.testing.assert_allclose(anchors[:4], [[step / 2] * 2, [step / 2] * 2, [1.5 * step, step / 2], [1.5 * step, step / 2]])
+    np.testing.assert_allclose(anchors[1568:1570], [[1 / 28, 1 / 28]] * 2)  # first stride-16 cell, centre 0.5/14
+    np.testing.assert_allclose(anchors[-6:], [[13 / 14, 13 / 14]] * 6)    # last stride-32 cell, centre 6.5/7
+
+
+def test_decoding_offsets_boxes_and_keypoints_by_their_anchor():
+    anchors = np.array([[0.5, 0.25]])
+    raw = np.array([[2.0, -4.0, 20.0, 10.0, 1.0, 1.0, 0, 0, 0, 0, 0, 0]])
+    boxes, keypoints, scores = pose.decode_detections(raw, np.array([0.0]), anchors)
+    np.testing.assert_allclose(boxes, [[104.0, 47.0, 124.0, 57.0]])
+    np.testing.assert_allclose(keypoints[0, 0], [113.0, 57.0])
+    np.testing.assert_allclose(scores, [0.5])
+
+
+def test_weighted_nms_averages_a_cluster_and_keeps_separate_boxes():
+    boxes = np.array([[0, 0, 10, 10], [1, 0, 11, 10], [50, 50, 60, 60]], np.float64)
+    keypoints = np.array([[[0, 0]] * 4, [[3, 0]] * 4, [[50, 50]] * 4], np.float64)
+    scores = np.array([0.9, 0.3, 0.6])
+    kept_boxes, kept_points, kept_scores = pose.weighted_nms(boxes, keypoints, scores, 0.3)
+    np.testing.assert_allclose(kept_scores, [0.9, 0.6])
+    np.testing.assert_allclose(kept_boxes[0], [0.25, 0, 10.25, 10])  # weights 0.75 / 0.25
+    np.testing.assert_allclose(kept_points[0, 0], [0.75, 0])
+    np.testing.assert_allclose(kept_boxes[1], boxes[2])
+
+
+@pytest.mark.parametrize("direction, rotation", [((0, -1), 0.0), ((1, 0), np.pi / 2), ((-1, 0), -np.pi / 2)])
+def test_roi_turns_the_body_axis_to_crop_up(direction, rotation):
+    center = np.array([100.0, 200.0])
+    roi = pose.Roi.from_alignment(center, center + 40 * np.array(direction))
+    assert roi.rotation == pytest.approx(rotation)
+    assert roi.size == pytest.approx(2 * 40 * pose.ROI_SCALE)
+    to_image = roi.crop_to_image(256)
+    top_middle = to_image[:, :2] @ [128, 0] + to_image[:, 2]
+    np.testing.assert_allclose(to_image[:, :2] @ [128, 128] + to_image[:, 2], center)
+    np.testing.assert_allclose(top_middle, center + roi.size / 2 * np.array(direction), atol=1e-9)
+
+
+def test_letterbox_maps_back_to_the_image():
+    image = np.zeros((100, 300, 3), np.uint8)
+    image[40:60, 140:160] = 255
+    square, to_image = pose.letterbox(image, 224)
+    ys, xs = np.nonzero(square[..., 0] > 127)
+    corners = np.array([[xs.min(), ys.min()], [xs.max() + 1, ys.max() + 1]], np.float64)
+    np.testing.assert_allclose(corners @ to_image[:, :2].T + to_image[:, 2], [[140, 40], [160, 60]], atol=1.5)
+
+
+# --- the real models -------------------------------------------------------------------------------------------
+
+needs_data = pytest.mark.skipif(not (WEIGHTS.is_dir() and PHOTO.is_file()), reason=f"no pose weights/data in {SHARED}")
+
+
+@pytest.fixture(scope="module")
+def networks():
+    from edgekit.apps.pose.model import BlazePose, runners
+
+    return runners(BlazePose.from_pretrained(WEIGHTS), "eager", Path("unused"))
+
+
+@pytest.fixture(scope="module")
+def photo():
+    return cv2.cvtColor(cv2.imread(str(PHOTO)), cv2.COLOR_BGR2RGB)
+
+
+def body_is_plausible(keypoints: np.ndarray, up: np.ndarray) -> None:
+    """Shoulders above hips above ankles along `up`, every joint confidently visible in this photo."""
+    height = lambda i: keypoints[i, :2] @ up  # noqa: E731
+    assert min(height(LEFT_SHOULDER), height(RIGHT_SHOULDER)) > max(height(LEFT_HIP), height(RIGHT_HIP))
+    assert min(height(LEFT_HIP), height(RIGHT_HIP)) > max(height(LEFT_ANKLE), height(RIGHT_ANKLE))
+    assert keypoints[[LEFT_SHOULDER, RIGHT_SHOULDER, LEFT_HIP, RIGHT_HIP], 2].min() > 0.9
+
+
+@needs_data
+def test_photo_gives_one_plausible_person(networks, photo):
+    persons = pose.PoseApp(*networks)(photo)
+    assert len(persons) == 1
+    keypoints = persons[0].keypoints
+    assert keypoints.shape == (33, 3)
+    body_is_plausible(keypoints, up=np.array([0.0, -1.0]))
+    height, width = photo.shape[:2]
+    assert np.all((keypoints[:, :2] > -20) & (keypoints[:, :2] < [width + 20, height + 20]))
+
+
+@needs_data
+def test_rotated_photo_gives_rotated_keypoints(networks, photo):
+    """The ROI's rotation makes the landmark model see an upright body in a 90-degree-turned frame."""
+    upright = pose.PoseApp(*networks)(photo)[0].keypoints
+    turned = pose.PoseApp(*networks)(np.ascontiguousarray(np.rot90(photo, k=-1)))  # clockwise
+    assert len(turned) == 1
+    height = photo.shape[0]
+    expected = np.stack([height - 1 - upright[:, 1], upright[:, 0]], axis=1)  # (x, y) -> (H-1-y, x)
+    visible = upright[:, 2] > 0.9
+    body_is_plausible(turned[0].keypoints, up=np.array([1.0, 0.0]))
+    assert np.median(np.linalg.norm(turned[0].keypoints[visible, :2] - expected[visible], axis=1)) < 6
+
+
+@needs_data
+def test_tracking_reuses_the_landmark_roi_without_the_detector(networks, photo):
+    detector, landmarker = networks
+    calls = []
+    counting = lambda x: calls.append(1) or detector(x)  # noqa: E731
+    app = pose.PoseApp(counting, landmarker, detect_every=100)
+    first = app(photo)[0].keypoints
+    second = app(photo)
+    assert len(calls) == 1 and len(second) == 1
+    visible = first[:, 2] > 0.9
+    assert np.median(np.linalg.norm(second[0].keypoints[visible, :2] - first[visible, :2], axis=1)) < 4
+
+
+# --- the command line -------------------------------------------------------------------------------------------
+
+def run_cli(*argv: str) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(list(argv))
+    return args.func(args)
+
+
+@needs_data
+def test_cli_prints_json_and_writes_the_overlay(tmp_path, capsys):
+    out = tmp_path / "overlay.png"
+    assert run_cli("pose", "run", str(PHOTO), "-o", str(out), "--json", "--weights", str(WEIGHTS)) == 0
+    result = json.loads(capsys.readouterr().out)
+    (frame,) = result["frames"]
+    assert frame["frame"] == 0 and len(frame["persons"]) == 1
+    assert np.array(frame["persons"][0]["keypoints_2d"]).shape == (33, 3)
+    assert "joints_3d" not in frame["persons"][0]  # no 3D lifter yet: omitted, not faked
+    overlay = cv2.imread(str(out))
+    assert overlay.shape == cv2.imread(str(PHOTO)).shape and not np.array_equal(overlay, cv2.imread(str(PHOTO)))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (WEIGHTS.is_dir() and VIDEO.is_file()), reason=f"no pose weights/video in {SHARED}")
+def test_cli_finds_several_pedestrians_in_the_video(tmp_path, capsys):
+    out = tmp_path / "overlay.mp4"
+    assert run_cli("pose", "run", str(VIDEO), "-o", str(out), "--json", "--weights", str(WEIGHTS),
+                   "--tiles", "3x4", "--max-frames", "12", "--detect-every", "10") == 0
+    frames = json.loads(capsys.readouterr().out)["frames"]
+    assert len(frames) == 12
+    assert max(len(f["persons"]) for f in frames) >= 2
+    video = cv2.VideoCapture(str(out))
+    assert video.get(cv2.CAP_PROP_FRAME_COUNT) == 12 and video.get(cv2.CAP_PROP_FRAME_WIDTH) == 768
+
+
+def test_cli_user_errors(tmp_path):
+    with pytest.raises(EdgekitError, match="not found"):
+        run_cli("pose", "run", str(tmp_path / "absent.mp4"))
+    with pytest.raises(EdgekitError, match="--headless needs -o"):
+        run_cli("pose", "live", "--headless")
