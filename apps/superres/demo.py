@@ -26,7 +26,8 @@ def register(subparsers) -> None:
 
     ev = commands.add_parser("eval", help="PSNR-Y/SSIM-Y on an HR image folder (SR-literature protocol)",
                              formatter_class=FORMATTER)
-    _model_args(ev, tile=96)
+    # 56: every Set5/Set14 LR image at x2-x4 is at least this big, so no image is padded to the tile
+    _model_args(ev, tile=56, overlap=12)
     ev.add_argument("--data", default=_default_data(), help="folder of HR images; None: $EDGEKIT_DATA/sr/Set5")
     ev.add_argument("--quantize", choices=["int8"], help="evaluate a quantized compiled artifact")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
@@ -35,7 +36,7 @@ def register(subparsers) -> None:
     run = commands.add_parser("run", help="upscale one image file", formatter_class=FORMATTER)
     run.add_argument("input", type=Path, help="image to upscale (RGB, gray, RGBA; 8 or 16 bit)")
     run.add_argument("-o", "--output", type=Path, required=True, help="where to write the result")
-    _model_args(run, tile=128)
+    _model_args(run, tile=128, overlap=16)
     run.set_defaults(func=_run)
 
     live = commands.add_parser("live", help="side-by-side bicubic vs CFSR on a camera, file or stream",
@@ -44,17 +45,17 @@ def register(subparsers) -> None:
     live.add_argument("--headless", action="store_true", help="write a video instead of opening a window")
     live.add_argument("-o", "--output", type=Path, help="video to write with --headless (.mp4)")
     live.add_argument("--max-frames", type=int, default=0, help="stop after N frames (0: until the source ends)")
-    _model_args(live, tile=128)
+    _model_args(live, tile=128, overlap=16)
     live.set_defaults(func=_live)
 
 
-def _model_args(parser: argparse.ArgumentParser, tile: int) -> None:
+def _model_args(parser: argparse.ArgumentParser, tile: int, overlap: int) -> None:
     parser.add_argument("--scale", type=int, default=4, choices=SCALES, help="upscaling factor")
     parser.add_argument("--weights", help="CFSR_x{S}.pth checkpoint; None: $EDGEKIT_WEIGHTS/cfsr/CFSR_x{S}.pth")
     parser.add_argument("--backend", default="eager", choices=BACKENDS, help="eager is the PyTorch reference")
     parser.add_argument("--target", default="host", help="compile target for compiled backends")
     parser.add_argument("--tile", type=int, default=tile, help="LR tile size (compiled artifacts' input shape)")
-    parser.add_argument("--overlap", type=int, default=16, help="LR context pixels around each tile")
+    parser.add_argument("--overlap", type=int, default=overlap, help="LR context pixels around each tile")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="compiled artifact cache")
 
 
