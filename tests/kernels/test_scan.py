@@ -238,3 +238,35 @@ def test_chunked_scan_runs_in_onnxruntime(tmp_path):
     feeds = {i.name: t.numpy() for i, t in zip(session.get_inputs(), inputs)}
     for got, want in zip(session.run(None, feeds), expected):
         torch.testing.assert_close(torch.from_numpy(got), want, rtol=1e-5, atol=1e-5)
+
+
+def test_scan_op_becomes_the_tvm_kernel_or_the_decomposition():
+    from tvm import relax
+    from tvm.relax.frontend.torch import from_exported_program
+
+    from edgekit.kernels.scan.torch_op import decompose, relax_convert_map, selective_scan_op
+
+    torch.manual_seed(0)
+    reference = TinyMamba().eval()
+    model = TinyMamba(scan=selective_scan_op).eval()
+    model.load_state_dict(reference.state_dict())
+    x = torch.randn(2, 50, 32)
+    with torch.no_grad():
+        expected = reference(x)
+        torch.testing.assert_close(model(x), expected, rtol=1e-4, atol=1e-4)
+    program = torch.export.export(model, (x,))
+
+    def scan_nodes(graph):
+        return [n for n in graph.nodes if n.target is torch.ops.edgekit.selective_scan.default]
+
+    assert len(scan_nodes(program.graph)) == 2
+    decomposed = decompose(program)
+    assert not scan_nodes(decomposed.graph)
+    torch.testing.assert_close(decomposed.module()(x), expected, rtol=1e-5, atol=1e-5)
+
+    target = {"kind": "llvm"}
+    mod = from_exported_program(program, custom_convert_map=relax_convert_map(target))
+    assert "edgekit_selective_scan" in [gv.name_hint for gv in mod.functions]
+    vm = relax.VirtualMachine(tvm.compile(mod, target=tvm.target.Target(target)), tvm.cpu())
+    got = vm["main"](tvm.runtime.from_dlpack(x))
+    torch.testing.assert_close(torch.from_numpy(got[0].numpy()), expected, rtol=1e-4, atol=1e-4)

@@ -1,0 +1,59 @@
+"""`torch.ops.edgekit.selective_scan`: one graph node per scan, so each backend picks its form.
+
+Eager runs the compiled host kernel. torch.export keeps the op whole; then
+  * ExecuTorch / ONNX Runtime: `decompose(exported_program)` swaps in the exportable chunked scan;
+  * TVM: `from_exported_program(ep, custom_convert_map=relax_convert_map(target))` swaps in the
+    TensorIR kernel built for that target (x86, NEON or CUDA).
+"""
+
+import torch
+from torch import Tensor
+
+from . import api, tir_scan
+from .decomposed import chunked_scan
+
+
+@torch.library.custom_op("edgekit::selective_scan", mutates_args=())
+def selective_scan_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
+                      z: Tensor | None = None, delta_bias: Tensor | None = None,
+                      delta_softplus: bool = False) -> Tensor:
+    return api.selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+
+
+@selective_scan_op.register_fake
+def _(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
+    return torch.empty_like(u)
+
+
+def decompose(exported_program):
+    """The exported program with every edgekit scan replaced by the chunked decomposition."""
+    return exported_program.run_decompositions({torch.ops.edgekit.selective_scan.default: chunked_scan})
+
+
+def relax_convert_map(target: dict) -> dict:
+    """custom_convert_map for TVM's from_exported_program: the scan becomes an R.call_tir."""
+    from tvm import relax
+
+    def convert(node, importer):
+        u, delta, A, B, C, D, z, delta_bias = (
+            None if a is None else importer.env[a] for a in (list(node.args) + [None] * 8)[:8])
+        softplus = bool(node.args[8]) if len(node.args) > 8 else bool(node.kwargs.get("delta_softplus"))
+        batch, dim, _ = u.ty.shape
+        n_state = int(A.ty.shape[1])
+        if n_state & (n_state - 1):
+            raise ValueError(f"the TVM scan kernel needs a power-of-two state size, got {n_state}.")
+        opts = tir_scan.Options(n_state, has_d=D is not None, has_z=z is not None,
+                                has_bias=delta_bias is not None, softplus=softplus)
+        func = tir_scan.build_scan(opts, tir_scan.schedule_for(target["kind"]))
+        # Already scheduled: GPU pipelines (DLight) must leave its thread bindings alone.
+        func = func.without_attr("global_symbol").with_attr("tirx.is_scheduled", True)
+        bb = importer.block_builder
+        kernel = bb.add_func(func, "edgekit_selective_scan")
+        b_mat, c_mat = (t if t.ty.ndim == 4 else bb.emit(relax.op.expand_dims(t, 1)) for t in (B, C))
+        args = [u, delta, A, b_mat, c_mat, *(t for t in (D, z, delta_bias) if t is not None)]
+        outputs = bb.emit(relax.call_tir(kernel, args, [
+            relax.TensorType(u.ty.shape, "float32"),
+            relax.TensorType((batch, dim, n_state), "float32")]))
+        return bb.emit(relax.TupleGetItem(outputs, 0))
+
+    return {"selective_scan.default": convert}
