@@ -6,6 +6,7 @@
 // Reads DIR/in<i>.bin (raw bytes, sized by the program's input metadata), runs `forward`
 // WARMUP untimed + max(1, ITERS) timed times, writes DIR/out<i>.bin and prints one JSON
 // line: {"shapes": [[...], ...], "times_ms": [...]}.
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -41,6 +42,9 @@ int main(int argc, char** argv) {
   Module module(argv[1], Module::LoadMode::Mmap);
   auto meta = module.method_meta("forward");
   if (!meta.ok()) return fail("cannot read method 'forward' (error " + std::to_string(int(meta.error())) + ")");
+  const auto loaded = module.load_method("forward");  // before timing: the first forward would do it
+  if (loaded != executorch::runtime::Error::Ok)
+    return fail("cannot load method 'forward' (error " + std::to_string(int(loaded)) + ")");
 
   std::vector<std::vector<char>> buffers(meta->num_inputs());
   std::vector<TensorPtr> tensors;

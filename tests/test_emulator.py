@@ -4,7 +4,9 @@ The first test to need the emulator builds it when missing (minutes; CI runs `ma
 """
 from __future__ import annotations
 
+import json
 import socket
+from importlib.metadata import version
 
 import numpy as np
 import pytest
@@ -104,6 +106,13 @@ def test_setup_again_reuses_the_sysroot(sysroot):
     emulator.setup()
     assert (sysroot / "etc/debian_version").stat().st_ino == marker.st_ino
     assert emulator.status()["up_to_date"]
+
+
+def test_cli_status_reports_the_pinned_runtimes(sysroot, capsys):
+    assert cli(["device", "emulator", "status"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["up_to_date"] and status["binfmt_registered"]
+    assert status["built_for"]["wheels"]["apache-tvm"] == version("apache-tvm")
 
 
 def test_missing_emulator_names_the_setup_command(tmp_path, monkeypatch):
