@@ -31,8 +31,8 @@ from . import executorch_runner
 SUITE = "bookworm"  # its python3 is 3.11, the version the aarch64 wheels are picked for
 MIRROR = "http://deb.debian.org/debian"
 DEBIAN_PACKAGES = ("python3", "libstdc++6", "libgomp1")
-WHEELS = ("numpy", "onnxruntime", "apache-tvm", "apache-tvm-ffi", "ml_dtypes",
-          "cloudpickle")  # cloudpickle: the TVM RPC server needs it. Versions = the host venv's
+WHEELS = ("numpy", "onnxruntime", "apache-tvm", "apache-tvm-ffi", "ml_dtypes")  # at the host venv's versions
+RPC_SERVER_WHEELS = {"cloudpickle": "3.1.3"}  # what TVM's RPC server needs beyond the runtime
 PIP_AARCH64 = ("--platform", "manylinux_2_28_aarch64", "--only-binary=:all:", "--python-version", "3.11",
                "--implementation", "cp")
 SITE = "usr/local/lib/python3.11/dist-packages"
@@ -58,7 +58,8 @@ def wanted() -> dict:
     """What the sysroot must hold; a change in any part rebuilds that part."""
     return {
         "base": {"suite": SUITE, "packages": list(DEBIAN_PACKAGES)},
-        "payload": {"wheels": {name: version(name) for name in WHEELS}, "executorch": version("executorch"),
+        "payload": {"wheels": {**{name: version(name) for name in WHEELS}, **RPC_SERVER_WHEELS},
+                    "executorch": version("executorch"),
                     "runner": hashlib.sha256(RUNNER_SOURCE.read_bytes()).hexdigest()[:16]},
     }
 
