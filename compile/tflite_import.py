@@ -41,7 +41,7 @@ class TFLiteModule(nn.Module):
 
 
 def load_tflite(path: str | Path) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
-    """Read a .tflite file; return the torch module (eval mode) and zero example inputs of the model's shapes."""
+    """Read a .tflite file; return the torch module (eval mode) and seeded uniform [0, 1) example inputs."""
     path = Path(path)
     if not path.is_file():
         raise EdgekitError(f"TFLite model {path} not found. Pass the path of an existing .tflite file.")
@@ -50,7 +50,8 @@ def load_tflite(path: str | Path) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
         raise EdgekitError(f"{path.name} has {len(model.subgraphs)} subgraphs; only single-graph models import.")
     graph = _Graph(model, path.name)
     module = TFLiteModule(graph.layers, graph.wiring, list(graph.g.inputs), list(graph.g.outputs)).eval()
-    examples = tuple(torch.zeros(tuple(graph.g.tensors[i].shape), dtype=torch.float32) for i in graph.g.inputs)
+    generator = torch.Generator().manual_seed(0)
+    examples = tuple(torch.rand(tuple(graph.g.tensors[i].shape), generator=generator) for i in graph.g.inputs)
     return module, examples
 
 

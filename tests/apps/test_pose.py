@@ -168,6 +168,14 @@ def test_cli_finds_several_pedestrians_in_the_video(tmp_path, capsys):
     assert video.get(cv2.CAP_PROP_FRAME_COUNT) == 12 and video.get(cv2.CAP_PROP_FRAME_WIDTH) == 768
 
 
+@pytest.mark.skipif(not (WEIGHTS.is_dir() and VIDEO.is_file()), reason=f"no pose weights/video in {SHARED}")
+def test_live_headless_writes_the_overlay_video(tmp_path):
+    out = tmp_path / "live.mp4"
+    assert run_cli("pose", "live", "--source", str(VIDEO), "--headless", "-o", str(out), "--max-frames", "3",
+                   "--weights", str(WEIGHTS)) == 0
+    assert cv2.VideoCapture(str(out)).get(cv2.CAP_PROP_FRAME_COUNT) == 3
+
+
 def test_cli_user_errors(tmp_path):
     with pytest.raises(EdgekitError, match="not found"):
         run_cli("pose", "run", str(tmp_path / "absent.mp4"))
