@@ -1,4 +1,4 @@
-"""Attention benchmark: our kernel vs torch SDPA and ONNX Runtime, all measured in this run.
+"""Attention benchmark: our kernel vs torch SDPA, ONNX Runtime and ExecuTorch, all measured in this run.
 
     python -m edgekit.kernels.attention.bench [--threads 2] [--json PATH]
 
@@ -66,6 +66,22 @@ def onnx_attention_session(shape_q, shape_kv, causal, threads):
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
+def executorch_program(args, is_causal):
+    """SDPA exported with torch.export and lowered to ExecuTorch with the XNNPACK partitioner."""
+    import torch
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+    from executorch.runtime import Runtime
+
+    class Attention(torch.nn.Module):
+        def forward(self, q, k, v):
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=is_causal)
+
+    program = to_edge_transform_and_lower(torch.export.export(Attention(), args),
+                                          partitioner=[XnnpackPartitioner()]).to_executorch()
+    return Runtime.get().load_program(program.buffer)
+
+
 def run(threads=2, repeat=10):
     os.environ.setdefault("TVM_NUM_THREADS", str(threads))  # read when TVM's thread pool starts
     import torch
@@ -90,10 +106,13 @@ def run(threads=2, repeat=10):
         # SDPA's is_causal aligns top-left; that equals our bottom-right mask for Lq == Lk, and
         # a single decode query sees every key either way.
         sdpa_causal = causal and lq == lk
+        et_program = executorch_program((q, k, v), sdpa_causal)  # must outlive its methods
+        et_method = et_program.load_method("forward")
         impls = {
             "edgekit": lambda: attention(q, k, v, causal=causal),
             "torch sdpa": lambda: F.scaled_dot_product_attention(q, k, v, is_causal=sdpa_causal),
             "onnxruntime": lambda: session.run(None, feeds),
+            "executorch xnnpack": lambda: et_method.execute([q, k, v]),
         }
         if name == "prefill":  # the measurement behind using the micro-kernel on x86
             portable = tvm.compile(build.tir_module(build.host_target(), d), target=build.host_target())
@@ -116,9 +135,9 @@ def run(threads=2, repeat=10):
 def print_table(result):
     print(f"threads={result['threads']}  SGEMM peak {result['sgemm_peak_gflops']:.1f} GFLOP/s  "
           f"copy bandwidth {result['copy_bandwidth_gbs']:.1f} GB/s")
-    print(f"{'case':16} {'impl':18} {'ms':>9} {'GFLOP/s':>8} {'%peak':>6} {'KV GB/s':>8} {'%bw':>6} {'vs best peer':>12}")
+    print(f"{'case':16} {'impl':19} {'ms':>9} {'GFLOP/s':>8} {'%peak':>6} {'KV GB/s':>8} {'%bw':>6} {'vs best peer':>12}")
     for r in result["rows"]:
-        print(f"{r['case']:16} {r['impl']:18} {r['ms']:9.3f} {r['gflops']:8.1f} {100 * r['frac_peak']:6.1f} "
+        print(f"{r['case']:16} {r['impl']:19} {r['ms']:9.3f} {r['gflops']:8.1f} {100 * r['frac_peak']:6.1f} "
               f"{r['kv_gbs']:8.1f} {100 * r['frac_bandwidth']:6.1f} {r['speedup_vs_best_peer']:11.2f}x")
 
 
