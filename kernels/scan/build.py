@@ -17,7 +17,7 @@ import tvm
 
 from . import tir_scan
 
-KERNEL_VERSION = "5"  # bump when tir_scan/tir_math change the generated code
+KERNEL_VERSION = "6"  # bump when tir_scan/tir_math change the generated code
 
 AARCH64_NEON = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a78ae", "mattr": ["+neon"]}
 AARCH64_HOST = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a78ae"}

