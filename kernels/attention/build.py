@@ -51,9 +51,9 @@ def host_target() -> dict:
     return {"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu()}
 
 
-def tir_module(target: dict, head_dim: int) -> tvm.IRModule:
+def tir_module(target: dict, head_dim: int, dtype: str = "float32") -> tvm.IRModule:
     kind = "cuda" if target["kind"] == "cuda" else "cpu"
-    return tvm.IRModule({"attention_f32": tir_kernel.flash_rows(head_dim, kind)})
+    return tvm.IRModule({tir_kernel.SYMBOLS[dtype]: tir_kernel.flash_rows(head_dim, kind, dtype)})
 
 
 def _key(*parts) -> str:
@@ -89,12 +89,12 @@ def build_host_library(head_dim: int) -> Path:
     return _cached(name, lambda path: tvm.compile(mod, target=target).export_library(str(path), fcompile=fcompile))
 
 
-def build_cross_library(target_name: str, head_dim: int) -> Path:
+def build_cross_library(target_name: str, head_dim: int, dtype: str = "float32") -> Path:
     """A device library (see CROSS_TARGETS) built from the portable TIR; needs the cross compiler."""
     target = CROSS_TARGETS[target_name]
     fcompile = cc.cross_compiler(CROSS_CC[target_name])
-    name = f"attention-{target_name}-d{head_dim}-" + _key(target, head_dim)
-    return _cached(name, lambda path: tvm.compile(tir_module(target, head_dim), target=target)
+    name = f"attention-{target_name}-d{head_dim}-{dtype}-" + _key(target, head_dim, dtype)
+    return _cached(name, lambda path: tvm.compile(tir_module(target, head_dim, dtype), target=target)
                    .export_library(str(path), fcompile=fcompile))
 
 

@@ -3,11 +3,11 @@
     mod = use_fused_attention(mod, target)          # before tvm.compile(mod, target)
     exe.export_library(path, fcompile=link_fcompile(target, fcompile))
 
-Rewrites float32 `R.nn.attention` calls without bias or window (what the torch frontend emits for
+Rewrites float32/float16 `R.nn.attention` calls without bias or window (what the torch frontend emits for
 scaled_dot_product_attention when the export is not decomposed) and the plain
 `matmul(softmax(matmul(q, permute_dims(k)) * scale), v)` chain on [B, H, L, D] tensors (ONNX
 graphs, hand-written attention). Each becomes an R.call_tir to the kernel for the target: the
-AVX-512 micro-kernel driver on x86 hosts that have it, the portable TIR elsewhere. Modules that
+AVX-512 micro-kernel driver on x86 hosts that have it (float32), the portable TIR elsewhere. Modules that
 use the micro-kernel must be linked with `link_fcompile`.
 """
 
@@ -36,11 +36,11 @@ def link_fcompile(target: dict, fcompile=None):
     return cc.cross_compiler(fcompile or "g++", options=build.MICROKERNEL_FLAGS, add_files=[str(build.MICROKERNEL)])
 
 
-def _kernel(target: dict, head_dim: int, causal: bool, scale: float) -> tvm.tirx.PrimFunc:
-    if uses_microkernel(target) and head_dim % 16 == 0:
+def _kernel(target: dict, head_dim: int, causal: bool, scale: float, dtype: str) -> tvm.tirx.PrimFunc:
+    if uses_microkernel(target) and head_dim % 16 == 0 and dtype == "float32":
         func = tir_kernel.tile_driver
     else:
-        func = tir_kernel.flash_rows(head_dim, "cuda" if target["kind"] == "cuda" else "cpu")
+        func = tir_kernel.flash_rows(head_dim, "cuda" if target["kind"] == "cuda" else "cpu", dtype)
     causal_var, window_var, scale_var = func.params[4:]
     func = func.specialize({causal_var: int(causal), window_var: 0, scale_var: tvm.tirx.FloatImm("float32", scale)})
     # Each call site gets its own function, named by the block builder; already scheduled, so
@@ -62,7 +62,7 @@ class _Rewriter(relax.PyExprMutator):
     def _from_attention_op(self, call):
         q, k, v = call.args[:3]
         attrs = call.attrs
-        if len(call.args) > 3 or attrs.window_size is not None or not _float32_4d(q, k, v):
+        if len(call.args) > 3 or attrs.window_size is not None or _dtype(q, k, v) is None:
             return None
         (_, lq, _, d), lk = q.ty.shape, k.ty.shape[1]
         same_length = tvm.sym.Analyzer().can_prove_equal(lq, lk)
@@ -94,7 +94,7 @@ class _Rewriter(relax.PyExprMutator):
         if k_t is None or k_t.attrs.axes is None or [int(a) for a in k_t.attrs.axes] != [0, 1, 3, 2]:
             return None
         q, k, v = scores.args[0], k_t.args[0], call.args[1]
-        if not _float32_4d(q, k, v):
+        if _dtype(q, k, v) is None:
             return None
         c = float(factor.value.numpy())
         return self._call_kernel(q, k, v, False, c if _is_op(scaled, "relax.multiply") else 1 / c)
@@ -107,22 +107,26 @@ class _Rewriter(relax.PyExprMutator):
         return None
 
     def _call_kernel(self, q, k, v, causal, scale):
-        shape = q.ty.shape
+        shape, dtype = q.ty.shape, _dtype(q, k, v)
         d = shape[3]
         if not isinstance(d, tvm.tirx.IntImm) or d.value > 256:
             return None
         scale = 1 / math.sqrt(d.value) if scale is None else scale
-        gv = self.builder_.add_func(_kernel(self.target, d.value, causal, scale), "edgekit_attention")
-        return relax.call_tir(gv, [q, k, v], relax.TensorType(shape, "float32"))
+        gv = self.builder_.add_func(_kernel(self.target, d.value, causal, scale, dtype), "edgekit_attention")
+        return relax.call_tir(gv, [q, k, v], relax.TensorType(shape, dtype))
 
 
 def _is_op(call, op_name: str) -> bool:
     return isinstance(call, relax.Call) and call.op == tvm.ir.Op.get(op_name)
 
 
-def _float32_4d(*tensors) -> bool:
-    return all(isinstance(t.ty, relax.TensorType) and str(t.ty.dtype) == "float32"
-               and t.ty.ndim == 4 and t.ty.shape is not None for t in tensors)
+def _dtype(*tensors) -> str | None:
+    """The dtype shared by 4-D float32 or float16 tensors of known shape, else None."""
+    types = [t.ty for t in tensors]
+    if not all(isinstance(ty, relax.TensorType) and ty.ndim == 4 and ty.shape is not None for ty in types):
+        return None
+    dtypes = {str(ty.dtype) for ty in types}
+    return dtypes.pop() if len(dtypes) == 1 and dtypes <= set(tir_kernel.SYMBOLS) else None
 
 
 def use_fused_attention(mod: tvm.IRModule, target: dict) -> tvm.IRModule:

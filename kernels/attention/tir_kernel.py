@@ -20,11 +20,15 @@ KEY_BLOCK = 32
 TILE_ROWS = 16  # queries per micro-kernel call (one zmm register of fp32 lanes)
 CUDA_THREADS = 64
 TILE_SYMBOL = "ek_attention_tile_f32"
+SYMBOLS = {"float32": "attention_f32", "float16": "attention_f16"}
 
 
-def flash_rows(head_dim: int, target_kind: str):
-    """Portable TIR flash attention for a fixed head dim; target_kind 'cpu' or 'cuda'."""
-    D, KB = head_dim, KEY_BLOCK
+def flash_rows(head_dim: int, target_kind: str, dtype: str = "float32"):
+    """Portable TIR flash attention for a fixed head dim; target_kind 'cpu' or 'cuda'.
+
+    dtype float32 or float16 (inputs and output); scores and sums always accumulate in float32.
+    """
+    D, KB, DT = head_dim, KEY_BLOCK, dtype
     # The per-target schedule of the row: SIMD lanes over the head dim on CPUs; on CUDA one thread
     # owns a row, so head-dim loops unroll into registers.
     lanes = {"cpu": T.vectorized, "cuda": T.unroll}[target_kind]
@@ -42,7 +46,7 @@ def flash_rows(head_dim: int, target_kind: str):
         lo = T.if_then_else(window > 0, T.max(T.int64(0), pos - T.Cast("int64", window) + 1), T.int64(0))
         end = T.min(lk, pos + 1)
         for d in lanes(D):
-            qs[d] = Q[bi, hi, i, d] * scale
+            qs[d] = T.Cast("float32", Q[bi, hi, i, d]) * scale
             acc[d] = T.float32(0)
         st[0] = T.float32(-3.0e38)
         st[1] = T.float32(0)
@@ -52,7 +56,7 @@ def flash_rows(head_dim: int, target_kind: str):
             for jj in range(T.min(T.int64(KB), end - j0)):
                 s[jj] = T.float32(0)
                 for d in range(D):
-                    s[jj] = s[jj] + qs[d] * K[bi, hk, j0 + jj, d]
+                    s[jj] = s[jj] + qs[d] * T.Cast("float32", K[bi, hk, j0 + jj, d])
                 st[2] = T.max(st[2], s[jj])
             alpha = T.exp(st[0] - st[2])
             st[1] = st[1] * alpha
@@ -62,19 +66,19 @@ def flash_rows(head_dim: int, target_kind: str):
                 p = T.exp(s[jj] - st[2])
                 st[1] = st[1] + p
                 for d in lanes(D):
-                    acc[d] = acc[d] + p * V[bi, hk, j0 + jj, d]
+                    acc[d] = acc[d] + p * T.Cast("float32", V[bi, hk, j0 + jj, d])
             st[0] = st[2]
         for d in lanes(D):
-            O[bi, hi, i, d] = acc[d] / st[1]
+            O[bi, hi, i, d] = T.Cast(DT, acc[d] / st[1])
 
     @T.prim_func
     def attention_cpu(q: T.handle, k: T.handle, v: T.handle, o: T.handle,
                       causal: T.int32, window: T.int32, scale: T.float32):
         b, h, hkv, lq, lk = T.int64(), T.int64(), T.int64(), T.int64(), T.int64()
-        Q = T.match_buffer(q, (b, h, lq, D), "float32")
-        K = T.match_buffer(k, (b, hkv, lk, D), "float32")
-        V = T.match_buffer(v, (b, hkv, lk, D), "float32")
-        O = T.match_buffer(o, (b, h, lq, D), "float32")
+        Q = T.match_buffer(q, (b, h, lq, D), DT)
+        K = T.match_buffer(k, (b, hkv, lk, D), DT)
+        V = T.match_buffer(v, (b, hkv, lk, D), DT)
+        O = T.match_buffer(o, (b, h, lq, D), DT)
         for r in T.parallel(b * h * lq):
             one_row(Q, K, V, O, r, causal, window, scale)
 
@@ -82,17 +86,17 @@ def flash_rows(head_dim: int, target_kind: str):
     def attention_cuda(q: T.handle, k: T.handle, v: T.handle, o: T.handle,
                        causal: T.int32, window: T.int32, scale: T.float32):
         b, h, hkv, lq, lk = T.int64(), T.int64(), T.int64(), T.int64(), T.int64()
-        Q = T.match_buffer(q, (b, h, lq, D), "float32")
-        K = T.match_buffer(k, (b, hkv, lk, D), "float32")
-        V = T.match_buffer(v, (b, hkv, lk, D), "float32")
-        O = T.match_buffer(o, (b, h, lq, D), "float32")
+        Q = T.match_buffer(q, (b, h, lq, D), DT)
+        K = T.match_buffer(k, (b, hkv, lk, D), DT)
+        V = T.match_buffer(v, (b, hkv, lk, D), DT)
+        O = T.match_buffer(o, (b, h, lq, D), DT)
         for bx in T.thread_binding((b * h * lq + CUDA_THREADS - 1) // CUDA_THREADS, thread="blockIdx.x"):
             for tx in T.thread_binding(CUDA_THREADS, thread="threadIdx.x"):
                 if bx * CUDA_THREADS + tx < b * h * lq:
                     one_row(Q, K, V, O, bx * CUDA_THREADS + tx, causal, window, scale)
 
     func = {"cpu": attention_cpu, "cuda": attention_cuda}[target_kind]
-    return func.with_attr("global_symbol", "attention_f32")
+    return func.with_attr("global_symbol", SYMBOLS[dtype])
 
 
 @T.prim_func

@@ -10,7 +10,7 @@ import tvm
 from edgekit.kernels import attention
 from tvm import relax
 
-from edgekit.kernels.attention import build, relax_pass, tir_kernel
+from edgekit.kernels.attention import bench, build, relax_pass, tir_kernel
 from edgekit.kernels.attention.reference import attention_reference, visible_keys
 
 ELF_MACHINE = {"aarch64-linux-gnu": 183, "x86_64-linux-gnu": 62}  # ELF e_machine field
@@ -131,6 +131,34 @@ def test_portable_tir_kernel_on_host():
         torch.testing.assert_close(out.double(), attention_reference(q, k, v, **mask), rtol=RTOL, atol=ATOL)
 
 
+def test_portable_tir_kernel_float16_on_host():
+    """float16 in and out, float32 accumulation: error at float16 rounding level."""
+    kernel = tvm.compile(build.tir_module(build.host_target(), 64, "float16"), target=build.host_target())
+    q, k, v = (t.half() for t in _inputs(1, 4, 2, 37, 300, 64))
+    out = torch.empty_like(q)
+    kernel["attention_f16"](q, k, v, out, 1, 0, 0.125)
+    expected = attention_reference(q, k, v, causal=True)
+    torch.testing.assert_close(out.double(), expected, rtol=2e-3, atol=2e-3)
+
+
+def test_package_stays_callable_after_submodule_imports():
+    import edgekit.kernels
+    import edgekit.kernels.attention.api  # noqa: F401  (rebinds edgekit.kernels.attention to the package)
+
+    q, k, v = _inputs(1, 2, 2, 9, 9, 32)
+    torch.testing.assert_close(edgekit.kernels.attention(q, k, v, causal=True), attention(q, k, v, causal=True))
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_onnx_runtime_peer_matches_reference(causal):
+    """The benchmark's ONNX Runtime graph computes the same attention (else its timing means nothing)."""
+    q, k, v = _inputs(1, 2, 2, 20, 33, 32)
+    session = bench.onnx_attention_session(list(q.shape), list(k.shape), causal, threads=1)
+    (out,) = session.run(None, {"q": q.numpy(), "k": k.numpy(), "v": v.numpy()})
+    torch.testing.assert_close(torch.from_numpy(out).double(), attention_reference(q, k, v, causal=causal),
+                               rtol=RTOL, atol=ATOL)
+
+
 def test_disk_cache_builds_once(tmp_path, monkeypatch):
     monkeypatch.setenv("EDGEKIT_KERNEL_CACHE", str(tmp_path))
     calls = []
@@ -162,12 +190,12 @@ def test_cross_builds(target_name, tmp_path, monkeypatch):
         assert b"attention_f32_kernel" in data  # the device kernel is embedded
 
 
-def _relax_attention_module(lq, lk, causal_mask, scales=(None,)):
+def _relax_attention_module(lq, lk, causal_mask, scales=(None,), dtype="float32"):
     """main(q, k, v) in BSNH layout with one R.nn.attention per scale, summed."""
     bb = relax.BlockBuilder()
-    q = relax.Var("q", relax.TensorType((1, lq, 4, 64), "float32"))
-    k = relax.Var("k", relax.TensorType((1, lk, 4, 64), "float32"))
-    v = relax.Var("v", relax.TensorType((1, lk, 4, 64), "float32"))
+    q = relax.Var("q", relax.TensorType((1, lq, 4, 64), dtype))
+    k = relax.Var("k", relax.TensorType((1, lk, 4, 64), dtype))
+    v = relax.Var("v", relax.TensorType((1, lk, 4, 64), dtype))
     with bb.function("main", [q, k, v]):
         with bb.dataflow():
             outs = [bb.emit(relax.op.nn.attention(q, k, v, scale=s, causal_mask=causal_mask)) for s in scales]
@@ -231,11 +259,22 @@ def _cuda_sources(module):
     return own + [src for child in module.imports for src in _cuda_sources(child)]
 
 
+def test_relax_float16_attention_runs_on_host(tmp_path):
+    mod = relax_pass.use_fused_attention(_relax_attention_module(30, 30, None, dtype="float16"),
+                                         build.host_target())
+    assert "R.nn.attention" not in _ops(mod)
+    q, k, v = (t.half() for t in _inputs(1, 30, 30, 4, 4, 64))  # already BSNH: [1, 30, 4, 64]
+    out = _run_relax(mod, tmp_path, q, k, v).transpose(1, 2)
+    q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+    torch.testing.assert_close(out.double(), attention_reference(q, k, v), rtol=2e-3, atol=2e-3)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
 @pytest.mark.parametrize("target_name", ["cuda-sm87", "cuda-sm90"])
-def test_relax_rewrite_builds_for_cuda(target_name, tmp_path):
+def test_relax_rewrite_builds_for_cuda(target_name, dtype, tmp_path):
     """The rewritten model compiles for CUDA, and nvcc turns its device code into a cubin."""
     target = build.CROSS_TARGETS[target_name]
-    mod = relax_pass.use_fused_attention(_relax_attention_module(64, 64, "BottomRight"), target)
+    mod = relax_pass.use_fused_attention(_relax_attention_module(64, 64, "BottomRight", dtype=dtype), target)
     assert "R.call_tir" in _ops(mod)
     (source,) = _cuda_sources(tvm.compile(mod, target=tvm.target.Target(target)).mod)
     assert "threadIdx.x" in source
