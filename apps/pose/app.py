@@ -82,9 +82,6 @@ class PoseApp:
         self.tracked: list[Roi] = []
         self.frame_index = 0
 
-    def reset(self) -> None:
-        self.tracked, self.frame_index = [], 0
-
     def __call__(self, frame: np.ndarray) -> list[Person]:
         rois = list(self.tracked)
         if not rois or self.frame_index % self.detect_every == 0:

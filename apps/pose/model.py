@@ -1,10 +1,9 @@
 """BlazePose's two networks (MediaPipe's TFLite files) imported as torch modules."""
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-
-from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -42,7 +41,7 @@ class BlazePose:
         if missing:
             raise EdgekitError(f"{', '.join(missing)} not found in {weights_dir}. Point --weights (or "
                                "EDGEKIT_WEIGHTS/mediapipe) at MediaPipe's pose .tflite files.")
-        return cls(Network(*load_tflite(weights_dir / DETECTOR_FILE)), Network(*load_tflite(weights_dir / LANDMARK_FILE)))
+        return cls(*(Network(*load_tflite(weights_dir / f)) for f in (DETECTOR_FILE, LANDMARK_FILE)))
 
 
 def runners(model: BlazePose, backend: str, artifacts: Path) -> tuple[Runner, Runner]:
@@ -69,9 +68,10 @@ def compiled(network: Network, name: str, backend: str, artifacts: Path) -> Runn
 
     path = artifacts / f"{name}-{backend}"
     if not (path / MANIFEST).is_file():
-        # A sanity check on random inputs: there the landmark model's segmentation logits reach ~1e3 and move
-        # by ~0.5 with kernel summation order. tests/test_tflite_import.py holds the strict check on a photo.
+        # No verify on random example inputs: there the segmentation head's logits reach ~1e3 and move by ~0.3
+        # with the kernels' summation order, failing any fixed tolerance. tests/test_tflite_import.py checks every
+        # backend against LiteRT on a real photo instead.
         edgekit.compile_model(network.module, network.example_inputs, target="host", backend=backend, output=path,
-                              name=name, atol=1e-2, rtol=1e-3)
+                              name=name, check=False)
     model = edgekit.load(path)
     return lambda *inputs: model.run([x.astype(np.float32) for x in inputs])

@@ -23,7 +23,8 @@ def test_anchors_follow_the_detector_output_layout():
     anchors = pose.ssd_anchors()
     assert anchors.shape == (2254, 2)
     step = 1 / 28
-    np.testing.assert_allclose(anchors[:4], [[step / 2] * 2, [step / 2] * 2, [1.5 * step, step / 2], [1.5 * step, step / 2]])
+    first_two_cells = [[step / 2, step / 2]] * 2 + [[1.5 * step, step / 2]] * 2
+    np.testing.assert_allclose(anchors[:4], first_two_cells)
     np.testing.assert_allclose(anchors[1568:1570], [[1 / 28, 1 / 28]] * 2)  # first stride-16 cell, centre 0.5/14
     np.testing.assert_allclose(anchors[-6:], [[13 / 14, 13 / 14]] * 6)    # last stride-32 cell, centre 6.5/7
 
