@@ -53,7 +53,7 @@ emulator: setup
 	$(EDGEKIT) device emulator setup
 
 bench: setup
-	$(EDGEKIT) bench-suite --output reports
+	$(EDGEKIT) bench --suite all --report-dir reports $(if $(FILTER),--filter '$(FILTER)')
 
 bench-kernels: setup
 	$(PY) -m edgekit.kernels.attention.bench --json reports/attention.json

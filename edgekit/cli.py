@@ -67,8 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", required=True, help=".npz file to write (arrays out0, out1, ...)")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("bench", help="time an artifact on seeded random inputs", formatter_class=fmt)
-    p.add_argument("artifact", help="artifact directory")
+    p = sub.add_parser("bench", help="time an artifact on seeded random inputs, or run the benchmark suite",
+                       formatter_class=fmt)
+    p.add_argument("artifact", nargs="?", help="artifact directory (or use --suite)")
+    p.add_argument("--suite", choices=["all"], help="every model and kernel against its peers -> reports/")
+    p.add_argument("--filter", help="suite: only cases whose name matches this regular expression")
+    p.add_argument("--report-dir", default="reports", help="suite: where bench.json/bench.md/plots go")
     p.add_argument("--warmup", type=int, default=3, help="untimed runs first")
     p.add_argument("--iters", type=int, default=20, help="timed runs")
     p.add_argument("--device", help="run on a remote device: rpc://HOST:PORT (TVM RPC server)")
@@ -168,6 +172,14 @@ def _load_npy(path: str):
 
 
 def cmd_bench(args) -> int:
+    if args.suite:
+        from .benchsuite import run
+
+        report = run(Path(args.report_dir), args.filter, iters=args.iters)
+        print(f"wrote {args.report_dir}/bench.json, bench.md and plots ({len(report['rows'])} rows)")
+        return 0
+    if not args.artifact:
+        raise EdgekitError("give an artifact directory to time, or --suite all for the benchmark suite.")
     if args.device:
         from .runtimes.rpc import bench_remote
 

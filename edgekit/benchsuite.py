@@ -1,0 +1,148 @@
+"""`make bench` / `edgekit bench --suite all`: every model on every host backend (fp32 and int8) and the
+kernels, each beside its peers measured in the same run; writes reports/bench.{json,md} and PNG plots.
+
+Cases come from the bundled model and from each app's optional `bench.py` (`cases() -> list[ModelCase]`).
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import platform
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+THREADS = 2
+APP_BENCHES = ("superres", "pose", "asr", "chimp")
+KERNEL_BENCHES = ("attention", "scan")
+
+
+@dataclass
+class ModelCase:
+    name: str
+    module: object
+    inputs: tuple
+    calibration: list | None = None             # enables the int8 rows
+    peers: dict[str, Callable[[], object]] = field(default_factory=dict)   # extra peers, e.g. authors' ONNX
+    work_unit: tuple[str, float] | None = None  # ("MP", megapixels per run) -> also report ms per unit
+
+
+def machine() -> dict:
+    import importlib.metadata as md
+
+    import cpuinfo
+
+    info = cpuinfo.get_cpu_info()
+    libs = ("torch", "executorch", "apache-tvm", "onnxruntime", "numpy")
+    return {"cpu": info.get("brand_raw", platform.processor()), "cores": os.cpu_count(), "threads": THREADS,
+            "arch": platform.machine(), "python": platform.python_version(),
+            "versions": {lib: md.version(lib) for lib in libs}, "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def model_cases() -> list[ModelCase]:
+    from .zoo import conv_attention
+
+    module, inputs = conv_attention()
+    import torch
+
+    calib = [(torch.randn(*inputs[0].shape, generator=torch.Generator().manual_seed(i)),) for i in range(8)]
+    cases = [ModelCase("conv_attention", module, inputs, calibration=calib)]
+    for app in APP_BENCHES:
+        try:
+            bench = importlib.import_module(f"edgekit.apps.{app}.bench")
+        except ModuleNotFoundError:
+            continue
+        cases.extend(bench.cases())
+    return cases
+
+
+def _time(fn, warmup: int, iters: int) -> dict:
+    from .runtimes.base import benchmark
+
+    return benchmark(lambda _x: fn(), [], warmup, iters)
+
+
+def bench_model(case: ModelCase, workdir: Path, iters: int, progress) -> list[dict]:
+    import torch
+
+    from . import load
+    from .compile import compile_model
+
+    shape = [list(t.shape) for t in case.inputs]
+    timings = {("eager", "fp32"): _time(lambda: case.module(*case.inputs), 2, iters)}
+    sizes = {}
+    for peer, fn in case.peers.items():
+        timings[(peer, "fp32")] = _time(fn, 2, iters)
+    variants = [("fp32", {})] + ([("int8", {"quantize": "int8", "calibration": case.calibration})]
+                                 if case.calibration else [])
+    for backend in ("executorch", "onnxruntime", "tvm"):
+        for precision, options in variants:
+            progress(f"{case.name}: {backend} {precision}")
+            art = compile_model(case.module, case.inputs, backend=backend, output=workdir / case.name / backend /
+                                precision, force=True, name=case.name, **options)
+            model = load(art)
+            timings[(backend, precision)] = model.benchmark(warmup=2, iters=iters)
+            sizes[(backend, precision)] = sum((art / f).stat().st_size for f in model.manifest.files)
+    peers = {k: v for k, v in timings.items() if k[0] not in ("executorch", "onnxruntime", "tvm")}
+    best_peer = min(peers, key=lambda k: peers[k]["p50_ms"])
+    rows = []
+    for (impl, precision), t in timings.items():
+        row = {"suite": "models", "case": case.name, "impl": impl, "precision": precision, "shape": shape,
+               **{k: t[k] for k in ("p50_ms", "p90_ms", "min_ms")}, "payload_bytes": sizes.get((impl, precision)),
+               "peer": f"{best_peer[0]} {best_peer[1]}", "ratio_to_best_peer": t["p50_ms"] / peers[best_peer]["p50_ms"]}
+        if case.work_unit:
+            unit, amount = case.work_unit
+            row[f"ms_per_{unit}"] = t["p50_ms"] / amount
+        rows.append(row)
+    return rows
+
+
+def bench_kernels(names, progress) -> tuple[list[dict], dict]:
+    rows, limits = [], {}
+    for name in names:
+        progress(f"kernels: {name}")
+        result = importlib.import_module(f"edgekit.kernels.{name}.bench").run(threads=THREADS)
+        limits.update({k: v for k, v in result.items() if k != "rows"})
+        for r in result["rows"]:
+            case_rows = [x for x in result["rows"] if x["case"] == r["case"]]
+            peers = [x for x in case_rows if not x["impl"].startswith("edgekit")]
+            best = min(peers, key=lambda x: x["ms"])
+            rows.append({"suite": f"kernel:{name}", "case": r["case"], "impl": r["impl"], "precision": "fp32",
+                         "shape": r["shape"], "p50_ms": r["ms"], "min_ms": r.get("min_ms"),
+                         "gflops": r.get("gflops"), "gbs": r.get("gbs", r.get("kv_gbs")),
+                         "frac_peak": r.get("frac_peak"), "frac_bandwidth": r.get("frac_bandwidth"),
+                         "peer": best["impl"], "ratio_to_best_peer": r["ms"] / best["ms"]})
+    return rows, limits
+
+
+def run(output: Path, pattern: str | None = None, iters: int = 20) -> dict:
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from .report import write_report
+
+    os.environ.setdefault("TVM_NUM_THREADS", str(THREADS))
+    import torch
+
+    torch.set_num_threads(THREADS)
+    keep = re.compile(pattern) if pattern else None
+    rows, limits = [], {}
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn()) as bar:
+        task = bar.add_task("starting", total=None)
+
+        def progress(msg):
+            bar.update(task, description=msg)
+
+        for case in model_cases():
+            if keep is None or keep.search(case.name):
+                rows += bench_model(case, output / "artifacts", iters, progress)
+        kernel_rows, limits = bench_kernels([k for k in KERNEL_BENCHES if keep is None or keep.search(k)],
+                                            progress)
+        rows += kernel_rows
+    report = {"machine": machine(), "limits": limits, "rows": rows}
+    write_report(report, output)
+    return report

@@ -1,0 +1,86 @@
+"""Benchmark report: JSON (everything), Markdown table (for the README) and PNG plots."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def write_report(report: dict, output: Path) -> None:
+    output.mkdir(parents=True, exist_ok=True)
+    _atomic_write(output / "bench.json", json.dumps(report, indent=2))
+    _atomic_write(output / "bench.md", markdown(report))
+    plot_models(report["rows"], output / "latency_per_backend.png")
+    plot_kernels(report["rows"], report["limits"], output / "kernel_efficiency.png")
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def _fmt(v, spec=".3g") -> str:
+    return "" if v is None else format(v, spec)
+
+
+def markdown(report: dict) -> str:
+    m = report["machine"]
+    lines = [f"Machine: {m['cpu']}, {m['cores']} cores, {m['threads']} threads; "
+             + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + f"; {m['date']}.", ""]
+    limits = report.get("limits", {})
+    if limits:
+        lines += ["Measured limits: " + ", ".join(f"{k} {_fmt(v, '.1f')}" for k, v in limits.items()
+                                                  if k != "threads"), ""]
+    lines += ["| suite | case | impl | precision | shape | p50 ms | per unit | GFLOP/s or GB/s | % of limit | "
+              "payload KiB | time ÷ best peer |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in report["rows"]:
+        unit = next(((k, v) for k, v in r.items() if k.startswith("ms_per_")), None)
+        rate = r.get("gflops") or r.get("gbs")
+        frac = r.get("frac_peak") if r.get("gflops") else r.get("frac_bandwidth")
+        lines.append(
+            f"| {r['suite']} | {r['case']} | {r['impl']} | {r['precision']} | {r['shape']} | {_fmt(r['p50_ms'])} | "
+            f"{f'{unit[1]:.3g} ms/{unit[0][7:]}' if unit else ''} | {_fmt(rate, '.1f')} | "
+            f"{_fmt(frac * 100 if frac else None, '.0f')} | "
+            f"{_fmt(r['payload_bytes'] / 1024 if r.get('payload_bytes') else None, '.0f')} | "
+            f"{r['ratio_to_best_peer']:.2f} ({r['peer']}) |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_models(rows: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in rows if r["suite"] == "models"]
+    cases = sorted({r["case"] for r in rows})
+    fig, axes = plt.subplots(len(cases) or 1, 1, figsize=(9, 2.6 * max(1, len(cases))), squeeze=False)
+    for ax, case in zip(axes[:, 0], cases):
+        sub = [r for r in rows if r["case"] == case]
+        labels = [f"{r['impl']}\n{r['precision']}" for r in sub]
+        ax.barh(labels, [r["p50_ms"] for r in sub], color=["#888" if r["impl"] not in
+                                                           ("executorch", "tvm", "onnxruntime") else "#2a7"
+                                                           for r in sub])
+        ax.set_xscale("log")
+        ax.set_title(f"{case}: p50 latency (ms, log scale; grey = peers)", fontsize=9)
+        ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_kernels(rows: list[dict], limits: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in rows if r["suite"].startswith("kernel:")]
+    fig, ax = plt.subplots(figsize=(9, 0.3 * max(8, len(rows)) + 1))
+    labels = [f"{r['suite'][7:]} {r['case']} · {r['impl']}" for r in rows]
+    fracs = [100 * ((r.get("frac_peak") if r.get("gflops") else r.get("frac_bandwidth")) or 0) for r in rows]
+    ax.barh(labels, fracs, color=["#2a7" if r["impl"].startswith("edgekit") else "#888" for r in rows])
+    ax.axvline(100, color="k", lw=0.8)
+    ax.set_xlabel("% of the measured roofline (SGEMM peak for compute-bound, copy bandwidth for memory-bound)")
+    ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
