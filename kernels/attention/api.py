@@ -36,7 +36,7 @@ def _check(q, k, v, causal, window, scale):
             raise TypeError(f"attention: {name} must be a torch.Tensor, got {type(t).__name__}.")
         if t.dtype != torch.float32 or t.device.type != "cpu":
             raise TypeError(f"attention: {name} is {t.dtype} on {t.device}; pass float32 CPU tensors "
-                            "(e.g. {name}.float().cpu()).")
+                            f"(e.g. {name}.float().cpu()).")
         if t.dim() != 4 or 0 in t.shape:
             raise ValueError(f"attention: {name} has shape {tuple(t.shape)}; expected a non-empty "
                              "[batch, heads, length, head_dim] tensor.")

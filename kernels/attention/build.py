@@ -53,7 +53,7 @@ def host_target() -> dict:
 
 def tir_module(target: dict, head_dim: int, dtype: str = "float32") -> tvm.IRModule:
     kind = "cuda" if target["kind"] == "cuda" else "cpu"
-    return tvm.IRModule({tir_kernel.SYMBOLS[dtype]: tir_kernel.flash_rows(head_dim, kind, dtype)})
+    return tvm.IRModule({tir_kernel.SYMBOLS[dtype]: tir_kernel.portable_kernel(head_dim, kind, dtype)})
 
 
 def _key(*parts) -> str:
@@ -76,12 +76,17 @@ def _cached(name: str, export) -> Path:
     return path
 
 
+def microkernel_fcompile(compiler="g++"):
+    """An export_library fcompile that compiles and links the AVX-512 micro-kernel in."""
+    return cc.cross_compiler(compiler, options=MICROKERNEL_FLAGS, add_files=[str(MICROKERNEL)])
+
+
 def build_host_library(head_dim: int) -> Path:
     """The host library: TIR driver + AVX-512 micro-kernel where available, else TIR only."""
     target = host_target()
     if host_has_avx512():
         mod = tvm.IRModule({"attention_f32": tir_kernel.tile_driver.with_attr("global_symbol", "attention_f32")})
-        fcompile = cc.cross_compiler("g++", options=MICROKERNEL_FLAGS, add_files=[str(MICROKERNEL)])
+        fcompile = microkernel_fcompile()
         name = "attention-x86-avx512-" + _key(target)
     else:
         mod, fcompile = tir_module(target, head_dim), None

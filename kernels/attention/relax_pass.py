@@ -29,18 +29,14 @@ def uses_microkernel(target: dict) -> bool:
 
 def link_fcompile(target: dict, fcompile=None):
     """The export_library fcompile that links the micro-kernel when `target` uses it."""
-    if not uses_microkernel(target):
-        return fcompile
-    from tvm.support import cc
-
-    return cc.cross_compiler(fcompile or "g++", options=build.MICROKERNEL_FLAGS, add_files=[str(build.MICROKERNEL)])
+    return build.microkernel_fcompile(fcompile or "g++") if uses_microkernel(target) else fcompile
 
 
 def _kernel(target: dict, head_dim: int, causal: bool, scale: float, dtype: str) -> tvm.tirx.PrimFunc:
     if uses_microkernel(target) and head_dim % 16 == 0 and dtype == "float32":
         func = tir_kernel.tile_driver
     else:
-        func = tir_kernel.flash_rows(head_dim, "cuda" if target["kind"] == "cuda" else "cpu", dtype)
+        func = tir_kernel.portable_kernel(head_dim, "cuda" if target["kind"] == "cuda" else "cpu", dtype)
     causal_var, window_var, scale_var = func.params[4:]
     func = func.specialize({causal_var: int(causal), window_var: 0, scale_var: tvm.tirx.FloatImm("float32", scale)})
     # Each call site gets its own function, named by the block builder; already scheduled, so

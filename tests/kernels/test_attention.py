@@ -1,5 +1,6 @@
 """Fused attention kernel vs the float64 reference: lengths, head dims, masks, GQA, decode; builds."""
 
+import functools
 import shutil
 import subprocess
 
@@ -121,22 +122,32 @@ def test_invalid_inputs(args, kwargs, error, text):
         attention(*args, **kwargs)
 
 
-def test_portable_tir_kernel_on_host():
-    """The TIR used for aarch64 and CUDA, compiled for this host, against the reference."""
-    kernel = tvm.compile(build.tir_module(build.host_target(), 48), target=build.host_target())["attention_f32"]
-    q, k, v = _inputs(1, 4, 2, 37, 70, 48)
-    for causal, window, mask in [(0, 0, {}), (1, 0, {"causal": True}), (1, 5, {"window": 5})]:
-        out = torch.empty_like(q)
-        kernel(q, k, v, out, causal, window, 48**-0.5)
-        torch.testing.assert_close(out.double(), attention_reference(q, k, v, **mask), rtol=RTOL, atol=ATOL)
+@functools.lru_cache(maxsize=None)
+def _portable(head_dim, dtype="float32"):
+    """The TIR used for aarch64 and CUDA (CPU schedule), compiled for this host."""
+    module = tvm.compile(build.tir_module(build.host_target(), head_dim, dtype), target=build.host_target())
+    return module[tir_kernel.SYMBOLS[dtype]]
+
+
+@pytest.mark.parametrize("b,h,hkv,lq,lk,d,mask", [
+    (1, 4, 2, 37, 70, 48, {}),
+    (1, 4, 2, 37, 70, 48, {"causal": True}),
+    (2, 2, 1, 113, 113, 64, {"causal": True, "window": 20}),
+    (1, 2, 2, 1, 4097, 64, {"causal": True}),
+    (1, 2, 2, 7, 7, 128, {}),
+])
+def test_portable_tir_kernel_on_host(b, h, hkv, lq, lk, d, mask):
+    q, k, v = _inputs(b, h, hkv, lq, lk, d)
+    out = torch.empty_like(q)
+    _portable(d)(q, k, v, out, int(bool(mask)), mask.get("window", 0), d**-0.5)
+    torch.testing.assert_close(out.double(), attention_reference(q, k, v, **mask), rtol=RTOL, atol=ATOL)
 
 
 def test_portable_tir_kernel_float16_on_host():
     """float16 in and out, float32 accumulation: error at float16 rounding level."""
-    kernel = tvm.compile(build.tir_module(build.host_target(), 64, "float16"), target=build.host_target())
     q, k, v = (t.half() for t in _inputs(1, 4, 2, 37, 300, 64))
     out = torch.empty_like(q)
-    kernel["attention_f16"](q, k, v, out, 1, 0, 0.125)
+    _portable(64, "float16")(q, k, v, out, 1, 0, 0.125)
     expected = attention_reference(q, k, v, causal=True)
     torch.testing.assert_close(out.double(), expected, rtol=2e-3, atol=2e-3)
 
