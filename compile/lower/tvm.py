@@ -1,4 +1,4 @@
-"""Import to relax (torch / ONNX / TFLite frontends) -> tvm.compile for the target -> model.so.
+"""Import to relax (torch / ONNX frontends) -> tvm.compile for the target -> model.so.
 
 aarch64 targets are cross-compiled and linked with the target's cross compiler into a real ELF
 shared library; CUDA targets get DLight GPU schedules (TVM's GPU pipeline) and keep the CPU as host.
@@ -26,28 +26,16 @@ def import_relax(source: Source):
         from tvm.relax.frontend.torch import from_exported_program
 
         return from_exported_program(export_torch(source), keep_params_as_input=False)
-    if source.kind == "onnx":
-        import onnx
-        from tvm.relax.frontend.onnx import from_onnx
+    import onnx
+    from tvm.relax.frontend.onnx import from_onnx
 
-        frontend = lambda: from_onnx(onnx.load(str(source.path)), keep_params_in_input=False)  # noqa: E731
-    else:
-        from tvm.relax.frontend.tflite import from_tflite
-
-        frontend = lambda: from_tflite(_tflite_model(source.path))  # noqa: E731
+    frontend = lambda: from_onnx(onnx.load(str(source.path)), keep_params_in_input=False)  # noqa: E731
     try:
         return frontend()
     except tvm.error.OpNotImplemented as exc:
         raise EdgekitError(f"{source.path}: TVM's {source.kind} importer cannot read this model: "
                            f"{str(exc).splitlines()[0]} Use --backend onnxruntime for it, or export the model "
                            "without runtime-specific fused ops.") from None
-
-
-def _tflite_model(path: Path):
-    import tflite
-
-    buf = path.read_bytes()
-    return tflite.Model.GetRootAsModel(buf, 0)
 
 
 def lower(source: Source, target: Target, out: Path) -> Lowered:

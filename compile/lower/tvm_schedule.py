@@ -1,0 +1,190 @@
+"""CPU schedules for TVM: deterministic DLight-style rules for x86 and aarch64 (NEON), applied to every kernel.
+
+TVM's CPU pipeline (relax/backend/cpu_generic) legalizes and fuses but never schedules, so every kernel runs as
+naive scalar loops. We run the same legalize + fuse passes, then rewrite each fused PrimFunc with one rule:
+
+* reductions (conv, matmul, pooling, channel means): tile the output so that a small block (rows x 2 vectors)
+  accumulates in registers while the reduction loops run outside it; the outer spatial loops are fused and run
+  in parallel; the fused epilogue (bias, activation, residual) is computed per tile while it is hot;
+* everything else (elementwise, padding, layout moves): fuse, parallelise, vectorise.
+
+Kernels the rule cannot handle keep TVM's default loops. Rules rather than MetaSchedule, chosen by measurement:
+apache-tvm 0.27's tuning pipeline crashes serialising its database, and tuning costs minutes per model on CI's two
+cores; the rules cost well under a second per model and need no stored records (see tests/test_tvm_schedule.py).
+"""
+from __future__ import annotations
+
+import tvm
+from tvm import s_tir, tirx
+from tvm.relax.backend.cpu_generic import pipeline
+from tvm.s_tir import dlight
+from tvm.s_tir.dlight.analysis import get_root_block, normalize_prim_func
+from tvm.s_tir.schedule import ScheduleError
+from tvm.s_tir.schedule.analysis import is_output_block
+
+from edgekit.targets import Target
+
+_ROWS = 4  # register tile: _ROWS x (2 vectors) accumulators = 8 vector registers
+
+
+def schedule(mod, target: Target):
+    """Legalize, fuse and schedule the relax module for a CPU target. Returns (module, pipeline description).
+    CUDA targets are returned unchanged: TVM's GPU pipeline schedules them with DLight."""
+
+    if target.cuda_arch:
+        return mod, "default (DLight GPU schedules)"
+    tvm_target = tvm.target.Target(target.tvm_target())
+    lanes = tvm.target.codegen.llvm_get_vector_width(tvm_target) // 32
+    passes = (pipeline.library_dispatch_passes(tvm_target) + pipeline.legalize_passes(tvm_target)
+              + [dlight.ApplyDefaultSchedule(CpuRule(lanes))])
+    with tvm_target:
+        mod = tvm.transform.Sequential(passes)(mod)
+    kernels = [f for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
+    scheduled = sum(bool(f.attrs and f.attrs.get("tirx.is_scheduled")) for f in kernels)
+    return mod, (f"edgekit CPU rules ({lanes} fp32 lanes): {scheduled}/{len(kernels)} kernels scheduled, "
+                 "the rest default loops")
+
+
+class CpuRule(dlight.ScheduleRule):
+    """The rule; `lanes` is the fp32 vector width of the target (8 for AVX2, 16 for AVX-512, 4 for NEON)."""
+
+    def __init__(self, lanes: int):
+        self.lanes = lanes
+
+    def apply(self, func, target, tunable):
+        if not isinstance(func, tirx.PrimFunc) or normalize_prim_func(s_tir.Schedule(func)) is None:
+            return None
+        sch = s_tir.Schedule(func)
+        _inline_elementwise(sch)
+        for block in _root_blocks(sch):
+            if _is_reduction(sch, block):
+                _tile_reduction(sch, block, self.lanes)
+        for block in _root_blocks(sch):  # blocks not placed inside a reduction's parallel tiles
+            if not _in_parallel_loop(sch, block):
+                _parallel_vectorize(sch, block, self.lanes)
+        return sch
+
+
+def _root_blocks(sch):
+    return sch.get_child_blocks(get_root_block(sch))
+
+
+def _in_parallel_loop(sch, block) -> bool:
+    return any(sch.get(loop).kind == tirx.ForKind.PARALLEL for loop in sch.get_loops(block))
+
+
+def _is_reduction(sch, block) -> bool:
+    return any(iv.iter_type == tirx.IterVar.CommReduce for iv in sch.get(block).iter_vars)
+
+
+def _inline_elementwise(sch) -> None:
+    """Inline elementwise chains into their consumers, except producers of reductions (padding, transposes):
+    inlining those would recompute them inside the reduction loops."""
+    changed = True
+    while changed:
+        changed = False
+        for block in _root_blocks(sch):
+            if (_is_reduction(sch, block) or is_output_block(sch, block)
+                    or any(_is_reduction(sch, c) for c in sch.get_consumers(block))):
+                continue
+            try:
+                sch.compute_inline(block)
+            except ScheduleError:
+                continue
+            changed = True
+            break
+
+
+def _tile_reduction(sch, block, lanes: int) -> None:
+    """Register-tiled reduction with its consumers computed per tile; parallel-only when it cannot vectorise."""
+    ivs = sch.get(block).iter_vars
+    loops = sch.get_loops(block)
+    if len(loops) != len(ivs) or any(not _const(iv.dom.extent) for iv in ivs):
+        return
+    kinds = ["R" if _is_reduce_iv(iv) else "S" for iv in ivs]
+    spatial = [i for i, k in enumerate(kinds) if k == "S"]
+    reduce = [i for i, k in enumerate(kinds) if k == "R"]
+    extents = [int(iv.dom.extent) for iv in ivs]
+    vec = spatial[-1] if spatial else None
+    width = _vector_width(extents[vec], lanes) if vec is not None else 0
+    if not width or not _contiguous(sch.get(block), ivs[vec].var):
+        if spatial:
+            sch.reorder(*[loops[i] for i in spatial + reduce])
+            sch.parallel(sch.fuse(*[loops[i] for i in spatial]))
+        return
+    row = _row_axis(sch.get(block), ivs, spatial, vec, extents)
+    vec_o, vec_i = sch.split(loops[vec], [None, width])
+    tiled = {vec: vec_o}
+    inner = [vec_i]
+    if row is not None:
+        row_o, row_i = sch.split(loops[row], [None, _largest_divisor(extents[row], _ROWS)])
+        tiled[row] = row_o
+        inner.insert(0, row_i)
+    outer = [tiled.get(i, loops[i]) for i in spatial]
+    sch.reorder(*outer, *[loops[i] for i in reduce], *inner)
+    fused = sch.fuse(*outer)
+    sch.parallel(fused)
+    consumers = [sch.cache_write(block, 0, "local")] if is_output_block(sch, block) else sch.get_consumers(block)
+    for consumer in consumers:
+        try:
+            sch.reverse_compute_at(consumer, fused, preserve_unit_loops=True)
+        except ScheduleError:
+            continue  # stays at the root and is scheduled as elementwise
+        sch.vectorize(sch.get_loops(consumer)[-1])
+    if row is not None:
+        sch.unroll(inner[0])
+    sch.vectorize(vec_i)
+    sch.decompose_reduction(block, loops[reduce[0]])  # the init copies the unrolled, vectorised tile loops
+
+
+def _parallel_vectorize(sch, block, lanes: int) -> None:
+    loops = sch.get_loops(block)
+    if not loops:
+        return
+    fused = sch.fuse(*loops)
+    extent = sch.get(fused).extent
+    if _const(extent) and int(extent) % lanes == 0 and int(extent) > lanes:
+        outer, inner = sch.split(fused, [None, lanes])
+        sch.parallel(outer)
+        sch.vectorize(inner)
+    else:
+        sch.parallel(fused)
+
+
+def _vector_width(extent: int, lanes: int) -> int:
+    """Two vectors per row when the extent allows (hides FMA latency), else one, else none."""
+    return next((w for w in (2 * lanes, lanes) if extent % w == 0), 0)
+
+
+def _largest_divisor(extent: int, limit: int) -> int:
+    return max(d for d in range(1, limit + 1) if extent % d == 0)
+
+
+def _contiguous(block, var) -> bool:
+    """The vector axis may index only the last dimension of every buffer the block reads (unit or small stride),
+    so each vector lane maps to neighbouring elements."""
+    return all(not _uses(r.min, var) for region in block.reads for r in region.region[:-1])
+
+
+def _row_axis(block, ivs, spatial, vec, extents):
+    """The spatial axis tiled into register rows: prefer one the vector operand does not depend on (output
+    channels of a conv, rows of a matmul), so each loaded vector feeds several accumulators."""
+    candidates = [i for i in spatial if i != vec and extents[i] > 1]
+    if not candidates:
+        return None
+    vec_reads = [r for r in block.reads if _uses(r.region[-1].min, ivs[vec].var)]
+    free = [i for i in candidates
+            if not any(_uses(d.min, ivs[i].var) for r in vec_reads for d in r.region)]
+    return (free or candidates)[-1]
+
+
+def _uses(expr, var) -> bool:
+    return any(v.same_as(var) for v in tirx.analysis.undefined_vars(expr))
+
+
+def _is_reduce_iv(iv) -> bool:
+    return iv.iter_type == tirx.IterVar.CommReduce
+
+
+def _const(expr) -> bool:
+    return isinstance(expr, (int, tirx.IntImm))
