@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 
-def _segment_decay(a):
+def segment_decay(a):
     """a [..., T, N] -> [..., T, T, N]: exp(sum_{s<k<=t} a_k) at [t, s], zero where s > t.
 
     Masked after the exp rather than with -inf before it: fast exp implementations (TVM's among
@@ -56,14 +56,14 @@ def chunked_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softp
     log_decay = chunks(dt[..., None] * A[:, None, :])  # [b, D, c, T, N]
     x, b_mat, c_mat = chunks(x), chunks(b_mat), chunks(c_mat)
 
-    decay = _segment_decay(log_decay)  # [b, D, c, T, T, N]
+    decay = segment_decay(log_decay)  # [b, D, c, T, T, N]
     y = torch.einsum("bdctn,bdctsn,bdcsn,bdcs->bdct", c_mat, decay, b_mat, x)
 
     # State each chunk adds by its end, then the states entering each chunk.
     # Positive indices: TVM's importer reads index -1 out of bounds.
     chunk_state = torch.einsum("bdcsn,bdcsn,bdcs->bdcn", decay[..., chunk - 1, :, :], b_mat, x)
     totals = log_decay.sum(dim=-2)  # [b, D, c, N]
-    end_state = torch.einsum("bdckn,bdkn->bdcn", _segment_decay(totals), chunk_state)
+    end_state = torch.einsum("bdckn,bdkn->bdcn", segment_decay(totals), chunk_state)
     start_state = F.pad(end_state[:, :, :-1], (0, 0, 1, 0))
     into_chunk = log_decay.cumsum(dim=-2).exp()  # decay from chunk start through step t
     y = y + torch.einsum("bdctn,bdctn,bdcn->bdct", c_mat, into_chunk, start_state)

@@ -13,6 +13,7 @@ from edgekit.kernels.scan.decomposed import chunked_scan
 from edgekit.kernels.scan.mamba_block import TinyMamba
 from edgekit.kernels.scan.reference import (parallel_scan, selective_scan_ref,
                                             selective_state_update_ref)
+from edgekit.kernels.scan.ssd import ssd_chunked, ssd_scan
 
 LENGTHS = (1, 7, 372, 784, 1134, 4096)
 STATES = (16, 64, 128)
@@ -273,3 +274,34 @@ def test_scan_op_becomes_the_tvm_kernel_or_the_decomposition():
     vm = relax.VirtualMachine(tvm.compile(mod, target=tvm.target.Target(target)), tvm.cpu())
     got = vm["main"](tvm.runtime.from_dlpack(x))
     torch.testing.assert_close(torch.from_numpy(got[0].numpy()), expected, rtol=1e-4, atol=1e-4)
+
+
+def _ssd_reference(x, dt, A, B, C, D, z):
+    """Mamba-2 as the float64 Mamba-1 reference: each (head, p) is a channel, A shared over N."""
+    batch, length, heads, head_dim = x.shape
+
+    def channels(t):
+        return t.reshape(batch, length, -1).transpose(1, 2)
+
+    y, state = selective_scan_ref(
+        channels(x), channels(dt.repeat_interleave(head_dim, -1)),
+        A.repeat_interleave(head_dim)[:, None].expand(-1, B.shape[-1]),
+        B.permute(0, 2, 3, 1), C.permute(0, 2, 3, 1), D.repeat_interleave(head_dim), channels(z),
+        delta_softplus=True, return_last_state=True)
+    return y.transpose(1, 2).reshape(x.shape), state.reshape(batch, heads, head_dim, -1)
+
+
+@pytest.mark.parametrize("length,chunk", [(1, 16), (37, 16), (300, 64)])
+def test_ssd_forms_match_reference(length, chunk):
+    gen = torch.Generator().manual_seed(0)
+    batch, heads, head_dim, groups, n = 2, 4, 8, 2, 16
+    x, z = (torch.randn(batch, length, heads, head_dim, generator=gen) for _ in range(2))
+    dt = torch.randn(batch, length, heads, generator=gen) * 0.5
+    A, D, dt_bias = (torch.randn(heads, generator=gen) for _ in range(3))
+    A = -torch.exp(A * 0.5)
+    B, C = (torch.randn(batch, length, groups, n, generator=gen) for _ in range(2))
+    expected = _ssd_reference(x, dt + dt_bias, A, B, C, D, z)
+    for got in (ssd_chunked(x, dt, A, B, C, D, z, dt_bias, True, True, chunk=chunk),
+                ssd_scan(x, dt, A, B, C, D, z, dt_bias, True, True)):
+        _assert_close(got[0], expected[0])
+        _assert_close(got[1], expected[1])
