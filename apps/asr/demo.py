@@ -90,7 +90,7 @@ def eval_command(args) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print(f"WER {100 * result['wer']:.1f}% RTF {result['rtf']:.3f} on {len(utterances)} utterances "
+        print(f"WER {100 * result['wer']:.1f}% RTF {result['rtf']:.3f} (CPU {result['cpu_rtf']:.3f}) on {len(utterances)} utterances "
               f"({result['audio_seconds']:.1f} s, {args.model}, {args.backend})")
     return 0
 

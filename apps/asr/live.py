@@ -35,8 +35,9 @@ class RingBuffer:
     def push(self, samples: np.ndarray) -> None:
         with self._lock:
             size = len(self._data)
-            self._data[(self._written + np.arange(len(samples[-size:]))) % size] = samples[-size:]
+            kept = samples[-size:]
             self._written += len(samples)
+            self._data[(self._written - len(kept) + np.arange(len(kept))) % size] = kept
             self._last_push = time.perf_counter()
             if self._written - self._read > size:
                 self._read = self._written - size

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import json
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.special import logsumexp
 
 from edgekit.errors import EdgekitError
 
@@ -17,6 +19,8 @@ from .whisper import Whisper, WhisperDecoderStep, WhisperEncoder, example_inputs
 
 BACKENDS = ("eager", "executorch", "tvm", "onnxruntime")
 CACHE_LEN = 224  # Whisper's own cap on tokens sampled per 30 s window
+MAX_TOKENS_PER_SECOND = 10   # fast speech is ~5; the cap stops a looping decode early
+TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 DEFAULT_ARTIFACTS = Path.home() / ".cache/edgekit/artifacts"
 Graph = Callable[..., list[np.ndarray]]
 
@@ -70,29 +74,56 @@ class WhisperRecognizer:
         return self.vocab.decode(self.tokens(audio))
 
     def tokens(self, audio: np.ndarray) -> list[int]:
-        cross_k, cross_v = self.encoder(pad_window(audio, self.window * SAMPLE_RATE))
+        """Greedy decoding, redone at rising temperatures when the text loops or the model is unsure
+        (Whisper's own fallback rule), with at most MAX_TOKENS_PER_SECOND tokens per second of audio."""
+        cross = self.encoder(pad_window(audio, self.window * SAMPLE_RATE))
+        limit = min(CACHE_LEN - len(self.vocab.prompt), int(MAX_TOKENS_PER_SECOND * len(audio) / SAMPLE_RATE) + 8)
+        rng = np.random.default_rng(0)  # the same audio always gives the same text
+        for temperature in TEMPERATURES:
+            tokens, logprob = self._decode(cross, limit, temperature, rng)
+            if compression_ratio(self.vocab.decode(tokens)) <= 2.4 and logprob >= -1.0:
+                break
+        return tokens
+
+    def _decode(self, cross, limit, temperature, rng) -> tuple[list[int], float]:
+        """(tokens, mean log-probability per token including the end of text)."""
         d = self.dims
         keys = np.zeros((d.decoder_layers, d.heads, CACHE_LEN, d.head_dim), np.float32)
         values = np.zeros_like(keys)
-        tokens = list(self.vocab.prompt)
-        for pos in range(CACHE_LEN):
-            logits, k, v = self.step(np.array([[tokens[pos]]]), np.array([pos]), keys, values, cross_k, cross_v)
-            keys[:, :, pos], values[:, :, pos] = k[:, :, 0], v[:, :, 0]
-            if pos + 1 < len(tokens):  # still feeding the prompt
-                continue
-            token = self._pick(logits[0], first=len(tokens) == len(self.vocab.prompt))
+        tokens, total, cached = list(self.vocab.prompt), 0.0, 0
+        while len(tokens) - len(self.vocab.prompt) < limit:
+            for pos in range(cached, len(tokens)):  # the whole prompt on the first pass, then the new token
+                logits, k, v = self.step(np.array([[tokens[pos]]]), np.array([pos]), keys, values, *cross)
+                keys[:, :, pos], values[:, :, pos] = k[:, :, 0], v[:, :, 0]
+            cached = len(tokens)
+            logprobs = self._logprobs(logits[0], first=len(tokens) == len(self.vocab.prompt))
+            token = int(np.argmax(logprobs) if temperature == 0 else
+                        rng.choice(len(logprobs), p=_softmax(logprobs / temperature)))
+            total += logprobs[token]
             if token == self.vocab.eot:
                 break
             tokens.append(token)
-        return tokens[len(self.vocab.prompt):]
+        generated = tokens[len(self.vocab.prompt):]
+        return generated, total / (len(generated) + 1)
 
-    def _pick(self, logits: np.ndarray, first: bool) -> int:
-        logits = logits.copy()
+    def _logprobs(self, logits: np.ndarray, first: bool) -> np.ndarray:
+        logits = logits.astype(np.float64)
         logits[self.vocab.eot + 1:] = -np.inf   # sot, language, task and timestamp tokens
         logits[self.vocab.suppress] = -np.inf
         if first:
             logits[self.vocab.suppress_first] = -np.inf
-        return int(np.argmax(logits))
+        return logits - logsumexp(logits)
+
+
+def compression_ratio(text: str) -> float:
+    """Text bytes over gzip-compressed bytes: a loop repeating a phrase compresses well (> 2.4)."""
+    raw = text.encode()
+    return len(raw) / len(zlib.compress(raw)) if raw else 0.0
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    p = np.exp(x - x.max())
+    return p / p.sum()
 
 
 def graphs(whisper: Whisper, backend: str, artifacts: Path, samples: int) -> tuple[Graph, Graph]:

@@ -152,7 +152,8 @@ class WhisperDecoderStep(nn.Module):
             x, k, v = block(x, self_k[i:i + 1], self_v[i:i + 1], slot, visible, cross_k[i:i + 1], cross_v[i:i + 1])
             new_k.append(k)
             new_v.append(v)
-        return w.logits(x)[:, -1], torch.cat(new_k), torch.cat(new_v)
+        # flatten, not [:, -1]: TVM's import of a negative index on this size-1 axis yields NaN
+        return w.logits(x).flatten(1), torch.cat(new_k), torch.cat(new_v)
 
 
 @dataclass

@@ -1,0 +1,294 @@
+"""ASR app: CTranslate2 reader, log-mel front end, KV-cached decoding, VAD windows, live streaming, CLI."""
+import argparse
+import json
+import shutil
+import struct
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy.io import wavfile
+
+from edgekit.apps.asr import convert_ct2, demo, features, live, vad
+from edgekit.apps.asr.eval import read_dataset, wer
+from edgekit.apps.asr.recognizer import CACHE_LEN, WhisperRecognizer, default_model_dir
+from edgekit.errors import EdgekitError
+
+SHARED = Path(__file__).resolve().parents[2] / "../shared"
+CARDS = SHARED / "data/asr/cards"
+LIBRIVOX = SHARED / "data/asr/librivox"
+needs_data = pytest.mark.skipif(not CARDS.is_dir() or not LIBRIVOX.is_dir(),
+                                reason="shared ASR clips not found next to the repo (../shared/data/asr)")
+CLIP = LIBRIVOX / "sense_and_sensibility_01_austen_64kb-0930.wav"   # 3.3 s
+CLIP_TEXT = "he might even have been made amiable himself"
+
+
+@pytest.fixture(scope="module")
+def whisper():
+    return convert_ct2.load_whisper(default_model_dir())
+
+
+@pytest.fixture(scope="module")
+def recognizer():
+    return WhisperRecognizer(window=10)
+
+
+def cli(*argv: str) -> int:
+    parser = argparse.ArgumentParser()
+    demo.register(parser.add_subparsers(required=True))
+    args = parser.parse_args(["asr", *argv])
+    return args.func(args)
+
+
+# --- CTranslate2 reader -------------------------------------------------------------------------------------
+
+def _ct2_string(text: str) -> bytes:
+    raw = text.encode() + b"\0"
+    return struct.pack("<H", len(raw)) + raw
+
+
+def test_ct2_reader_parses_variables_dtypes_and_aliases(tmp_path):
+    w = np.arange(6, dtype=np.float16).reshape(2, 3)
+    heads = np.array(6, np.int16)
+    blob = struct.pack("<I", 6) + _ct2_string("WhisperSpec") + struct.pack("<II", 3, 2)
+    for name, array, dtype_id in (("a/weight", w, 4), ("a/num_heads", heads, 2)):
+        blob += _ct2_string(name) + struct.pack("<B", array.ndim) + struct.pack(f"<{array.ndim}I", *array.shape)
+        blob += struct.pack("<BI", dtype_id, array.nbytes) + array.tobytes()
+    blob += struct.pack("<I", 1) + _ct2_string("b/weight") + _ct2_string("a/weight")
+    (tmp_path / "model.bin").write_bytes(blob)
+
+    spec, variables = convert_ct2.read_ct2(tmp_path / "model.bin")
+    assert spec == "WhisperSpec"
+    np.testing.assert_array_equal(variables["a/weight"], w)
+    assert variables["a/weight"].dtype == np.float16 and int(variables["a/num_heads"]) == 6
+    assert variables["b/weight"] is variables["a/weight"]
+
+
+def test_ct2_reader_rejects_other_format_versions(tmp_path):
+    (tmp_path / "model.bin").write_bytes(struct.pack("<I", 5) + _ct2_string("WhisperSpec"))
+    with pytest.raises(EdgekitError, match="format 5"):
+        convert_ct2.read_ct2(tmp_path / "model.bin")
+
+
+def test_shipped_weights_convert_to_tiny_en(whisper):
+    d = whisper.dims
+    assert (d.width, d.heads, d.encoder_layers, d.decoder_layers, d.vocab) == (384, 6, 4, 4, 51864)
+    _, variables = convert_ct2.read_ct2(default_model_dir() / "model.bin")
+    ref = variables["decoder/layer_2/attention/linear_1/weight"].astype(np.float32)
+    np.testing.assert_array_equal(whisper.decoder_blocks[2].cross_kv.weight.detach().numpy(), ref)
+
+
+# --- front end ----------------------------------------------------------------------------------------------
+
+def test_log_mel_matches_torch_stft():
+    audio = torch.from_numpy(np.random.default_rng(0).standard_normal((1, 16000)).astype(np.float32)) * 0.1
+    spec = torch.stft(audio, features.N_FFT, features.HOP, window=torch.hann_window(features.N_FFT),
+                      center=True, pad_mode="reflect", return_complex=True)[..., :-1].abs() ** 2
+    log = torch.log10(torch.clamp(torch.from_numpy(features.mel_filters(80)) @ spec, min=1e-10))
+    expected = (torch.maximum(log, log.max() - 8.0) + 4.0) / 4.0
+    got = features.LogMel(80)(audio)
+    assert got.shape == (1, 80, 100)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_mel_filters_are_slaney_triangles():
+    f = features.mel_filters(80)
+    assert f.shape == (80, 201) and (f >= 0).all()
+    peaks = f.argmax(axis=1)
+    assert (np.diff(peaks) >= 0).all() and peaks[-1] > 190
+    bins_hz = 16000 / 2 / 200
+    # Slaney normalisation: every triangle has unit area in Hz (the narrow ones only up to discretisation).
+    np.testing.assert_allclose(f[45:].sum(axis=1) * bins_hz, 1.0, rtol=0.02)
+    np.testing.assert_allclose(f.sum(axis=1) * bins_hz, 1.0, rtol=0.1)
+
+
+def test_load_audio_resamples_and_mixes_down(tmp_path):
+    rate, tone = 44100, 1000.0
+    t = np.arange(rate) / rate
+    stereo = (np.stack([np.sin(2 * np.pi * tone * t)] * 2, axis=1) * 16000).astype(np.int16)
+    wavfile.write(tmp_path / "tone.wav", rate, stereo)
+    audio = features.load_audio(tmp_path / "tone.wav")
+    assert audio.dtype == np.float32 and audio.shape == (16000,)
+    spectrum = np.abs(np.fft.rfft(audio))
+    assert abs(np.argmax(spectrum) - tone) <= 1          # 1 Hz bins over one second
+    assert 0.45 < np.abs(audio).max() < 0.5
+
+
+def test_load_audio_errors_are_user_errors(tmp_path):
+    with pytest.raises(EdgekitError, match="not found"):
+        features.load_audio(tmp_path / "missing.wav")
+    (tmp_path / "text.wav").write_text("not audio")
+    with pytest.raises(EdgekitError, match="not a readable WAV"):
+        features.load_audio(tmp_path / "text.wav")
+
+
+# --- decoding -----------------------------------------------------------------------------------------------
+
+def test_decoder_step_ignores_cache_slots_after_offset(recognizer):
+    rng = np.random.default_rng(0)
+    d = recognizer.dims
+    cross = [rng.standard_normal((d.decoder_layers, d.heads, 250, d.head_dim)).astype(np.float32) for _ in "kv"]
+    keys = rng.standard_normal((d.decoder_layers, d.heads, CACHE_LEN, d.head_dim)).astype(np.float32)
+    values = rng.standard_normal(keys.shape).astype(np.float32)
+    token, offset = np.array([[440]]), np.array([3])
+    clean = recognizer.step(token, offset, keys, values, *cross)
+    keys[:, :, 4:] += 100.0
+    values[:, :, 3:] -= 100.0    # slot 3 is the current token's own: it must come from the new key/value
+    noisy = recognizer.step(token, offset, keys, values, *cross)
+    for a, b in zip(clean, noisy):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+@needs_data
+def test_transcribes_a_clip(recognizer):
+    text = recognizer(features.load_audio(CLIP))
+    assert wer([CLIP_TEXT], [text]) <= 0.25, text
+
+
+@needs_data
+def test_long_audio_is_cut_at_pauses_into_windows():
+    clips = [features.load_audio(p) for p in sorted(LIBRIVOX.glob("*.wav"))]
+    audio = np.concatenate(clips)            # ~29.7 s of speech
+    pieces = vad.windows(audio, max_seconds=8)
+    assert all(len(p) <= 8 * features.SAMPLE_RATE for p in pieces)
+    assert len(pieces) >= 4
+    assert sum(map(len, pieces)) > 0.8 * len(audio)   # pauses between sentences are dropped, speech is not
+    assert vad.windows(clips[1], max_seconds=8) == [clips[1]]
+
+
+# --- test sets and CLI --------------------------------------------------------------------------------------
+
+@needs_data
+def test_read_dataset_pairs_wavs_with_references():
+    utts = read_dataset(LIBRIVOX)
+    assert len(utts) == 5 and all(u.wav.is_file() for u in utts)
+    assert utts[1].reference == "he was not an ill disposed young man"
+
+
+def test_read_dataset_reports_missing_files(tmp_path):
+    with pytest.raises(EdgekitError, match="no transcript list"):
+        read_dataset(tmp_path)
+    (tmp_path / "transcription").write_text("<s> hello </s> (nowhere)\n")
+    with pytest.raises(EdgekitError, match="does not exist"):
+        read_dataset(tmp_path)
+
+
+def test_wer_ignores_case_and_punctuation():
+    assert wer(["he was cold hearted"], ["He was cold-hearted."]) == 0.0
+    assert wer(["ten of clubs"], ["ten of clothes"]) == pytest.approx(1 / 3)
+
+
+@needs_data
+def test_cli_transcribe_json(capsys):
+    assert cli("transcribe", str(CLIP), "--window", "10", "--json") == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) == {"text", "rtf"} and out["rtf"] > 0
+    assert wer([CLIP_TEXT], [out["text"]]) <= 0.25
+
+
+@needs_data
+def test_cli_eval_json(capsys, tmp_path):
+    data = tmp_path / "two"
+    data.mkdir()
+    shutil.copy(CARDS / "003.wav", data)
+    shutil.copy(CLIP, data / "clip.wav")
+    (data / "transcription").write_text(f"<s> seven of clubs </s> (003)\n<s> {CLIP_TEXT} </s> (clip)\n")
+    assert cli("eval", "--data", str(data), "--window", "10", "--json") == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [u["wav"] for u in out["utterances"]] == ["003.wav", "clip.wav"]
+    assert out["wer"] <= 0.25 and out["rtf"] > 0     # "7 of clubs" for "seven of clubs" counts as one error
+
+
+@needs_data
+def test_cli_rejects_bad_window():
+    with pytest.raises(EdgekitError, match="window"):
+        cli("transcribe", str(CLIP), "--window", "40")
+
+
+# --- live ---------------------------------------------------------------------------------------------------
+
+def test_ring_buffer_takes_new_audio_and_counts_overruns():
+    ring = live.RingBuffer(seconds=0.01)      # 160 samples
+    ring.push(np.arange(100, dtype=np.float32))
+    first, got = ring.take()
+    assert first == 0 and np.array_equal(got, np.arange(100))
+    ring.push(np.arange(100, 300, dtype=np.float32))
+    first, got = ring.take()
+    assert ring.overruns == 1 and first == 140 and np.array_equal(got, np.arange(140, 300))
+    np.testing.assert_array_equal(ring.span(0, 200), np.arange(140, 200))   # older audio is gone
+
+
+@needs_data
+def test_live_replay_gives_partial_and_final_transcripts(recognizer):
+    audio = features.load_audio(CLIP)
+    ring, done = live.RingBuffer(seconds=10), threading.Event()
+    streamer = live.Streamer(recognizer, max_seconds=10, partial_every=0.5)
+    live.replay(audio, ring, done, tail_seconds=1.0)
+    events = [e for e in streamer.run(ring, done.is_set) if isinstance(e, live.Event)]
+    finals = [e for e in events if e.kind == "final"]
+    assert finals and any(e.kind == "partial" for e in events)
+    assert wer([CLIP_TEXT], [" ".join(e.text for e in finals)]) <= 0.25
+    assert finals[-1].latency is not None and finals[-1].latency > 0
+
+
+def _pulseaudio_null_sink(tmp_path):
+    """A user-space PulseAudio server with a null sink whose monitor is the default input, or skip."""
+    if not (shutil.which("pulseaudio") and shutil.which("paplay")):
+        pytest.skip("pulseaudio/paplay not installed (apt-get install pulseaudio pulseaudio-utils libportaudio2)")
+    runtime = tmp_path / "pulse"
+    runtime.mkdir()
+    env = {"PULSE_RUNTIME_PATH": str(runtime), "XDG_RUNTIME_DIR": str(runtime), "HOME": str(tmp_path),
+           "PATH": "/usr/bin:/bin"}
+    subprocess.run(["pulseaudio", "--daemonize=yes", "--exit-idle-time=-1", "--disallow-exit", "-n",
+                    "--load=module-native-protocol-unix", "--load=module-null-sink sink_name=edgekit",
+                    "--load=module-always-sink"], env=env, check=True, timeout=20)
+    subprocess.run(["pactl", "set-default-source", "edgekit.monitor"], env=env, check=True, timeout=10)
+    return env
+
+
+@needs_data
+def test_microphone_capture_through_pulseaudio_monitor(tmp_path, monkeypatch, recognizer):
+    env = _pulseaudio_null_sink(tmp_path)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    try:
+        ring, stop = live.RingBuffer(seconds=10), threading.Event()
+        with live.Microphone(ring, device="pulse"):
+            time.sleep(0.3)
+            subprocess.run(["paplay", "--device=edgekit", str(CLIP)], env=env, check=True, timeout=30)
+            time.sleep(0.5)
+        _, captured = ring.take()
+        assert len(captured) > len(features.load_audio(CLIP))
+        assert wer([CLIP_TEXT], [recognizer(captured[-5 * features.SAMPLE_RATE:])]) <= 0.25
+    finally:
+        subprocess.run(["pulseaudio", "--kill"], env=env, timeout=10)
+        stop.set()
+
+
+# --- compiled backends --------------------------------------------------------------------------------------
+
+@needs_data
+def test_onnxruntime_backend_matches_eager(tmp_path, recognizer):
+    compiled = WhisperRecognizer(backend="onnxruntime", artifacts=tmp_path, window=10)
+    audio = features.load_audio(CLIP)
+    assert compiled.tokens(audio) == recognizer.tokens(audio)
+
+
+@pytest.mark.slow
+@needs_data
+@pytest.mark.parametrize("backend", ["executorch", "tvm"])
+def test_compiled_backend_matches_eager(tmp_path, recognizer, backend):
+    compiled = WhisperRecognizer(backend=backend, artifacts=tmp_path, window=10)
+    audio = features.load_audio(CLIP)
+    assert compiled.tokens(audio) == recognizer.tokens(audio)
+
+
+@pytest.mark.slow
+@needs_data
+def test_librivox_wer_eager(capsys):
+    assert cli("eval", "--data", str(LIBRIVOX), "--json") == 0
+    assert json.loads(capsys.readouterr().out)["wer"] <= 0.12
