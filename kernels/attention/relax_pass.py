@@ -58,7 +58,7 @@ class _Rewriter(relax.PyExprMutator):
     def _from_attention_op(self, call):
         q, k, v = call.args[:3]
         attrs = call.attrs
-        if len(call.args) > 3 or attrs.window_size is not None or _dtype(q, k, v) is None:
+        if len(call.args) > 3 or attrs.window_size is not None or _supported(q, k, v, heads_axis=2) is None:
             return None
         (_, lq, _, d), lk = q.ty.shape, k.ty.shape[1]
         same_length = tvm.sym.Analyzer().can_prove_equal(lq, lk)
@@ -67,8 +67,7 @@ class _Rewriter(relax.PyExprMutator):
         scale = attrs.scale.value if attrs.scale is not None else None
         to_bhld = [0, 2, 1, 3]
         q, k, v = (self.builder_.emit(relax.op.permute_dims(x, to_bhld)) for x in (q, k, v))
-        out = self._call_kernel(q, k, v, attrs.causal_mask is not None, scale)
-        return None if out is None else relax.op.permute_dims(out, to_bhld)
+        return relax.op.permute_dims(self._call_kernel(q, k, v, attrs.causal_mask is not None, scale), to_bhld)
 
     def _from_matmul_chain(self, call):
         """matmul(softmax(matmul(q, permute_dims(k, [0, 1, 3, 2])) * c or / c, axis=-1), v)."""
@@ -90,7 +89,7 @@ class _Rewriter(relax.PyExprMutator):
         if k_t is None or k_t.attrs.axes is None or [int(a) for a in k_t.attrs.axes] != [0, 1, 3, 2]:
             return None
         q, k, v = scores.args[0], k_t.args[0], call.args[1]
-        if _dtype(q, k, v) is None:
+        if _supported(q, k, v, heads_axis=1) is None:
             return None
         c = float(factor.value.numpy())
         return self._call_kernel(q, k, v, False, c if _is_op(scaled, "relax.multiply") else 1 / c)
@@ -103,12 +102,11 @@ class _Rewriter(relax.PyExprMutator):
         return None
 
     def _call_kernel(self, q, k, v, causal, scale):
-        shape, dtype = q.ty.shape, _dtype(q, k, v)
-        d = shape[3]
-        if not isinstance(d, tvm.tirx.IntImm) or d.value > 256:
-            return None
-        scale = 1 / math.sqrt(d.value) if scale is None else scale
-        gv = self.builder_.add_func(_kernel(self.target, d.value, causal, scale, dtype), "edgekit_attention")
+        """call_tir to the kernel on [B, H, L, D] tensors that passed `_supported`."""
+        shape, dtype = q.ty.shape, _supported(q, k, v, heads_axis=1)
+        d = shape[3].value
+        scale = 1 / math.sqrt(d) if scale is None else scale
+        gv = self.builder_.add_func(_kernel(self.target, d, causal, scale, dtype), "edgekit_attention")
         return relax.call_tir(gv, [q, k, v], relax.TensorType(shape, dtype))
 
 
@@ -116,13 +114,21 @@ def _is_op(call, op_name: str) -> bool:
     return isinstance(call, relax.Call) and call.op == tvm.ir.Op.get(op_name)
 
 
-def _dtype(*tensors) -> str | None:
-    """The dtype shared by 4-D float32 or float16 tensors of known shape, else None."""
-    types = [t.ty for t in tensors]
+def _supported(q, k, v, heads_axis: int) -> str | None:
+    """The dtype of q, k, v when the kernel handles them, else None: 4-D float32 or float16 tensors
+    of one dtype, a static head dim up to 256, and static head counts with q's a multiple of k's."""
+    types = [t.ty for t in (q, k, v)]
     if not all(isinstance(ty, relax.TensorType) and ty.ndim == 4 and ty.shape is not None for ty in types):
         return None
     dtypes = {str(ty.dtype) for ty in types}
-    return dtypes.pop() if len(dtypes) == 1 and dtypes <= set(tir_kernel.SYMBOLS) else None
+    head_dim, q_heads, kv_heads = types[0].shape[3], types[0].shape[heads_axis], types[1].shape[heads_axis]
+    if not all(isinstance(x, tvm.tirx.IntImm) for x in (head_dim, q_heads, kv_heads)):
+        return None
+    if len(dtypes) != 1 or not dtypes <= set(tir_kernel.SYMBOLS):
+        return None
+    if head_dim.value > 256 or q_heads.value % kv_heads.value:
+        return None
+    return dtypes.pop()
 
 
 def use_fused_attention(mod: tvm.IRModule, target: dict) -> tvm.IRModule:
