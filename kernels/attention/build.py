@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -78,6 +79,9 @@ def _cached(name: str, export) -> Path:
 
 def microkernel_fcompile(compiler="g++"):
     """An export_library fcompile that compiles and links the AVX-512 micro-kernel in."""
+    if isinstance(compiler, str) and shutil.which(compiler) is None:
+        raise RuntimeError(f"attention kernel: C++ compiler {compiler!r} not found; it builds the AVX-512 "
+                           "micro-kernel on first use. Install it (e.g. apt-get install g++).")
     return cc.cross_compiler(compiler, options=MICROKERNEL_FLAGS, add_files=[str(MICROKERNEL)])
 
 

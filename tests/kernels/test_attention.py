@@ -170,6 +170,11 @@ def test_onnx_runtime_peer_matches_reference(causal):
                                rtol=RTOL, atol=ATOL)
 
 
+def test_missing_compiler_is_reported():
+    with pytest.raises(RuntimeError, match="not found"):
+        build.microkernel_fcompile("no-such-compiler")
+
+
 def test_disk_cache_builds_once(tmp_path, monkeypatch):
     monkeypatch.setenv("EDGEKIT_KERNEL_CACHE", str(tmp_path))
     calls = []
