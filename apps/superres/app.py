@@ -13,11 +13,15 @@ import cv2
 import numpy as np
 import torch
 
+import edgekit
 from edgekit.errors import EdgekitError
 
+from .eval import calibration_tiles
 from .model import example_inputs, from_pretrained, resolve_weights
 
 SRFn = Callable[[np.ndarray], np.ndarray]
+BACKENDS = ("eager", "onnxruntime", "executorch", "tvm")
+DEFAULT_CACHE = Path.home() / ".cache" / "edgekit" / "artifacts"
 
 
 def eager_fn(module: torch.nn.Module) -> SRFn:
@@ -27,10 +31,49 @@ def eager_fn(module: torch.nn.Module) -> SRFn:
     return run
 
 
-def artifact_fn(artifact_dir) -> SRFn:
-    import edgekit  # late: loading runtimes is only needed for compiled backends
+def artifact_fn(artifact_dir: Path) -> SRFn:
     model = edgekit.load(artifact_dir)
     return lambda x: model.run([x])[0]
+
+
+def build_sr(backend: str, scale: int, weights=None, tile: int = 128, target: str = "host",
+             quantize: str | None = None, calibration=None, cache_dir=None) -> SRFn:
+    """The SR callable for a backend. Compiled artifacts are cached per (backend, target, precision,
+    scale, tile, weights digest), so a second eval or run reuses them instead of recompiling.
+
+    calibration: HR image folder whose LR tiles calibrate `quantize="int8"`; keep it apart from eval data.
+    """
+    if backend not in BACKENDS:
+        raise EdgekitError(f"Unknown backend {backend!r}. Choose one of: {', '.join(BACKENDS)}.")
+    if quantize and backend == "eager":
+        raise EdgekitError("--quantize needs a compiled backend. Pass --backend executorch, onnxruntime or tvm.")
+    if quantize and not calibration:
+        raise EdgekitError("--quantize int8 needs calibration images. Pass --calibration DIR (e.g. Set14) or set "
+                           "EDGEKIT_DATA.")
+    path = resolve_weights(weights, scale)
+    module = from_pretrained(path, scale)
+    if backend == "eager":
+        return eager_fn(module)
+    from edgekit.compile import compile_model  # late: importing the compilers costs seconds
+
+    name = f"cfsr_x{scale}"
+    precision = f"{quantize}-{Path(calibration).name}" if quantize else "fp32"
+    art = Path(cache_dir or DEFAULT_CACHE) / f"{name}_{backend}_{target}_{precision}_t{tile}_{_digest(path)}"
+    if not (art / "manifest.json").is_file():
+        options = {"quantize": quantize, "calibration": calibration_tiles(calibration, scale, tile)} \
+            if quantize else {}
+        compile_model(module, example_inputs(tile, tile), target=target, backend=backend, output=art,
+                      name=name, force=True, **options)
+    return artifact_fn(art)
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+
+
+def check_tiling(tile: int, overlap: int) -> None:
+    if tile <= 2 * overlap:
+        raise EdgekitError(f"--tile {tile} must exceed twice --overlap {overlap}. Raise --tile or lower --overlap.")
 
 
 def windows(size: int, tile: int, overlap: int) -> Iterator[tuple[int, int, int, int]]:
@@ -50,11 +93,6 @@ def windows(size: int, tile: int, overlap: int) -> Iterator[tuple[int, int, int,
         yield start, end, win, win + tile
 
 
-def check_tiling(tile: int, overlap: int) -> None:
-    if tile <= 2 * overlap:
-        raise EdgekitError(f"--tile {tile} must exceed twice --overlap {overlap}. Raise --tile or lower --overlap.")
-
-
 def upscale_rgb(rgb: np.ndarray, sr: SRFn, scale: int, tile: int | None = None, overlap: int = 16,
                 fixed_tile: bool = False) -> np.ndarray:
     """H x W x 3 uint8/uint16/float RGB -> sH x sW x 3 of the same dtype, rounded and clipped.
@@ -62,41 +100,34 @@ def upscale_rgb(rgb: np.ndarray, sr: SRFn, scale: int, tile: int | None = None, 
     Memory is one output image plus one tile's activations; `tile=None` runs the image whole.
     """
     h, w = rgb.shape[:2]
-    peak = _peak(rgb.dtype)
+    peak = float(np.iinfo(rgb.dtype).max) if np.issubdtype(rgb.dtype, np.integer) else 1.0
     out = np.empty((h * scale, w * scale, 3), rgb.dtype)
-    rows = list(windows(h, tile or h, overlap))
-    cols = list(windows(w, tile or w, overlap))
-    for y0, y1, wy0, wy1 in rows:
-        for x0, x1, wx0, wx1 in cols:
+    for y0, y1, wy0, wy1 in windows(h, tile or h, overlap):
+        for x0, x1, wx0, wx1 in windows(w, tile or w, overlap):
             patch = rgb[wy0:wy1, wx0:wx1].astype(np.float32) / peak
-            up = _run_patch(sr, patch, tile if fixed_tile else None)
+            up = _run_patch(sr, patch, scale, tile if fixed_tile else None)
             core = up[(y0 - wy0) * scale:(y1 - wy0) * scale, (x0 - wx0) * scale:(x1 - wx0) * scale]
-            out[y0 * scale:y1 * scale, x0 * scale:x1 * scale] = _quantize(core, peak, rgb.dtype)
+            out[y0 * scale:y1 * scale, x0 * scale:x1 * scale] = _to_dtype(core, peak, rgb.dtype)
     return out
 
 
-def _run_patch(sr: SRFn, patch: np.ndarray, pad_to: int | None) -> np.ndarray:
-    """Run one HWC window; pad (mirrored) to pad_to x pad_to when the backend needs its fixed shape."""
+def _run_patch(sr: SRFn, patch: np.ndarray, scale: int, pad_to: int | None) -> np.ndarray:
+    """Run one HWC window; pad it to pad_to x pad_to when the backend has a fixed shape. Mirroring
+    (symmetric) keeps the border closest to the unpadded result among numpy's pad modes on Set5."""
     h, w = patch.shape[:2]
     if pad_to is not None:
         patch = np.pad(patch, ((0, pad_to - h), (0, pad_to - w), (0, 0)), mode="symmetric")
-    x = np.ascontiguousarray(patch.transpose(2, 0, 1)[None])
-    y = sr(x)[0].transpose(1, 2, 0)
-    scale = y.shape[0] // patch.shape[0]
+    y = sr(np.ascontiguousarray(patch.transpose(2, 0, 1)[None]))[0].transpose(1, 2, 0)
     return y[: h * scale, : w * scale]
 
 
-def _peak(dtype: np.dtype) -> float:
-    return float(np.iinfo(dtype).max) if np.issubdtype(dtype, np.integer) else 1.0
-
-
-def _quantize(x: np.ndarray, peak: float, dtype: np.dtype) -> np.ndarray:
+def _to_dtype(x: np.ndarray, peak: float, dtype: np.dtype) -> np.ndarray:
     x = np.clip(x, 0.0, 1.0) * peak
     return np.round(x).astype(dtype) if np.issubdtype(dtype, np.integer) else x.astype(dtype)
 
 
 def upscale_image(img: np.ndarray, sr: SRFn, scale: int, **tiling) -> np.ndarray:
-    """Any layout OpenCV reads, in RGB(A) order: gray HxW, RGB HxWx3 or RGBA HxWx4; returns the same layout.
+    """Gray HxW, RGB HxWx3 or RGBA HxWx4 (8/16-bit or float) -> the same layout and dtype, upscaled.
 
     Gray goes through the model as three equal channels; alpha is not image content the model was
     trained on, so it is upscaled on its own with bicubic.
@@ -109,33 +140,3 @@ def upscale_image(img: np.ndarray, sr: SRFn, scale: int, **tiling) -> np.ndarray
         alpha = cv2.resize(img[..., 3], (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_CUBIC)
         return np.dstack([rgb, alpha])
     return upscale_rgb(img, sr, scale, **tiling)
-
-
-BACKENDS = ("eager", "onnxruntime", "executorch", "tvm")
-DEFAULT_CACHE = Path.home() / ".cache" / "edgekit" / "artifacts"
-
-
-def build_sr(backend: str, scale: int, weights=None, tile: int = 128, target: str = "host",
-             quantize: str | None = None, cache_dir=None) -> SRFn:
-    """The SR callable for a backend. Compiled artifacts are cached per (backend, target, precision,
-    scale, tile, weights digest), so a second eval or run reuses them instead of recompiling."""
-    if backend not in BACKENDS:
-        raise EdgekitError(f"Unknown backend {backend!r}. Choose one of: {', '.join(BACKENDS)}.")
-    path = resolve_weights(weights, scale)
-    module = from_pretrained(path, scale)
-    if backend == "eager":
-        if quantize:
-            raise EdgekitError("--quantize needs a compiled backend. Pass --backend executorch, onnxruntime or tvm.")
-        return eager_fn(module)
-    from edgekit.compile import compile_model  # late: importing the compilers costs seconds
-
-    name = f"cfsr_x{scale}"
-    art = Path(cache_dir or DEFAULT_CACHE) / f"{name}_{backend}_{target}_{quantize or 'fp32'}_t{tile}_{_digest(path)}"
-    if not (art / "manifest.json").is_file():
-        compile_model(module, example_inputs(tile, tile), target=target, backend=backend, output=art,
-                      name=name, force=True, **({"quantize": quantize} if quantize else {}))
-    return artifact_fn(art)
-
-
-def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]

@@ -28,8 +28,10 @@ def register(subparsers) -> None:
                              formatter_class=FORMATTER)
     # 56: every Set5/Set14 LR image at x2-x4 is at least this big, so no image is padded to the tile
     _model_args(ev, tile=56, overlap=12)
-    ev.add_argument("--data", default=_default_data(), help="folder of HR images; None: $EDGEKIT_DATA/sr/Set5")
+    ev.add_argument("--data", default=_default_data("Set5"), help="folder of HR images; None: $EDGEKIT_DATA/sr/Set5")
     ev.add_argument("--quantize", choices=["int8"], help="evaluate a quantized compiled artifact")
+    ev.add_argument("--calibration", default=_default_data("Set14"),
+                    help="HR images whose LR tiles calibrate int8; None: $EDGEKIT_DATA/sr/Set14")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     ev.set_defaults(func=_eval)
 
@@ -59,15 +61,15 @@ def _model_args(parser: argparse.ArgumentParser, tile: int, overlap: int) -> Non
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="compiled artifact cache")
 
 
-def _default_data() -> str | None:
+def _default_data(name: str) -> str | None:
     root = os.environ.get("EDGEKIT_DATA")
-    return str(Path(root) / "sr" / "Set5") if root else None
+    return str(Path(root) / "sr" / name) if root else None
 
 
-def _sr_from_args(args: argparse.Namespace, quantize: str | None = None):
+def _sr_from_args(args: argparse.Namespace, quantize: str | None = None, calibration: str | None = None):
     check_scale(args.scale)
     check_tiling(args.tile, args.overlap)
-    sr = build_sr(args.backend, args.scale, args.weights, args.tile, args.target, quantize, args.cache)
+    sr = build_sr(args.backend, args.scale, args.weights, args.tile, args.target, quantize, calibration, args.cache)
     # Eager takes any shape; compiled artifacts only their tile.
     fixed = args.backend != "eager"
     return sr, {"tile": args.tile, "overlap": args.overlap, "fixed_tile": fixed}
@@ -76,7 +78,7 @@ def _sr_from_args(args: argparse.Namespace, quantize: str | None = None):
 def _eval(args: argparse.Namespace) -> int:
     if not args.data:
         raise EdgekitError("No evaluation data given. Pass --data DIR or set EDGEKIT_DATA.")
-    sr, tiling = _sr_from_args(args, args.quantize)
+    sr, tiling = _sr_from_args(args, args.quantize, args.calibration)
     if args.backend == "eager":
         tiling = {}  # the reference runs whole images, as in the paper
     scores = evaluate(lambda lr: upscale_rgb(lr, sr, args.scale, **tiling), args.data, args.scale)

@@ -192,8 +192,35 @@ def test_live_unopenable_source(tmp_path):
             "--weights", str(ckpt(4)))
 
 
+def test_compiled_artifact_matches_eager_and_is_cached(tmp_path, sr_x2):
+    sr = app.build_sr("onnxruntime", 2, ckpt(2), tile=32, cache_dir=tmp_path)
+    lr = crop("bird", 40, 50)
+    got = app.upscale_rgb(lr, sr, 2, tile=32, overlap=8, fixed_tile=True)
+    want = app.upscale_rgb(lr, sr_x2, 2, tile=32, overlap=8, fixed_tile=True)
+    assert np.abs(got.astype(int) - want).max() <= 1  # float rounding may flip a value by one level
+    [artifact] = tmp_path.iterdir()
+    stamp = (artifact / "manifest.json").stat().st_mtime_ns
+    app.build_sr("onnxruntime", 2, ckpt(2), tile=32, cache_dir=tmp_path)
+    assert (artifact / "manifest.json").stat().st_mtime_ns == stamp
+
+
+def set5_eval(capsys, scale: int, *options: str) -> dict:
+    assert cli("eval", "--scale", str(scale), "--data", str(SET5), "--weights", str(ckpt(scale)), "--json",
+               *options) == 0
+    return json.loads(capsys.readouterr().out)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("scale,paper", [(4, 32.33), (2, 38.09)])
 def test_eager_reproduces_paper_on_set5(scale, paper, capsys):
-    assert cli("eval", "--scale", str(scale), "--data", str(SET5), "--weights", str(ckpt(scale)), "--json") == 0
-    assert json.loads(capsys.readouterr().out)["psnr_y"] == pytest.approx(paper, abs=0.02)
+    assert set5_eval(capsys, scale)["psnr_y"] == pytest.approx(paper, abs=0.02)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["onnxruntime", "executorch", "tvm"])
+@pytest.mark.parametrize("scale", [4, 2])
+def test_compiled_backend_matches_eager_on_set5(backend, scale, tmp_path, capsys):
+    eager = set5_eval(capsys, scale)["psnr_y"]
+    compiled = set5_eval(capsys, scale, "--backend", backend, "--cache", str(tmp_path))
+    assert compiled["backend"] == backend and compiled["n_images"] == 5
+    assert compiled["psnr_y"] == pytest.approx(eager, abs=0.02)
