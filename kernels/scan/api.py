@@ -55,9 +55,12 @@ def _grouped(t, ndim):
 
 
 def _run(kernel, opts, inputs, outputs):
-    """Outputs must be contiguous already: the kernel writes them through DLPack."""
+    """Outputs must be contiguous already: the kernel writes them through DLPack.
+
+    Forward only: tensors are detached because DLPack refuses ones that require grad."""
     fn = build.host_kernel(kernel, opts)
-    fn(*(tvm.runtime.from_dlpack(t) for t in [*(t.contiguous() for t in inputs), *outputs]))
+    tensors = [*(t.detach().contiguous() for t in inputs), *(t.detach() for t in outputs)]
+    fn(*(tvm.runtime.from_dlpack(t) for t in tensors))
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,

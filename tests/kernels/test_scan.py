@@ -96,6 +96,13 @@ def test_non_contiguous_inputs():
     torch.testing.assert_close(selective_scan(**strided, **opts), selective_scan(**args, **opts))
 
 
+def test_inputs_that_require_grad_run_forward():
+    args, opts = _scan_inputs(1, 4, 9, 16)
+    expected = selective_scan(**args, **opts)
+    args["u"].requires_grad_(True)
+    torch.testing.assert_close(selective_scan(**args, **opts), expected)
+
+
 def test_returns_output_only_by_default():
     args, opts = _scan_inputs(1, 2, 5, 16)
     assert isinstance(selective_scan(**args, **opts), torch.Tensor)
