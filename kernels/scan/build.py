@@ -58,7 +58,10 @@ def host_kernel(kernel: str, opts: tir_scan.Options):
         # Export to a temporary name then rename, so concurrent processes never load a partial file.
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
         os.close(fd)
-        build(kernel, opts, target).export_library(tmp)
-        os.replace(tmp, path)
+        try:
+            build(kernel, opts, target).export_library(tmp)
+            os.replace(tmp, path)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
     module = tvm.runtime.load_module(str(path))
     return module[tir_scan.FUNC_NAMES[kernel]]
