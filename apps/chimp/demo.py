@@ -1,0 +1,215 @@
+"""`edgekit chimp run|live|eval|synth`: chimpanzee tracking and behavior recognition on videos and cameras."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edgekit.errors import EdgekitError
+
+VIDEO_SUFFIXES = {".mp4", ".avi"}
+
+
+def register(subparsers) -> None:
+    chimp = subparsers.add_parser("chimp", help="chimpanzee tracking and behavior recognition")
+    commands = chimp.add_subparsers(dest="chimp_command", metavar="COMMAND", required=True)
+
+    run = commands.add_parser("run", help="tracks and behaviors for every frame of a video, with an overlay")
+    run.add_argument("input", help="video file")
+    run.add_argument("-o", "--output", help="overlay video to write (.mp4)")
+    run.add_argument("--json", action="store_true", help="print the tracks as one JSON object on stdout")
+    run.add_argument("--max-frames", type=int, help="stop after this many frames")
+    _model_options(run)
+    run.set_defaults(func=run_command)
+
+    live = commands.add_parser("live", help="camera (or video file) with overlay and FPS")
+    live.add_argument("--source", default="0", help="camera index or video file")
+    live.add_argument("--headless", action="store_true", help="no window; write the overlay video to -o")
+    live.add_argument("-o", "--output", help="overlay video to write (.mp4); required with --headless")
+    live.add_argument("--max-frames", type=int, help="stop after this many frames")
+    _model_options(live)
+    live.set_defaults(func=live_command)
+
+    ev = commands.add_parser("eval", help="HOTA, MOTA, IDF1 and behavior mAP on a ChimpACT-format folder")
+    ev.add_argument("--data", required=True, help="folder with annotations.json (e.g. from `edgekit chimp synth`)")
+    ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    ev.add_argument("--baseline", nargs="?", const="", metavar="WEIGHTS",
+                    help="also evaluate these weights (default: the shipped detector without temporal fusion)")
+    _model_options(ev)
+    ev.set_defaults(func=eval_command)
+
+    syn = commands.add_parser("synth", help="render synthetic chimpanzee videos with exact ground truth")
+    syn.add_argument("--out", required=True, help="folder to write (images/ + annotations.json)")
+    syn.add_argument("--videos", type=int, default=8)
+    syn.add_argument("--frames", type=int, default=64, help="frames per video")
+    syn.add_argument("--seed", type=int, default=0)
+    syn.add_argument("--size", default="320x256", type=_size, help="WIDTHxHEIGHT")
+    syn.set_defaults(func=synth_command)
+
+
+def _model_options(parser: argparse.ArgumentParser) -> None:
+    from edgekit.apps.chimp.runners import BACKENDS
+
+    parser.add_argument("--backend", default="eager", choices=BACKENDS,
+                        help="eager runs the torch modules; the others compile them for this host once")
+    parser.add_argument("--weights", help="weights .pt from `make train-chimp` "
+                                          "(default: $EDGEKIT_WEIGHTS/chimp/chimp_fused.pt, else the shipped ones)")
+    parser.add_argument("--artifacts", default="out/chimp", help="where compiled backends are written and reused")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads for eager: this model's small convs run fastest on one")
+
+
+def _size(text: str) -> tuple[int, int]:
+    w, _, h = text.partition("x")
+    if not (w.isdigit() and h.isdigit() and int(w) >= 64 and int(h) >= 64):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected WIDTHxHEIGHT of at least 64x64, e.g. 320x256")
+    return int(w), int(h)
+
+
+def _app_factory(args, weights: str | None):
+    import torch
+
+    from edgekit.apps.chimp.model import ChimpModel
+    from edgekit.apps.chimp.runners import build_app
+
+    torch.set_num_threads(args.threads)
+    model = ChimpModel.load(weights)
+    build_app(model, args.backend, Path(args.artifacts))  # compile (once) before anything is timed
+    return lambda: build_app(model, args.backend, Path(args.artifacts))
+
+
+def run_command(args) -> int:
+    from edgekit.apps.chimp.app import draw
+
+    source = Path(args.input)
+    if not source.is_file():
+        raise EdgekitError(f"{source} not found. Pass a video file.")
+    if args.output and Path(args.output).suffix.lower() not in VIDEO_SUFFIXES:
+        raise EdgekitError(f"-o {args.output}: write the overlay as .mp4.")
+    app = _app_factory(args, args.weights)()
+    frames, fps = _video(str(source))
+    writer = _Writer(args.output, fps)
+    records, elapsed = [], 0.0
+    for index, frame in enumerate(_limit(frames, args.max_frames)):
+        start = time.perf_counter()
+        tracks = app(frame)
+        elapsed += time.perf_counter() - start
+        records.append({"frame": index, "tracks": [t.as_json() for t in tracks]})
+        writer.write(draw(frame, tracks))
+    writer.close()
+    if not records:
+        raise EdgekitError(f"{source}: no frames could be read. Check that the file is a readable video.")
+    if args.json:
+        print(json.dumps({"frames": records}))
+    ids = {t["track_id"] for r in records for t in r["tracks"]}
+    print(f"chimp: {len(records)} frames, {len(ids)} tracks, {len(records) / elapsed:.1f} FPS ({args.backend})"
+          + (f"; overlay: {args.output}" if args.output else ""), file=sys.stderr)
+    return 0
+
+
+def live_command(args) -> int:
+    from edgekit.apps.chimp.app import draw
+
+    if args.headless and not args.output:
+        raise EdgekitError("--headless needs -o out.mp4 for the overlay video.")
+    app = _app_factory(args, args.weights)()
+    frames, fps = _video(int(args.source) if args.source.isdigit() else args.source)
+    writer = _Writer(args.output, fps or 25.0)
+    last, rate = time.perf_counter(), 0.0
+    for frame in _limit(frames, args.max_frames):
+        overlay = draw(frame, app(frame))
+        now = time.perf_counter()
+        rate = 0.9 * rate + 0.1 / (now - last) if rate else 1 / (now - last)  # smoothed so it is readable
+        last = now
+        cv2.putText(overlay, f"{rate:.1f} FPS", (10, 30), cv2.FONT_HERSHEY_SIMPLEX, 1, (255, 255, 0), 2)
+        writer.write(overlay)
+        if not args.headless and _show(overlay):
+            break
+    writer.close()
+    return 0
+
+
+def eval_command(args) -> int:
+    from edgekit.apps.chimp import data
+    from edgekit.apps.chimp.eval import evaluate
+    from edgekit.apps.chimp.model import SINGLE_WEIGHTS, default_weights
+
+    dataset = data.load(args.data)
+    results = {"model": evaluate(_app_factory(args, args.weights), dataset)}
+    if args.baseline is not None:
+        baseline = args.baseline or str(default_weights(SINGLE_WEIGHTS))
+        results["baseline"] = evaluate(_app_factory(args, baseline), dataset)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for name, m in results.items():
+            print(f"{name}: HOTA {m['HOTA']:.3f}  MOTA {m['MOTA']:.3f}  IDF1 {m['IDF1']:.3f}  "
+                  f"behavior mAP {m['behavior_mAP']:.3f}  ({m['videos']} videos, {m['frames']} frames, "
+                  f"{m['fps']:.1f} FPS {args.backend})")
+    return 0
+
+
+def synth_command(args) -> int:
+    from edgekit.apps.chimp.synth import write_dataset
+
+    if args.videos < 1 or args.frames < 2:
+        raise EdgekitError("--videos must be at least 1 and --frames at least 2.")
+    path = write_dataset(Path(args.out), args.videos, args.seed, args.frames, args.size)
+    print(f"wrote {args.videos} videos of {args.frames} frames: {path}", file=sys.stderr)
+    return 0
+
+
+def _show(frame_rgb: np.ndarray) -> bool:
+    """Display one frame; True when the user pressed q or Esc."""
+    try:
+        cv2.imshow("edgekit chimp", cv2.cvtColor(frame_rgb, cv2.COLOR_RGB2BGR))
+        return cv2.waitKey(1) & 0xFF in (ord("q"), 27)
+    except cv2.error:
+        raise EdgekitError("this OpenCV build cannot open a window. Use --headless -o out.mp4.") from None
+
+
+def _video(source: str | int) -> tuple[Iterator[np.ndarray], float]:
+    capture = cv2.VideoCapture(source)
+    if not capture.isOpened():
+        raise EdgekitError(f"cannot open video source {source!r}. Pass a video file or a camera index.")
+
+    def frames():
+        try:
+            while (frame := capture.read()[1]) is not None:
+                yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+        finally:
+            capture.release()
+    return frames(), capture.get(cv2.CAP_PROP_FPS)
+
+
+def _limit(frames: Iterator[np.ndarray], count: int | None) -> Iterator[np.ndarray]:
+    for index, frame in enumerate(frames):
+        if count is not None and index >= count:
+            return
+        yield frame
+
+
+class _Writer:
+    """Overlay video opened at the first frame's size; nothing when path is None."""
+
+    def __init__(self, path: str | None, fps: float):
+        self.path, self.fps, self.video = path, fps, None
+
+    def write(self, frame_rgb: np.ndarray) -> None:
+        if self.path is None:
+            return
+        if self.video is None:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            size = (frame_rgb.shape[1], frame_rgb.shape[0])
+            self.video = cv2.VideoWriter(self.path, cv2.VideoWriter_fourcc(*"mp4v"), self.fps or 25.0, size)
+        self.video.write(cv2.cvtColor(frame_rgb, cv2.COLOR_RGB2BGR))
+
+    def close(self) -> None:
+        if self.video is not None:
+            self.video.release()

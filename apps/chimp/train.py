@@ -1,0 +1,222 @@
+"""Train the chimp detector (heatmap, box, embedding) and then its behavior head on ChimpACT-format data.
+
+    python -m edgekit.apps.chimp.train --data DIR --out weights.pt [--frames 3] [--steps 600] [--seed 0]
+
+Without --data it renders a synthetic training set first (synth.py, --seed). Detector losses: CenterNet's
+focal loss on the heatmap, L1 on box offset and log size at the centres, and a contrastive identity loss
+between the embeddings of the same animals in two clips a few frames apart. The behavior head is then
+trained on the frozen detector's embeddings along the ground-truth tracks.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from edgekit.apps.chimp import data, synth
+from edgekit.apps.chimp.model import INPUT_HW, STRIDE, TRACK_LEN, ChimpModel, step_features
+
+EMBED_TEMPERATURE = 0.1
+PAIR_GAP = 8   # the second clip of an identity pair starts up to this many frames later
+
+
+@dataclass
+class Clips:
+    """One video resized to the detector input, in memory."""
+    frames: np.ndarray            # (T, 3, H, W) uint8
+    boxes: list[np.ndarray]       # input-pixel boxes per frame
+    ids: list[np.ndarray]
+    behaviors: list[np.ndarray]
+
+
+def prepare(video: data.Video) -> Clips:
+    h, w = INPUT_HW
+    frames, boxes = [], []
+    for i in range(len(video)):
+        image = video.read(i)
+        scale = np.array([w / image.shape[1], h / image.shape[0]] * 2, np.float32)
+        frames.append(cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA).transpose(2, 0, 1))
+        boxes.append(video.boxes[i] * scale)
+    return Clips(np.stack(frames), boxes, video.track_ids, video.behaviors)
+
+
+def clip_at(c: Clips, t: int, frames: int) -> np.ndarray:
+    """Frames t-frames+1 .. t, repeating frame 0 before the start (as the app does)."""
+    return c.frames[np.clip(np.arange(t - frames + 1, t + 1), 0, None)]
+
+
+def targets(boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Gaussian centre heatmap (1, h, w), box regression targets (4, n) and centre cells (n, 2) as (y, x)."""
+    h, w = INPUT_HW[0] // STRIDE, INPUT_HW[1] // STRIDE
+    heat = np.zeros((1, h, w), np.float32)
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2 / STRIDE
+    cells = np.clip(np.floor(centres).astype(int), 0, [w - 1, h - 1])
+    sizes = np.maximum(boxes[:, 2:] - boxes[:, :2], 1) / STRIDE
+    ys, xs = np.mgrid[0:h, 0:w]
+    for (cx, cy), (bw, bh) in zip(cells, sizes):
+        sx, sy = max(bw / 6, 0.7), max(bh / 6, 0.7)
+        heat[0] = np.maximum(heat[0], np.exp(-((xs - cx) ** 2 / (2 * sx**2) + (ys - cy) ** 2 / (2 * sy**2))))
+    box = np.concatenate([centres - cells, np.log(sizes)], 1).T.astype(np.float32)
+    return heat, box, cells[:, ::-1]
+
+
+def focal_loss(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    """CenterNet's penalty-reduced focal loss."""
+    pred = pred.clamp(1e-4, 1 - 1e-4)
+    pos = gt.eq(1).float()
+    pos_loss = (torch.log(pred) * (1 - pred) ** 2 * pos).sum()
+    neg_loss = (torch.log(1 - pred) * pred**2 * (1 - gt) ** 4 * (1 - pos)).sum()
+    return -(pos_loss + neg_loss) / pos.sum().clamp(min=1)
+
+
+def detector_loss(model, batch) -> torch.Tensor:
+    """batch: list of (clip_a, targets_a, ids_a, clip_b, targets_b, ids_b) pairs from the same video."""
+    clips = torch.from_numpy(np.stack([p[i] for p in batch for i in (0, 3)])).float() / 255
+    heat, box, embed = model(clips)
+    loss_heat = loss_box = loss_id = 0.0
+    for k, pair in enumerate(batch):
+        gathered = []
+        for j, (tgt, ids) in enumerate(((pair[1], pair[2]), (pair[4], pair[5]))):
+            n = 2 * k + j
+            heat_gt, box_gt, cells = tgt
+            loss_heat = loss_heat + focal_loss(heat[n], torch.from_numpy(heat_gt))
+            if len(cells):
+                y, x = torch.from_numpy(cells[:, 0]), torch.from_numpy(cells[:, 1])
+                loss_box = loss_box + F.l1_loss(box[n][:, y, x], torch.from_numpy(box_gt))
+                gathered.append((embed[n][:, y, x].T, ids))
+            else:
+                gathered.append((None, ids))
+        (ea, ia), (eb, ib) = gathered
+        if ea is not None and eb is not None:
+            match = torch.from_numpy(ia[:, None] == ib[None, :])
+            rows = match.any(1)
+            if rows.any():
+                logits = ea @ eb.T / EMBED_TEMPERATURE
+                loss_id = loss_id + F.cross_entropy(logits[rows], match[rows].float().argmax(1))
+    return (loss_heat + loss_box + 0.5 * loss_id) / len(batch)
+
+
+def sample_pair(rng, videos: list[Clips], frames: int, flip: bool):
+    c = videos[rng.integers(len(videos))]
+    t = int(rng.integers(len(c.frames) - PAIR_GAP))
+    u = t + int(rng.integers(1, PAIR_GAP + 1))
+    out = []
+    for i in (t, u):
+        clip, boxes = clip_at(c, i, frames), c.boxes[i]
+        if flip:
+            clip = clip[..., ::-1]
+            boxes = np.stack([INPUT_HW[1] - boxes[:, 2], boxes[:, 1], INPUT_HW[1] - boxes[:, 0], boxes[:, 3]], 1)
+        out += [np.ascontiguousarray(clip), targets(boxes), c.ids[i]]
+    return out
+
+
+def train_detector(model, videos, steps, batch, rng, log) -> None:
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    model.train()
+    for step in range(steps):
+        pairs = [sample_pair(rng, videos, model.frames, bool(rng.integers(2))) for _ in range(batch)]
+        loss = detector_loss(model, pairs)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        if step % 50 == 0 or step == steps - 1:
+            log(f"detector step {step}: loss {loss.item():.3f}")
+    model.eval()
+
+
+def behavior_sequences(model, videos: list[Clips], rng) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, labels) for every ground-truth track at every frame: TRACK_LEN steps ending there, each from
+    the frozen detector's embedding at the (slightly jittered) box centre, as the app computes them."""
+    xs, ys = [], []
+    for c in videos:
+        with torch.no_grad():
+            embeds = [model(torch.from_numpy(clip_at(c, t, model.frames)[None]).float() / 255)[2][0].numpy()
+                      for t in range(len(c.frames))]
+        history: dict[int, list[np.ndarray]] = {}
+        last_box: dict[int, np.ndarray] = {}
+        for t, (boxes, ids, labels) in enumerate(zip(c.boxes, c.ids, c.behaviors)):
+            jittered = boxes + rng.normal(0, 0.03, boxes.shape) * (boxes[:, 3:4] - boxes[:, 1:2])
+            for j, track in enumerate(ids):
+                cx, cy = np.clip(((jittered[j, :2] + jittered[j, 2:]) / 2 / STRIDE).astype(int), 0,
+                                 [embeds[t].shape[2] - 1, embeds[t].shape[1] - 1])
+                step = step_features(jittered[j], last_box.get(track, jittered[j]), np.delete(jittered, j, 0),
+                                     embeds[t][:, cy, cx], INPUT_HW[::-1])
+                seq = history.setdefault(track, [])
+                seq.append(step)
+                last_box[track] = jittered[j]
+                window = seq[-TRACK_LEN:]
+                xs.append(np.stack([window[0]] * (TRACK_LEN - len(window)) + window))
+                ys.append(labels[j])
+    return np.stack(xs), np.stack(ys)
+
+
+def train_behavior(model, x, y, steps, batch, rng, log) -> None:
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-3)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    x, y = torch.from_numpy(x), torch.from_numpy(y)
+    model.train()
+    for step in range(steps):
+        idx = torch.from_numpy(rng.integers(len(x), size=batch))
+        loss = F.binary_cross_entropy_with_logits(model(x[idx]), y[idx])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        if step % 100 == 0 or step == steps - 1:
+            log(f"behavior step {step}: loss {loss.item():.3f}")
+    model.eval()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", help="ChimpACT-format folder; default: render synthetic videos into --synth-dir")
+    p.add_argument("--synth-dir", default="out/chimp-train", help="where synthetic training videos go")
+    p.add_argument("--videos", type=int, default=24, help="synthetic training videos")
+    p.add_argument("--out", required=True, help="weights file to write (.pt)")
+    p.add_argument("--init", help="weights to fine-tune from")
+    p.add_argument("--frames", type=int, default=3, help="clip length; 1 = no temporal fusion")
+    p.add_argument("--steps", type=int, default=600, help="detector steps")
+    p.add_argument("--behavior-steps", type=int, default=800)
+    p.add_argument("--batch", type=int, default=8, help="clip pairs per detector step")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(1)  # these small convs gain little from threads, and lose much on a busy machine
+    rng = np.random.default_rng(args.seed)
+    start = time.time()
+
+    def log(msg):
+        print(f"[{time.time() - start:6.1f}s] {msg}", file=sys.stderr, flush=True)
+
+    root = Path(args.data) if args.data else Path(args.synth_dir)
+    if not args.data and not (root / data.ANNOTATIONS).is_file():
+        log(f"rendering {args.videos} synthetic videos (seed {args.seed}) into {root}")
+        synth.write_dataset(root, args.videos, args.seed)
+    dataset = data.load(root)
+    videos = [prepare(v) for v in dataset.videos]
+    log(f"{len(videos)} videos, {sum(len(v.frames) for v in videos)} frames, behaviors {dataset.behaviors}")
+
+    model = ChimpModel.load(args.init) if args.init else ChimpModel.new(args.frames, dataset.behaviors)
+    train_detector(model.detector, videos, args.steps, args.batch, rng, log)
+    x, y = behavior_sequences(model.detector, videos, rng)
+    log(f"behavior sequences: {len(x)}")
+    train_behavior(model.behavior, x, y, args.behavior_steps, 64, rng, log)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    command = "python -m edgekit.apps.chimp.train " + " ".join(argv if argv is not None else sys.argv[1:])
+    torch.save(model.state(trained_by=command, seed=args.seed), args.out)
+    log(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
