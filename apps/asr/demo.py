@@ -98,15 +98,15 @@ def eval_command(args) -> int:
 def live_command(args) -> int:
     from .live import Microphone, RingBuffer, Streamer, replay
 
-    recognizer = build(args)
-    streamer = Streamer(recognizer, max_seconds=args.window, partial_every=args.partial_every)
     ring = RingBuffer(seconds=2 * WINDOW_SECONDS)
     finished = threading.Event()
+    device = int(args.input_device) if args.input_device and args.input_device.isdigit() else args.input_device
+    microphone = None if args.source else Microphone(ring, device)  # before loading the model: fail fast
+    streamer = Streamer(build(args), max_seconds=args.window, partial_every=args.partial_every)
     if args.source:
         replay(load_audio(args.source), ring, finished)
         return _print_events(streamer.run(ring, finished.is_set), args.json)
-    device = int(args.input_device) if args.input_device and args.input_device.isdigit() else args.input_device
-    with Microphone(ring, device):
+    with microphone:
         print("listening (Ctrl+C to stop)", file=sys.stderr)
         return _print_events(streamer.run(ring, finished.is_set), args.json)
 

@@ -99,15 +99,12 @@ class Microphone:
         except (ValueError, sd.PortAudioError):
             raise EdgekitError("no audio input device found. Connect a microphone (or start PulseAudio), "
                                "or replay a recording with --source FILE.wav.") from None
-        self.status_errors = 0
         self.stream = sd.InputStream(samplerate=SAMPLE_RATE, channels=1, dtype="float32", blocksize=BLOCK,
                                      device=device, callback=self._callback)
         self.ring = ring
 
-    def _callback(self, block, _frames, _time, status):
-        if status.input_overflow:
-            self.status_errors += 1
-        self.ring.push(block[:, 0].copy())
+    def _callback(self, block, _frames, _time, _status):
+        self.ring.push(block[:, 0].copy())  # only copies: the reader, not this thread, is where lag can build up
 
     def __enter__(self):
         self.stream.start()

@@ -4,6 +4,7 @@ import json
 import shutil
 import struct
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -233,6 +234,17 @@ def test_live_replay_gives_partial_and_final_transcripts(recognizer):
     assert finals and any(e.kind == "partial" for e in events)
     assert wer([CLIP_TEXT], [" ".join(e.text for e in finals)]) <= 0.25
     assert finals[-1].latency is not None and finals[-1].latency > 0
+
+
+def test_live_without_input_device_is_a_clear_error(tmp_path):
+    cards = Path("/proc/asound/cards")
+    if cards.is_file() and "no soundcards" not in cards.read_text():
+        pytest.skip("this machine has a sound card, so an input device may exist")
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PULSE_SERVER": f"unix:{tmp_path}/no-server"}
+    run = subprocess.run([sys.executable, "-m", "edgekit.cli", "asr", "live"], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 2
+    assert "no audio input device" in run.stderr or "PortAudio library is missing" in run.stderr, run.stderr
 
 
 def _pulseaudio_null_sink(tmp_path):
