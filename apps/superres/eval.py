@@ -27,9 +27,9 @@ def _cubic(x: np.ndarray) -> np.ndarray:
                     np.where(ax <= 2, -0.5 * ax**3 + 2.5 * ax**2 - 4 * ax + 2, 0.0))
 
 
-def _resize_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """n_out x n_in weights of MATLAB imresize along one axis."""
-    scale = n_out / n_in
+def _resize_matrix(n_in: int, scale: float) -> np.ndarray:
+    """ceil(n_in * scale) x n_in weights of MATLAB imresize along one axis."""
+    n_out = int(np.ceil(n_in * scale))
     stretch = min(scale, 1.0)  # downscaling widens the kernel: that is the antialiasing
     width = 4.0 / stretch
     centres = (np.arange(1, n_out + 1) / scale + 0.5 * (1 - 1 / scale))[:, None]
@@ -46,8 +46,7 @@ def _resize_matrix(n_in: int, n_out: int) -> np.ndarray:
 def imresize(img: np.ndarray, scale: float) -> np.ndarray:
     """MATLAB `imresize(img, scale, 'bicubic')` for uint8 HxW[xC] images; returns uint8."""
     h, w = img.shape[:2]
-    rows = _resize_matrix(h, int(np.ceil(h * scale)))
-    cols = _resize_matrix(w, int(np.ceil(w * scale)))
+    rows, cols = _resize_matrix(h, scale), _resize_matrix(w, scale)
     out = np.einsum("ij,jk...->ik...", rows, img.astype(np.float64))
     out = np.einsum("ij,kj...->ki...", cols, out)
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
