@@ -5,10 +5,12 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .build import host_kernel
+from .build import SPLIT_SYMBOL, host_module, pool_threads
 from .tir_kernel import TILE_ROWS
 
 MAX_HEAD_DIM = 256
+SPLIT_MAX_QUERIES = 3  # query rows the micro-kernel runs one by one (below its 16-lane tiles' minimum)
+SPLIT_MIN_KEYS = 256  # smaller key chunks cost more to merge than they save
 _INT32_MAX = 2**31 - 1
 
 
@@ -18,6 +20,7 @@ def attention(q, k, v, *, causal=False, window=None, scale=None):
     causal: query i sits at key position Lk - Lq + i (bottom-right aligned, as in KV-cache decoding)
     and sees keys j <= that position. window=w: a causal sliding window, keys j with pos - w < j <= pos.
     scale defaults to D ** -0.5. Returns a new float32 tensor [B, H, Lq, D].
+    Runs on TVM's thread pool: set TVM_NUM_THREADS (TVM's default on x86 is half the logical CPUs).
     """
     _check(q, k, v, causal, window, scale)
     lq, d = q.shape[2], q.shape[3]
@@ -25,9 +28,21 @@ def attention(q, k, v, *, causal=False, window=None, scale=None):
     pad = -d % 16  # the micro-kernel takes head dims in multiples of 16; zero columns change nothing
     q, k, v = (F.pad(t, (0, pad)) if pad else t.contiguous() for t in (q, k, v))
     out = torch.empty_like(q)
-    causal = causal or window is not None
-    host_kernel(d + pad)(q, k, v, out, int(causal), min(window or 0, _INT32_MAX), scale)
+    args = (q, k, v, out, int(causal or window is not None), min(window or 0, _INT32_MAX), scale)
+    module = host_module(d + pad)
+    splits = _decode_splits(q.shape[0] * q.shape[1] * lq, lq, k.shape[2])
+    if splits > 1 and module.implements_function(SPLIT_SYMBOL):
+        module[SPLIT_SYMBOL](*args, splits)
+    else:
+        module["attention_f32"](*args)
     return out[..., :d].contiguous() if pad else out
+
+
+def _decode_splits(rows, lq, lk):
+    """Key chunks per query row: few decode rows over a long cache would leave threads idle."""
+    if lq > SPLIT_MAX_QUERIES or rows >= 2 * pool_threads():
+        return 1
+    return max(1, min(math.ceil(2 * pool_threads() / rows), lk // SPLIT_MIN_KEYS))
 
 
 def _check(q, k, v, causal, window, scale):

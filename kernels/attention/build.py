@@ -20,6 +20,7 @@ from . import tir_kernel
 
 _HERE = Path(__file__).parent
 MICROKERNEL = _HERE / "microkernel_avx512.cc"
+SPLIT_SYMBOL = "attention_split_f32"
 MICROKERNEL_FLAGS = ["-O3", "-std=c++17", "-mavx512f", "-mavx512dq", "-mfma"]
 
 AARCH64 = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a78ae", "mattr": ["+neon"]}
@@ -89,7 +90,8 @@ def build_host_library(head_dim: int) -> Path:
     """The host library: TIR driver + AVX-512 micro-kernel where available, else TIR only."""
     target = host_target()
     if host_has_avx512():
-        mod = tvm.IRModule({"attention_f32": tir_kernel.tile_driver.with_attr("global_symbol", "attention_f32")})
+        mod = tvm.IRModule({name: func.with_attr("global_symbol", name) for name, func in
+                            (("attention_f32", tir_kernel.tile_driver), (SPLIT_SYMBOL, tir_kernel.split_driver))})
         fcompile = microkernel_fcompile()
         name = "attention-x86-avx512-" + _key(target)
     else:
@@ -108,6 +110,12 @@ def build_cross_library(target_name: str, head_dim: int, dtype: str = "float32")
 
 
 @functools.lru_cache(maxsize=None)
-def host_kernel(head_dim: int):
-    """The packed function attention_f32 for this host (see tir_kernel for its arguments)."""
-    return tvm.runtime.load_module(str(build_host_library(head_dim)))["attention_f32"]
+def host_module(head_dim: int):
+    """The loaded host library: attention_f32 (see tir_kernel for its arguments), plus the split-K
+    decode function SPLIT_SYMBOL where the micro-kernel is used."""
+    return tvm.runtime.load_module(str(build_host_library(head_dim)))
+
+
+def pool_threads() -> int:
+    """Threads in TVM's pool (TVM_NUM_THREADS; TVM's own default on x86 is half the logical CPUs)."""
+    return tvm.runtime.num_threads()

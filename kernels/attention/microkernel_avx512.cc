@@ -124,9 +124,12 @@ void lane_tile(const float* q, const float* k, const float* v, float* o, int row
     for (int d = 0; d < D; ++d) o[r * D + d] = ot[d * kLanes + r] * inv[r];
 }
 
-// One query row, vectorised over the head dim (D / 16 zmm registers).
+// One query row over keys [lo, hi), vectorised over the head dim (D / 16 zmm registers). With
+// ml == nullptr o gets the attention output; otherwise o gets the unnormalised sum and ml the
+// (base-2 running max, sum of weights) pair, for a split-K caller to merge.
 template <int D>
-void row(const float* q, const float* k, const float* v, float* o, Visible vis, float scale) {
+void row(const float* q, const float* k, const float* v, int32_t lo, int32_t hi, float scale, float* o,
+         float* ml) {
   constexpr int ND = D / 16;
   __m512 qv[ND], acc[ND];
   for (int c = 0; c < ND; ++c) {
@@ -135,7 +138,6 @@ void row(const float* q, const float* k, const float* v, float* o, Visible vis, 
   }
   alignas(64) float s[kBlock];
   float m = -FLT_MAX, l = 0.0f;
-  const int32_t lo = vis.lo(vis.pos0), hi = vis.hi(vis.pos0);
   for (int32_t j0 = lo; j0 < hi; j0 += kBlock) {
     const int n = std::min<int32_t>(kBlock, hi - j0);
     float mnew = m;
@@ -163,21 +165,30 @@ void row(const float* q, const float* k, const float* v, float* o, Visible vis, 
     l = l * alpha + sum;
     m = mnew;
   }
-  const __m512 inv = _mm512_set1_ps(1.0f / l);
+  if (ml) {
+    ml[0] = m;
+    ml[1] = l;
+  }
+  const __m512 inv = _mm512_set1_ps(ml ? 1.0f : 1.0f / l);
   for (int c = 0; c < ND; ++c) _mm512_storeu_ps(o + 16 * c, _mm512_mul_ps(acc[c], inv));
 }
 
 template <int D>
 void tile(const float* q, const float* k, const float* v, float* o, int rows, Visible vis, float scale) {
   if (rows >= kMinLaneRows) return lane_tile<D>(q, k, v, o, rows, vis, scale);
-  for (int r = 0; r < rows; ++r)
-    row<D>(q + r * D, k, v, o + r * D, Visible{vis.pos0 + r, vis.window, vis.lk}, scale);
+  for (int r = 0; r < rows; ++r) {
+    const int32_t pos = vis.pos0 + r;
+    row<D>(q + r * D, k, v, vis.lo(pos), vis.hi(pos), scale, o + r * D, nullptr);
+  }
 }
 
 using TileFn = void (*)(const float*, const float*, const float*, float*, int, Visible, float);
 constexpr TileFn kTiles[] = {tile<16>,  tile<32>,  tile<48>,  tile<64>,  tile<80>,  tile<96>,
                              tile<112>, tile<128>, tile<144>, tile<160>, tile<176>, tile<192>,
                              tile<208>, tile<224>, tile<240>, tile<256>};
+using RowFn = void (*)(const float*, const float*, const float*, int32_t, int32_t, float, float*, float*);
+constexpr RowFn kRows[] = {row<16>,  row<32>,  row<48>,  row<64>,  row<80>,  row<96>,  row<112>, row<128>,
+                           row<144>, row<160>, row<176>, row<192>, row<208>, row<224>, row<240>, row<256>};
 
 }  // namespace
 
@@ -189,5 +200,16 @@ extern "C" int32_t ek_attention_tile_f32(const float* q, const float* k, const f
                                          int32_t window, float scale) {
   if (d_head % 16 || d_head < 16 || d_head > kMaxDim || rows < 1 || rows > kLanes) return -1;
   kTiles[d_head / 16 - 1](q, k, v, o, rows, Visible{pos0, window, lk}, scale);
+  return 0;
+}
+
+// Split-K decode: the row at key position pos, over keys [key_lo, key_hi) of its visible range only;
+// o gets the unnormalised output and ml the (base-2 max, weight sum) pair that the caller merges.
+extern "C" int32_t ek_attention_row_partial_f32(const float* q, const float* k, const float* v, float* o,
+                                                float* ml, int32_t lk, int32_t d_head, int32_t pos,
+                                                int32_t window, float scale, int32_t key_lo, int32_t key_hi) {
+  if (d_head % 16 || d_head < 16 || d_head > kMaxDim) return -1;
+  const Visible vis{pos, window, lk};
+  kRows[d_head / 16 - 1](q, k, v, std::max(vis.lo(pos), key_lo), std::min(vis.hi(pos), key_hi), scale, o, ml);
   return 0;
 }

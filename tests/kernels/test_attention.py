@@ -11,7 +11,7 @@ import tvm
 from edgekit.kernels import attention
 from tvm import relax
 
-from edgekit.kernels.attention import bench, build, relax_pass, tir_kernel
+from edgekit.kernels.attention import api, bench, build, relax_pass, tir_kernel
 from edgekit.kernels.attention.reference import attention_reference, visible_keys
 
 ELF_MACHINE = {"aarch64-linux-gnu": 183, "x86_64-linux-gnu": 62}  # ELF e_machine field
@@ -70,6 +70,29 @@ def test_decode_with_cache(lq, head_dim):
     _check(1, 4, 2, lq, 4097, head_dim, causal=True)
     _check(1, 4, 4, lq, 1000, head_dim, causal=True, window=256)
     _check(1, 4, 4, lq, 1000, head_dim)
+
+
+@pytest.mark.parametrize("b,h,hkv,lq,lk,d,mask,splits", [
+    (1, 1, 1, 1, 4097, 64, {"causal": True}, 4),
+    (1, 4, 2, 2, 1000, 128, {"causal": True}, 3),
+    (1, 2, 2, 1, 1000, 64, {"causal": True, "window": 100}, 8),  # most chunks see no key
+    (2, 2, 1, 3, 500, 32, {}, 5),
+])
+def test_split_k_decode(b, h, hkv, lq, lk, d, mask, splits):
+    module = build.host_module(d)
+    if not module.implements_function(build.SPLIT_SYMBOL):
+        pytest.skip("split-K decode is part of the AVX-512 micro-kernel build; this host uses the TIR kernel")
+    q, k, v = _inputs(b, h, hkv, lq, lk, d)
+    out = torch.empty_like(q)
+    module[build.SPLIT_SYMBOL](q, k, v, out, int(bool(mask)), mask.get("window", 0), d**-0.5, splits)
+    torch.testing.assert_close(out.double(), attention_reference(q, k, v, **mask), rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("rows,lq,lk,splits", [(1, 1, 4096, 4), (2, 2, 4096, 2), (4, 1, 4096, 1),
+                                               (1, 16, 4096, 1), (1, 1, 300, 1), (1, 1, 600, 2)])
+def test_decode_splits_fill_the_pool(rows, lq, lk, splits, monkeypatch):
+    monkeypatch.setattr(api, "pool_threads", lambda: 2)
+    assert api._decode_splits(rows, lq, lk) == splits
 
 
 def test_bottom_right_alignment_matches_full_sequence():
