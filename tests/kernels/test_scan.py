@@ -2,6 +2,7 @@
 
 import itertools
 import shutil
+import subprocess
 
 import pytest
 import torch
@@ -198,6 +199,20 @@ def test_cuda_build(target):
     module = build.build("scan", tir_scan.Options(16, True, True, True, True), target)
     cuda = [m for m in module.mod.imports if m.kind == "cuda"]
     assert cuda and "selective_scan_kernel" in cuda[0].inspect_source()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed")
+@pytest.mark.parametrize("kernel", ["scan", "state_update"])
+@pytest.mark.parametrize("target", [build.CUDA_ORIN, build.CUDA_HOPPER], ids=["sm_87", "sm_90"])
+def test_cuda_source_compiles_to_cubin(kernel, target, tmp_path):
+    """The CUDA module carries source that is compiled when loaded; nvcc proves it compiles."""
+    module = build.build(kernel, tir_scan.Options(16, True, True, True, True), target)
+    source = tmp_path / "kernel.cu"
+    source.write_text(next(m for m in module.mod.imports if m.kind == "cuda").inspect_source())
+    cubin = tmp_path / "kernel.cubin"
+    subprocess.run(["nvcc", f"-arch={target['arch']}", "-cubin", "-o", cubin, source], check=True)
+    assert cubin.stat().st_size > 0
 
 
 def test_tiny_mamba_exports_and_takes_the_kernel():
