@@ -17,6 +17,7 @@ from .eval import evaluate
 from .model import SCALES, check_scale
 
 FORMATTER = argparse.ArgumentDefaultsHelpFormatter
+WINDOW = "edgekit superres (q to quit)"
 
 
 def register(subparsers) -> None:
@@ -160,6 +161,8 @@ def _side_by_side(frame: np.ndarray, sr, scale: int, tiling: dict, fps: float) -
 def _live(args: argparse.Namespace) -> int:
     if args.headless and not args.output:
         raise EdgekitError("--headless needs -o OUT.mp4 to write the side-by-side video.")
+    if not args.headless:
+        _open_window()
     sr, tiling = _sr_from_args(args)
     cap = _open_source(args.source)
     writer, fps, frames = None, 0.0, 0
@@ -175,8 +178,10 @@ def _live(args: argparse.Namespace) -> int:
             if args.headless:
                 writer = writer or _open_writer(args.output, view.shape, cap.get(cv2.CAP_PROP_FPS))
                 writer.write(view)
-            elif _show(view):
-                break
+            else:
+                cv2.imshow(WINDOW, view)
+                if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
+                    break
     finally:
         cap.release()
         if writer is not None:
@@ -195,10 +200,8 @@ def _open_writer(path: Path, shape: tuple, fps: float) -> cv2.VideoWriter:
     return writer
 
 
-def _show(view: np.ndarray) -> bool:
-    """Display one frame; True when the user pressed q or Esc."""
+def _open_window() -> None:
     try:
-        cv2.imshow("edgekit superres (q to quit)", view)
-        return cv2.waitKey(1) & 0xFF in (ord("q"), 27)
+        cv2.namedWindow(WINDOW)
     except cv2.error as exc:
         raise EdgekitError("This OpenCV build cannot open windows. Run with --headless -o out.mp4.") from exc
