@@ -45,9 +45,9 @@ def cli(*argv: str) -> int:
     return args.func(args)
 
 
-def psnr(a: np.ndarray, b: np.ndarray, peak: float = 255.0) -> float:
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(peak**2 / mse)
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
 def crop(name: str, h: int, w: int) -> np.ndarray:
