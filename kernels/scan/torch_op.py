@@ -30,14 +30,18 @@ def decompose(exported_program):
     return exported_program.run_decompositions({torch.ops.edgekit.selective_scan.default: chunked_scan})
 
 
+_ARG_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "delta_softplus")
+
+
 def relax_convert_map(target: dict) -> dict:
     """custom_convert_map for TVM's from_exported_program: the scan becomes an R.call_tir."""
     from tvm import relax
 
     def convert(node, importer):
+        given = {**dict(zip(_ARG_NAMES, node.args)), **node.kwargs}
         u, delta, A, B, C, D, z, delta_bias = (
-            None if a is None else importer.env[a] for a in (list(node.args) + [None] * 8)[:8])
-        softplus = bool(node.args[8]) if len(node.args) > 8 else bool(node.kwargs.get("delta_softplus"))
+            None if given.get(name) is None else importer.env[given[name]] for name in _ARG_NAMES[:8])
+        softplus = bool(given.get("delta_softplus", False))
         batch, dim, _ = u.ty.shape
         n_state = int(A.ty.shape[1])
         if n_state & (n_state - 1):
