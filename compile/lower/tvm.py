@@ -25,7 +25,8 @@ def import_relax(source: Source):
     if isinstance(source, TorchSource):
         from tvm.relax.frontend.torch import from_exported_program
 
-        return from_exported_program(export_torch(source), keep_params_as_input=False)
+        # undecomposed, scaled_dot_product_attention arrives as R.nn.attention, which the kernel pass matches
+        return from_exported_program(export_torch(source), keep_params_as_input=False, run_ep_decomposition=False)
     import onnx
     from tvm.relax.frontend.onnx import from_onnx
 
@@ -41,18 +42,29 @@ def import_relax(source: Source):
 def lower(source: Source, target: Target, out: Path) -> Lowered:
     import tvm
 
-    mod = import_relax(source)
-    tvm_target = tvm.target.Target(target.tvm_target())
+    from edgekit.kernels.attention.relax_pass import link_fcompile, use_fused_attention
+
+    target_dict = tvm_target(target)
+    mod = use_fused_attention(import_relax(source), target_dict)
     try:
-        executable = tvm.compile(mod, target=tvm_target)
+        executable = tvm.compile(mod, target=tvm.target.Target(target_dict))
     except Exception as exc:  # TVM raises its own error types from C++; surface the first line
         raise EdgekitError(f"TVM could not compile the model for {target.name}: {str(exc).splitlines()[0]}") from None
-    executable.export_library(str(out / "model.so"), fcompile=_fcompile(target))
-    info = {"target": target.tvm_target(), "pipeline": "default (DLight GPU schedules)" if target.cuda_arch
+    executable.export_library(str(out / "model.so"), fcompile=link_fcompile(target_dict, _fcompile(target)))
+    info = {"target": target_dict, "pipeline": "default (DLight GPU schedules)" if target.cuda_arch
             else "default (untuned loops)"}
     if target.cuda_arch:
         info["device_code"] = _precompile_cuda(executable, target.cuda_arch, out)
     return Lowered("model.so", info, versions("apache-tvm"))
+
+
+def tvm_target(target: Target) -> dict:
+    """The TVM target dict; `host` artifacts only run here, so they are compiled for this very CPU."""
+    if target.name != "host":
+        return target.tvm_target()
+    from tvm.target import codegen
+
+    return {"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu()}
 
 
 def _fcompile(target: Target):
