@@ -10,11 +10,10 @@ MODEL   ?= examples/conv_attention.py:build
 TARGET  ?= host
 BACKEND ?= tvm
 OUT     ?= out
-APP_MODELS ?= superres pose
 # Debian packages: cross compiler for aarch64 targets, QEMU + debootstrap for the aarch64 emulator
 APT_PACKAGES := g++-aarch64-linux-gnu qemu-user-static debootstrap binfmt-support file
 
-.PHONY: setup system-deps demo test test-fast compile jetson phone emulator bench bench-kernels clean
+.PHONY: setup system-deps demo test compile jetson phone emulator bench bench-kernels fuzz clean
 
 setup: $(VENV)/.installed system-deps
 
@@ -38,16 +37,15 @@ test: setup
 	$(PY) -m pytest -q -ra
 
 compile: setup
-	$(EDGEKIT) compile --model $(MODEL) --target $(TARGET) --backend $(BACKEND) --output $(OUT)/$(notdir $(MODEL))-$(TARGET)-$(BACKEND) --force $(if $(QUANT),--quantize $(QUANT))
+	$(EDGEKIT) compile --model $(MODEL) --target $(TARGET) --backend $(BACKEND) --output $(OUT)/$(subst :,-,$(notdir $(MODEL)))-$(TARGET)-$(BACKEND) --force $(if $(QUANT),--quantize $(QUANT))
 
 # every app model, every backend the device supports
 jetson phone: setup emulator
 	@target=$(if $(filter jetson,$@),jetson-orin,android-arm64); \
-	for backend in $$($(EDGEKIT) targets --json | $(PY) -c "import json,sys; print(' '.join(next(t['backends'] for t in json.load(sys.stdin) if t['name']=='$$target').split(',')))"); do \
-	  for model in $(APP_MODELS); do \
-	    $(EDGEKIT) compile --model $$model --target $$target --backend $$backend --output $(OUT)/$$target/$$model-$$backend --force || exit 1; \
-	  done; \
-	done
+	backends=$$($(EDGEKIT) targets --json | $(PY) -c "import json,sys; print(next(t['backends'] for t in json.load(sys.stdin) if t['name']=='$$target').replace(',',' '))"); \
+	for model in $$($(EDGEKIT) models); do for backend in $$backends; do \
+	  $(EDGEKIT) compile --model $$model --target $$target --backend $$backend --output $(OUT)/$$target/$$model-$$backend --force || exit 1; \
+	done; done
 
 emulator: setup
 	$(EDGEKIT) device emulator setup
@@ -58,6 +56,10 @@ bench: setup
 bench-kernels: setup
 	$(PY) -m edgekit.kernels.attention.bench --json reports/attention.json
 	$(PY) -m edgekit.kernels.scan.bench --json reports/scan.json
+
+# 10,000 generated cases per fuzz test (CI runs a few hundred)
+fuzz: setup
+	EDGEKIT_FUZZ_EXAMPLES=10000 $(PY) -m pytest -q tests/test_reliability.py -k fuzz
 
 clean:
 	rm -rf $(OUT) .pytest_cache
