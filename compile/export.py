@@ -68,3 +68,18 @@ def _user_location(text: str, exc: BaseException) -> str:
 def _is_library(filename: str) -> bool:
     return "site-packages" in filename or "/torch/" in filename or "/edgekit/compile/" in filename \
         or filename.endswith("compile/export.py") or filename.startswith("<")
+
+
+def has_edgekit_scan(program) -> bool:
+    return any(n.op == "call_function" and "edgekit.selective_scan" in str(n.target)
+               for n in program.graph_module.graph.nodes)
+
+
+def portable(program):
+    """For backends without edgekit's kernels: each `torch.ops.edgekit.selective_scan` becomes its exportable
+    chunked decomposition (cumsums and matmuls), which XNNPACK and ONNX Runtime run as ordinary ops."""
+    if not has_edgekit_scan(program):
+        return program
+    from edgekit.kernels.scan.torch_op import decompose
+
+    return decompose(program)

@@ -88,3 +88,8 @@ def test_onnx_with_ops_tvm_cannot_import_gets_a_clear_error(tmp_path, host_artif
     with pytest.raises(EdgekitError, match="TVM's onnx importer cannot read this model.*--backend onnxruntime"):
         edgekit.compile_model(str(onnx_file), backend="tvm", output=tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_tvm_artifact_uses_the_fused_attention_kernel(host_artifacts):
+    """nn.MultiheadAttention reaches edgekit's attention kernel instead of TVM's default lowering."""
+    assert b"edgekit_attention" in (host_artifacts["tvm"] / "model.so").read_bytes()

@@ -6,7 +6,7 @@ from pathlib import Path
 from edgekit.errors import EdgekitError
 from edgekit.targets import Target
 
-from ..export import export_torch
+from ..export import export_torch, portable
 from ..source import Source, TorchSource
 from . import Lowered, versions
 
@@ -19,7 +19,7 @@ def lower(source: Source, target: Target, out: Path) -> Lowered:
     if not isinstance(source, TorchSource):
         raise EdgekitError(f"backend 'executorch' compiles PyTorch models; {source.path} is a .{source.kind} file. "
                            "Use --backend tvm or onnxruntime for it.")
-    edge = to_edge_transform_and_lower(export_torch(source), partitioner=[XnnpackPartitioner()])
+    edge = to_edge_transform_and_lower(portable(export_torch(source)), partitioner=[XnnpackPartitioner()])
     info = get_delegation_info(edge.exported_program().graph_module)
     program = edge.to_executorch()
     (out / "model.pte").write_bytes(program.buffer)

@@ -7,7 +7,7 @@ from pathlib import Path
 from edgekit.errors import EdgekitError
 from edgekit.targets import Target, host_arch
 
-from ..export import export_torch, quiet_torch_logs
+from ..export import export_torch, portable, quiet_torch_logs
 from ..source import Source, TorchSource
 from . import Lowered, versions
 
@@ -47,7 +47,7 @@ def lower(source: Source, target: Target, out: Path) -> Lowered:
 def export_onnx(source: TorchSource, path: Path) -> None:
     import torch
 
-    program = export_torch(source)
+    program = portable(export_torch(source))
     names = [f"input{i}" for i in range(len(source.example_inputs))]
     try:
         with quiet_torch_logs():

@@ -15,34 +15,51 @@ cores; the rules cost well under a second per model and need no stored records (
 from __future__ import annotations
 
 import tvm
-from tvm import s_tir, tirx
+from tvm import relax, s_tir, tirx
 from tvm.relax.backend.cpu_generic import pipeline
 from tvm.s_tir import dlight
 from tvm.s_tir.dlight.analysis import get_root_block, normalize_prim_func
 from tvm.s_tir.schedule import ScheduleError
 from tvm.s_tir.schedule.analysis import is_output_block
 
-from edgekit.targets import Target
-
+_OPAQUE = 8  # relax OpPatternKind.kOpaque: FuseOps leaves such calls alone
 _ROWS = 4  # register tile: _ROWS x (2 vectors) accumulators = 8 vector registers
 
 
-def schedule(mod, target: Target):
-    """Legalize, fuse and schedule the relax module for a CPU target. Returns (module, pipeline description).
-    CUDA targets are returned unchanged: TVM's GPU pipeline schedules them with DLight."""
-
-    if target.cuda_arch:
+def schedule(mod, tvm_target: dict):
+    """Legalize, fuse and schedule the relax module for the CPU target `tvm_target` (TVM's JSON-dict form, the
+    one the module is compiled for). Returns (module, pipeline description). CUDA targets come back unchanged:
+    TVM's GPU pipeline schedules them with DLight."""
+    if tvm_target["kind"] == "cuda":
         return mod, "default (DLight GPU schedules)"
-    tvm_target = tvm.target.Target(target.tvm_target())
+    tvm_target = tvm.target.Target(tvm_target)
     lanes = tvm.target.codegen.llvm_get_vector_width(tvm_target) // 32
-    passes = (pipeline.library_dispatch_passes(tvm_target) + pipeline.legalize_passes(tvm_target)
-              + [dlight.ApplyDefaultSchedule(CpuRule(lanes))])
+    passes = pipeline.library_dispatch_passes(tvm_target) + [
+        relax.transform.LegalizeOps(),
+        relax.transform.AnnotateTIROpPattern(),
+        _keep_kernels_unfused,
+        # no FoldConstant (TVM's CPU legalize passes have it): it builds each constant subgraph with LLVM, one
+        # at a time (40 s of CFSR's compile); unfolded, those weight reshapes fuse into the kernels that use them
+        relax.transform.FuseOps(),
+        relax.transform.FuseTIR(),
+        dlight.ApplyDefaultSchedule(CpuRule(lanes)),
+    ]
     with tvm_target:
         mod = tvm.transform.Sequential(passes)(mod)
     kernels = [f for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
     scheduled = sum(bool(f.attrs and f.attrs.get("tirx.is_scheduled")) for f in kernels)
     return mod, (f"edgekit CPU rules ({lanes} fp32 lanes): {scheduled}/{len(kernels)} kernels scheduled, "
                  "the rest default loops")
+
+
+@tvm.transform.module_pass(opt_level=0, name="KeepKernelsUnfused")
+def _keep_kernels_unfused(mod, _ctx):
+    """edgekit's hand-written kernels (attention, scan) arrive marked scheduled; FuseOps must not merge them
+    into new, unscheduled functions, so they are marked opaque."""
+    for gv, func in mod.functions_items():
+        if isinstance(func, tirx.PrimFunc) and func.attrs and func.attrs.get("tirx.is_scheduled"):
+            mod[gv] = func.with_attr("op_pattern", _OPAQUE)
+    return mod
 
 
 class CpuRule(dlight.ScheduleRule):
@@ -138,17 +155,17 @@ def _tile_reduction(sch, block, lanes: int) -> None:
 
 
 def _parallel_vectorize(sch, block, lanes: int) -> None:
+    """Vectorise the innermost loop when it is a whole number of vectors (splitting a fused loop instead would
+    put div/mod index arithmetic in every lane), parallelise the others."""
     loops = sch.get_loops(block)
     if not loops:
         return
-    fused = sch.fuse(*loops)
-    extent = sch.get(fused).extent
-    if _const(extent) and int(extent) % lanes == 0 and int(extent) > lanes:
-        outer, inner = sch.split(fused, [None, lanes])
-        sch.parallel(outer)
-        sch.vectorize(inner)
+    inner = sch.get(loops[-1]).extent
+    if len(loops) > 1 and _const(inner) and int(inner) % lanes == 0:
+        sch.parallel(sch.fuse(*loops[:-1]))
+        sch.vectorize(loops[-1])
     else:
-        sch.parallel(fused)
+        sch.parallel(sch.fuse(*loops))
 
 
 def _vector_width(extent: int, lanes: int) -> int:
