@@ -33,7 +33,7 @@ system-deps:
 demo: setup
 	$(EDGEKIT) demo --output $(OUT)/demo
 
-test: setup
+test: setup emulator
 	$(PY) -m pytest -q -ra
 
 compile: setup

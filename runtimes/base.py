@@ -26,6 +26,11 @@ def benchmark(run, inputs: list[np.ndarray], warmup: int = 3, iters: int = 20) -
         t0 = time.perf_counter()
         run(inputs)
         times.append((time.perf_counter() - t0) * 1e3)
-    t = np.asarray(times)
+    return summarize(times)
+
+
+def summarize(times_ms: list[float]) -> dict:
+    """The stats every timing in edgekit reports, wherever it was measured (host, emulator, RPC device)."""
+    t = np.asarray(times_ms)
     return {"p50_ms": float(np.percentile(t, 50)), "p90_ms": float(np.percentile(t, 90)),
             "min_ms": float(t.min()), "mean_ms": float(t.mean()), "iters": int(t.size)}

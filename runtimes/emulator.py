@@ -29,7 +29,7 @@ from edgekit.errors import EdgekitError
 from . import executorch_runner
 
 SUITE = "bookworm"  # its python3 is 3.11, the version the aarch64 wheels are picked for
-MIRROR = "http://deb.debian.org/debian"
+APT_SOURCES = (Path("/etc/apt/sources.list.d/debian.sources"), Path("/etc/apt/sources.list"))
 DEBIAN_PACKAGES = ("python3", "libstdc++6", "libgomp1")
 WHEELS = ("numpy", "onnxruntime", "apache-tvm", "apache-tvm-ffi", "ml_dtypes")  # at the host venv's versions
 RPC_SERVER_WHEELS = {"cloudpickle": "3.1.3"}  # what TVM's RPC server needs beyond the runtime
@@ -132,6 +132,23 @@ def _check_host() -> None:
                            "Run `sudo edgekit device emulator setup`.")
 
 
+def debian_mirror() -> str:
+    """The Debian archive this machine's apt already uses (EDGEKIT_DEBIAN_MIRROR overrides)."""
+    if os.environ.get("EDGEKIT_DEBIAN_MIRROR"):
+        return os.environ["EDGEKIT_DEBIAN_MIRROR"]
+    for path in APT_SOURCES:
+        if not path.is_file():
+            continue
+        for line in path.read_text().splitlines():
+            words = line.split()
+            uris = words[1:] if words[:1] == ["URIs:"] else words[1:2] if words[:1] == ["deb"] else []
+            for uri in uris:
+                if uri.rstrip("/").endswith("/debian"):
+                    return uri
+    raise EdgekitError("no Debian archive found in /etc/apt sources to build the arm64 sysroot from; set "
+                       "EDGEKIT_DEBIAN_MIRROR to a Debian mirror URL.")
+
+
 def _build_base(root: Path) -> None:
     """debootstrap's first stage, then the .debs it fetched unpacked with dpkg-deb.
 
@@ -142,7 +159,7 @@ def _build_base(root: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.parent.mkdir(parents=True, exist_ok=True)
     _check_call(["debootstrap", "--foreign", "--arch=arm64", "--variant=minbase",
-                 f"--include={','.join(DEBIAN_PACKAGES)}", SUITE, str(tmp), MIRROR], "debootstrap")
+                 f"--include={','.join(DEBIAN_PACKAGES)}", SUITE, str(tmp), debian_mirror()], "debootstrap")
     for deb in sorted((tmp / "var/cache/apt/archives").glob("*.deb")):
         _check_call(["dpkg-deb", "--extract", str(deb), str(tmp)], f"dpkg-deb --extract {deb.name}")
         deb.unlink()

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .base import summarize
+
 
 def write_inputs(work: Path, inputs: list[np.ndarray]) -> list[Path]:
     paths = [work / f"in{i}.bin" for i in range(len(inputs))]
@@ -29,7 +31,3 @@ def read_result(work: Path, manifest, stdout: str, benchmark: dict | None) -> tu
     return outputs, (summarize(report["times_ms"]) if benchmark else None)
 
 
-def summarize(times_ms: list[float]) -> dict:
-    t = np.asarray(times_ms)
-    return {"p50_ms": float(np.percentile(t, 50)), "p90_ms": float(np.percentile(t, 90)),
-            "min_ms": float(t.min()), "mean_ms": float(t.mean()), "iters": int(t.size)}

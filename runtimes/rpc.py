@@ -13,7 +13,7 @@ import numpy as np
 
 from edgekit.errors import EdgekitError
 
-from .executorch_runner import summarize
+from .base import summarize
 
 
 def parse_url(url: str) -> tuple[str, int]:
