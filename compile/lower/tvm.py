@@ -14,19 +14,25 @@ from pathlib import Path
 from edgekit.errors import EdgekitError
 from edgekit.targets import Target, host_arch
 
-from ..export import export_torch
+from ..export import export_torch, has_edgekit_scan, quiet_torch_logs
 from ..source import Source, TorchSource
 from . import Lowered, versions
 
 
-def import_relax(source: Source):
+def import_relax(source: Source, target_dict: dict):
     import tvm
 
     if isinstance(source, TorchSource):
         from tvm.relax.frontend.torch import from_exported_program
 
-        # undecomposed, scaled_dot_product_attention arrives as R.nn.attention, which the kernel pass matches
-        return from_exported_program(export_torch(source), keep_params_as_input=False, run_ep_decomposition=False)
+        program = export_torch(source)
+        kernels = {}
+        if has_edgekit_scan(program):  # the selective scan becomes an R.call_tir to its TensorIR kernel
+            from edgekit.kernels.scan.torch_op import relax_convert_map
+
+            kernels = relax_convert_map(target_dict)
+        return from_exported_program(_decompose_keeping_attention(program), keep_params_as_input=False,
+                                     run_ep_decomposition=False, custom_convert_map=kernels)
     import onnx
     from tvm.relax.frontend.onnx import from_onnx
 
@@ -39,6 +45,17 @@ def import_relax(source: Source):
                            "without runtime-specific fused ops.") from None
 
 
+def _decompose_keeping_attention(program):
+    """Core-ATen decompositions for the importer, except scaled_dot_product_attention: kept whole, it arrives as
+    R.nn.attention, which the fused-attention pass matches."""
+    import torch
+
+    table = torch.export.default_decompositions()
+    del table[torch.ops.aten.scaled_dot_product_attention.default]
+    with quiet_torch_logs():
+        return program.run_decompositions(table)
+
+
 def lower(source: Source, target: Target, out: Path) -> Lowered:
     import tvm
 
@@ -47,7 +64,7 @@ def lower(source: Source, target: Target, out: Path) -> Lowered:
     from . import tvm_schedule
 
     target_dict = tvm_target(target)
-    mod = use_fused_attention(import_relax(source), target_dict)
+    mod = use_fused_attention(import_relax(source, target_dict), target_dict)
     mod, pipeline = tvm_schedule.schedule(mod, target_dict)
     try:
         executable = tvm.compile(mod, target=tvm.target.Target(target_dict))
