@@ -96,6 +96,7 @@ class SelfAttentionBlock(nn.Module):
 class BehaviorHead(nn.Module):
     def __init__(self, classes: int, dim: int = 48, heads: int = 4, layers: int = 2):
         super().__init__()
+        self.drop = nn.Dropout(0.1)  # the embedding is an identity code: keep the head from memorising tracks
         self.inp = nn.Linear(EMBED_DIM + GEOMETRY_DIM, dim)
         self.position = nn.Parameter(torch.zeros(1, TRACK_LEN, dim))
         self.blocks = nn.Sequential(*(SelfAttentionBlock(dim, heads) for _ in range(layers)))
@@ -104,7 +105,7 @@ class BehaviorHead(nn.Module):
 
     def forward(self, steps: torch.Tensor) -> torch.Tensor:
         """steps (N, TRACK_LEN, EMBED_DIM + GEOMETRY_DIM), oldest first -> logits (N, classes)."""
-        x = self.blocks(self.inp(steps) + self.position)
+        x = self.blocks(self.inp(self.drop(steps)) + self.position)
         return self.out(self.norm(x).mean(1))
 
 
@@ -163,3 +164,15 @@ def default_weights(name: str = FUSED_WEIGHTS) -> Path:
     if "EDGEKIT_WEIGHTS" in os.environ and (Path(os.environ["EDGEKIT_WEIGHTS"]) / "chimp" / name).is_file():
         return Path(os.environ["EDGEKIT_WEIGHTS"]) / "chimp" / name
     return WEIGHTS_DIR / name
+
+
+def detector(weights: str | None = None) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    """`edgekit compile --model apps/chimp/model.py:detector`: the detector with an example clip."""
+    model = ChimpModel.load(weights)
+    return model.detector, model.example_inputs()["detector"]
+
+
+def behavior(weights: str | None = None) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    """`edgekit compile --model apps/chimp/model.py:behavior`: the behavior head with example track steps."""
+    model = ChimpModel.load(weights)
+    return model.behavior, model.example_inputs()["behavior"]

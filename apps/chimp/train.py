@@ -1,11 +1,12 @@
 """Train the chimp detector (heatmap, box, embedding) and then its behavior head on ChimpACT-format data.
 
-    python -m edgekit.apps.chimp.train --data DIR --out weights.pt [--frames 3] [--steps 600] [--seed 0]
+    python -m edgekit.apps.chimp.train --data DIR --out weights.pt [--frames 3] [--steps 500] [--seed 0]
 
-Without --data it renders a synthetic training set first (synth.py, --seed). Detector losses: CenterNet's
-focal loss on the heatmap, L1 on box offset and log size at the centres, and a contrastive identity loss
-between the embeddings of the same animals in two clips a few frames apart. The behavior head is then
-trained on the frozen detector's embeddings along the ground-truth tracks.
+Without --data it trains on synthetic videos in --synth-dir, rendering them first (synth.py, --seed) when
+that folder has no annotations.json. Detector losses: CenterNet's focal loss on the heatmap, L1 on box
+offset and log size at the centres, and a contrastive identity loss between the embeddings of the same
+animals in two clips a few frames apart. The behavior head is then trained on the step features the app
+builds while it tracks the training videos with the frozen detector.
 """
 from __future__ import annotations
 
@@ -21,7 +22,10 @@ import torch
 import torch.nn.functional as F
 
 from edgekit.apps.chimp import data, synth
-from edgekit.apps.chimp.model import INPUT_HW, STRIDE, TRACK_LEN, ChimpModel, step_features
+from edgekit.apps.chimp.app import ChimpApp
+from edgekit.apps.chimp.model import INPUT_HW, STRIDE, ChimpModel
+from edgekit.apps.chimp.runners import eager
+from edgekit.apps.chimp.tracker import iou
 
 EMBED_TEMPERATURE = 0.1
 PAIR_GAP = 8   # the second clip of an identity pair starts up to this many frames later
@@ -133,34 +137,31 @@ def train_detector(model, videos, steps, batch, rng, log) -> None:
     model.eval()
 
 
-def behavior_sequences(model, videos: list[Clips], rng) -> tuple[np.ndarray, np.ndarray]:
-    """(steps, labels) for every ground-truth track at every frame: TRACK_LEN steps ending there, each from
-    the frozen detector's embedding at the (slightly jittered) box centre, as the app computes them."""
+def behavior_sequences(model: ChimpModel, videos: list[Clips]) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, labels): the behavior-head inputs the app itself builds when it tracks the training videos with
+    the trained detector (tracker boxes, their jitter and id switches included), each labelled with the
+    behaviors of the ground-truth animal its box overlaps (IoU >= 0.5; unmatched tracks are left out)."""
     xs, ys = [], []
     for c in videos:
-        with torch.no_grad():
-            embeds = [model(torch.from_numpy(clip_at(c, t, model.frames)[None]).float() / 255)[2][0].numpy()
-                      for t in range(len(c.frames))]
-        history: dict[int, list[np.ndarray]] = {}
-        last_box: dict[int, np.ndarray] = {}
-        for t, (boxes, ids, labels) in enumerate(zip(c.boxes, c.ids, c.behaviors)):
-            jittered = boxes + rng.normal(0, 0.03, boxes.shape) * (boxes[:, 3:4] - boxes[:, 1:2])
-            for j, track in enumerate(ids):
-                cx, cy = np.clip(((jittered[j, :2] + jittered[j, 2:]) / 2 / STRIDE).astype(int), 0,
-                                 [embeds[t].shape[2] - 1, embeds[t].shape[1] - 1])
-                step = step_features(jittered[j], last_box.get(track, jittered[j]), np.delete(jittered, j, 0),
-                                     embeds[t][:, cy, cx], INPUT_HW[::-1])
-                seq = history.setdefault(track, [])
-                seq.append(step)
-                last_box[track] = jittered[j]
-                window = seq[-TRACK_LEN:]
-                xs.append(np.stack([window[0]] * (TRACK_LEN - len(window)) + window))
-                ys.append(labels[j])
+        seen = []  # the behavior runner records what the app asks it, in the order of the app's results
+        app = ChimpApp(eager(model.detector), lambda steps: seen.append(steps) or [np.zeros((len(steps), 1))],
+                       model.behaviors, model.detector.frames)
+        for t in range(len(c.frames)):
+            seen.clear()
+            results = app(np.ascontiguousarray(c.frames[t].transpose(1, 2, 0)))
+            if not results:
+                continue
+            steps = np.concatenate(seen)[:len(results)]  # MAX_TRACKS rows per call, padding last
+            overlap = iou(np.stack([r.box for r in results]), c.boxes[t])
+            for row, (k, truth) in enumerate(zip(overlap.argmax(1), overlap.max(1))):
+                if truth >= 0.5:
+                    xs.append(steps[row])
+                    ys.append(c.behaviors[t][k])
     return np.stack(xs), np.stack(ys)
 
 
 def train_behavior(model, x, y, steps, batch, rng, log) -> None:
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-2)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
     x, y = torch.from_numpy(x), torch.from_numpy(y)
     model.train()
@@ -184,9 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="weights file to write (.pt)")
     p.add_argument("--init", help="weights to fine-tune from")
     p.add_argument("--frames", type=int, default=3, help="clip length; 1 = no temporal fusion")
-    p.add_argument("--steps", type=int, default=600, help="detector steps")
+    p.add_argument("--steps", type=int, default=500, help="detector steps (0: train the behavior head only)")
     p.add_argument("--behavior-steps", type=int, default=800)
-    p.add_argument("--batch", type=int, default=8, help="clip pairs per detector step")
+    p.add_argument("--batch", type=int, default=6, help="clip pairs per detector step")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
@@ -207,12 +208,15 @@ def main(argv: list[str] | None = None) -> int:
     log(f"{len(videos)} videos, {sum(len(v.frames) for v in videos)} frames, behaviors {dataset.behaviors}")
 
     model = ChimpModel.load(args.init) if args.init else ChimpModel.new(args.frames, dataset.behaviors)
-    train_detector(model.detector, videos, args.steps, args.batch, rng, log)
-    x, y = behavior_sequences(model.detector, videos, rng)
+    if args.steps:
+        train_detector(model.detector, videos, args.steps, args.batch, rng, log)
+    x, y = behavior_sequences(model, videos)
     log(f"behavior sequences: {len(x)}")
     train_behavior(model.behavior, x, y, args.behavior_steps, 64, rng, log)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     command = "python -m edgekit.apps.chimp.train " + " ".join(argv if argv is not None else sys.argv[1:])
+    if args.init:  # the whole recipe: how the starting weights were made, then this run
+        command = torch.load(args.init, weights_only=True).get("trained_by", args.init) + " && " + command
     torch.save(model.state(trained_by=command, seed=args.seed), args.out)
     log(f"wrote {args.out}")
     return 0

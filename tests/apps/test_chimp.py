@@ -34,6 +34,15 @@ def tiny(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The CLI runs eager torch on one thread (--threads); the in-process tests do the same."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def shipped() -> ChimpModel:
     return ChimpModel.load()
@@ -226,8 +235,11 @@ def test_cli_user_errors(tmp_path):
         cli("run", tmp_path / "missing.mp4")
     with pytest.raises(EdgekitError, match="--headless needs -o"):
         cli("live", "--headless")
-    with pytest.raises(EdgekitError, match="weights"):
-        cli("eval", "--data", tmp_path, "--weights", tmp_path / "none.pt")
+    (tmp_path / "clip.mp4").write_bytes(b"")
+    with pytest.raises(EdgekitError, match="weights .* not found"):
+        cli("run", tmp_path / "clip.mp4", "--weights", tmp_path / "none.pt")
+    with pytest.raises(EdgekitError, match="cannot open video"):
+        cli("run", tmp_path / "clip.mp4")
 
 
 def test_onnxruntime_backend_matches_eager(tiny, tmp_path, shipped):
