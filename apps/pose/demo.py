@@ -4,7 +4,6 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -12,9 +11,9 @@ import numpy as np
 
 from edgekit.apps.pose.app import PoseApp, draw
 from edgekit.apps.pose.model import BACKENDS, BlazePose, runners
+from edgekit.apps.video import IMAGE_SUFFIXES, Sink, limit, open_video, show
 from edgekit.errors import EdgekitError
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 NO_3D_NOTE = "joints_3d omitted: the KTPFormer 3D lifter is not built yet (2D keypoints only)."
 
 
@@ -74,10 +73,10 @@ def run_command(args) -> int:
     if args.output and Path(args.output).suffix.lower() not in (IMAGE_SUFFIXES if is_image else {".mp4", ".avi"}):
         raise EdgekitError(f"-o {args.output}: use {'.png or .jpg' if is_image else '.mp4'} for this input.")
     app = build_app(args)
-    frames, fps = (iter([_read_image(source)]), 0.0) if is_image else _video(str(source))
-    writer = _Writer(args.output, fps)
+    frames, fps = (iter([_read_image(source)]), 0.0) if is_image else open_video(str(source))
+    writer = Sink(args.output, fps, default_fps=10.0)
     records, elapsed = [], 0.0
-    for index, frame in enumerate(_limit(frames, args.max_frames)):
+    for index, frame in enumerate(limit(frames, args.max_frames)):
         start = time.perf_counter()
         persons = app(frame)
         elapsed += time.perf_counter() - start
@@ -98,29 +97,20 @@ def live_command(args) -> int:
     if args.headless and not args.output:
         raise EdgekitError("--headless needs -o out.mp4 for the overlay video.")
     app = build_app(args)
-    frames, fps = _video(int(args.source) if args.source.isdigit() else args.source)
-    writer = _Writer(args.output, fps or 30.0)
+    frames, fps = open_video(args.source)
+    writer = Sink(args.output, fps, default_fps=30.0)
     last, rate = time.perf_counter(), 0.0
-    for frame in _limit(frames, args.max_frames):
+    for frame in limit(frames, args.max_frames):
         overlay = draw(frame, app(frame))
         now = time.perf_counter()
         rate = 0.9 * rate + 0.1 / (now - last) if rate else 1 / (now - last)  # smoothed so the number is readable
         last = now
         cv2.putText(overlay, f"{rate:.1f} FPS", (10, 30), cv2.FONT_HERSHEY_SIMPLEX, 1, (255, 255, 0), 2)
         writer.write(overlay)
-        if not args.headless and _show(overlay):
+        if not args.headless and show(overlay, "edgekit pose"):
             break
     writer.close()
     return 0
-
-
-def _show(frame_rgb: np.ndarray) -> bool:
-    """Display one frame; True when the user pressed q or Esc."""
-    try:
-        cv2.imshow("edgekit pose", cv2.cvtColor(frame_rgb, cv2.COLOR_RGB2BGR))
-        return cv2.waitKey(1) & 0xFF in (ord("q"), 27)
-    except cv2.error:
-        raise EdgekitError("this OpenCV build cannot open a window. Use --headless -o out.mp4.") from None
 
 
 def _read_image(path: Path) -> np.ndarray:
@@ -130,50 +120,5 @@ def _read_image(path: Path) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-def _video(source: str | int) -> tuple[Iterator[np.ndarray], float]:
-    capture = cv2.VideoCapture(source)
-    if not capture.isOpened():
-        raise EdgekitError(f"cannot open video source {source!r}. Pass a video file or a camera index.")
-
-    def frames():
-        try:
-            while (frame := capture.read()[1]) is not None:
-                yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-        finally:
-            capture.release()
-    return frames(), capture.get(cv2.CAP_PROP_FPS)
-
-
-def _limit(frames: Iterator[np.ndarray], count: int | None) -> Iterator[np.ndarray]:
-    for index, frame in enumerate(frames):
-        if count is not None and index >= count:
-            return
-        yield frame
-
-
 def _rounded(keypoints: np.ndarray) -> list[list[float]]:
     return [[round(float(x), 1), round(float(y), 1), round(float(v), 3)] for x, y, v in keypoints]
-
-
-class _Writer:
-    """Overlay output: one image, or a video opened at the first frame's size; nothing when path is None."""
-
-    def __init__(self, path: str | None, fps: float):
-        self.path, self.fps, self.video = path, fps, None
-
-    def write(self, frame_rgb: np.ndarray) -> None:
-        if self.path is None:
-            return
-        bgr = cv2.cvtColor(frame_rgb, cv2.COLOR_RGB2BGR)
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        if Path(self.path).suffix.lower() in IMAGE_SUFFIXES:
-            cv2.imwrite(self.path, bgr)
-            return
-        if self.video is None:
-            size = (bgr.shape[1], bgr.shape[0])
-            self.video = cv2.VideoWriter(self.path, cv2.VideoWriter_fourcc(*"mp4v"), self.fps or 10.0, size)
-        self.video.write(bgr)
-
-    def close(self) -> None:
-        if self.video is not None:
-            self.video.release()
