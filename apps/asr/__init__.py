@@ -1,0 +1,1 @@
+"""Speech recognition: Whisper tiny.en from CTranslate2 weights, log-mel front end, VAD, live streaming."""

