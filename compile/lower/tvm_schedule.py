@@ -1,16 +1,17 @@
 """CPU schedules for TVM: deterministic DLight-style rules for x86 and aarch64 (NEON), applied to every kernel.
 
-TVM's CPU pipeline (relax/backend/cpu_generic) legalizes and fuses but never schedules, so every kernel runs as
-naive scalar loops. We run the same legalize + fuse passes, then rewrite each fused PrimFunc with one rule:
+tvm.compile's CPU path (relax's "default" pipeline) legalizes each op into its own naive scalar loop nest: no
+fusion, no scheduling. Here the module is legalized and fused (FuseOps/FuseTIR, as relax/backend/cpu_generic does),
+then each fused PrimFunc is rewritten by one rule:
 
 * reductions (conv, matmul, pooling, channel means): tile the output so that a small block (rows x 2 vectors)
   accumulates in registers while the reduction loops run outside it; the outer spatial loops are fused and run
   in parallel; the fused epilogue (bias, activation, residual) is computed per tile while it is hot;
-* everything else (elementwise, padding, layout moves): fuse, parallelise, vectorise.
+* everything else (elementwise, padding, layout moves): parallelise, vectorise the innermost loop.
 
-Kernels the rule cannot handle keep TVM's default loops. Rules rather than MetaSchedule, chosen by measurement:
-apache-tvm 0.27's tuning pipeline crashes serialising its database, and tuning costs minutes per model on CI's two
-cores; the rules cost well under a second per model and need no stored records (see tests/test_tvm_schedule.py).
+Kernels the rule cannot handle keep TVM's loops. Rules, not MetaSchedule: apache-tvm 0.27's tuning pipeline
+segfaults (serialising in ToJSONGraph), and tuning would cost minutes per model on CI's two cores, while the rules
+add well under a second to a compile and need no stored tuning records.
 """
 from __future__ import annotations
 
@@ -91,7 +92,7 @@ def _in_parallel_loop(sch, block) -> bool:
 
 
 def _is_reduction(sch, block) -> bool:
-    return any(iv.iter_type == tirx.IterVar.CommReduce for iv in sch.get(block).iter_vars)
+    return any(_is_reduce_iv(iv) for iv in sch.get(block).iter_vars)
 
 
 def _inline_elementwise(sch) -> None:
@@ -178,8 +179,8 @@ def _largest_divisor(extent: int, limit: int) -> int:
 
 
 def _contiguous(block, var) -> bool:
-    """The vector axis may index only the last dimension of every buffer the block reads (unit or small stride),
-    so each vector lane maps to neighbouring elements."""
+    """The vector axis may index only the last dimension of the buffers the block reads, so the lanes load
+    neighbouring elements (a stride-2 conv still vectorises; its loads become shuffles)."""
     return all(not _uses(r.min, var) for region in block.reads for r in region.region[:-1])
 
 
