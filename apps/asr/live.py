@@ -140,7 +140,7 @@ class Streamer:
     def run(self, ring: RingBuffer, finished: Callable[[], bool]) -> Iterator[Event | str]:
         """Events until `finished()` and the buffer is drained; a str is an overrun warning."""
         pending, position, overruns = np.zeros(0, np.float32), 0, 0   # position: absolute index after `pending`
-        start, partial_at = None, 0                                   # start: utterance start, absolute index
+        start, partial_at, partial_cost = None, 0, 0.0               # start: utterance start, absolute index
         while True:
             done = finished()
             first, new = ring.take()
@@ -164,10 +164,14 @@ class Streamer:
                 elif start is not None and chunk_end - start >= self.max_samples:
                     yield self._final(ring, start, chunk_end, None)
                     start = partial_at = chunk_end  # speech goes on: the next utterance starts here
-            # No partial once the speaker pauses: it would delay the final that the pause is about to bring.
-            if start is not None and not self.vad.temp_end and position - partial_at >= self.partial_samples:
+            # No partial once the speaker pauses (it would delay the final the pause is about to bring), and at
+            # most a third of the time spent on partials, so a slow machine does not fall behind.
+            gap = max(self.partial_samples, 3 * partial_cost * SAMPLE_RATE)
+            if start is not None and not self.vad.temp_end and position - partial_at >= gap:
                 partial_at = position
-                yield self._event("partial", ring, start, position)
+                event = self._event("partial", ring, start, position)
+                partial_cost = event.compute
+                yield event
             if done:
                 if start is not None:
                     yield self._final(ring, start, position, None)
