@@ -45,7 +45,8 @@ class ChimpApp:
 
     def __call__(self, frame: np.ndarray) -> list[TrackResult]:
         heat, box, embed = self.detector(self._clip(frame))[:3]
-        boxes, scores, embeddings = decode(heat[0, 0], box[0], embed[0], frame.shape[1::-1], self.tracker.config.low_score)
+        boxes, scores, embeddings = decode(heat[0, 0], box[0], embed[0], frame.shape[1::-1],
+                                           self.tracker.config.low_score)
         pairs = self.tracker.update(boxes, scores, embeddings)
         current = np.array([t.box for t, _ in pairs]).reshape(-1, 4)
         for i, (track, det) in enumerate(pairs):

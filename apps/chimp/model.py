@@ -165,14 +165,3 @@ def default_weights(name: str = FUSED_WEIGHTS) -> Path:
         return Path(os.environ["EDGEKIT_WEIGHTS"]) / "chimp" / name
     return WEIGHTS_DIR / name
 
-
-def detector(weights: str | None = None) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
-    """`edgekit compile --model apps/chimp/model.py:detector`: the detector with an example clip."""
-    model = ChimpModel.load(weights)
-    return model.detector, model.example_inputs()["detector"]
-
-
-def behavior(weights: str | None = None) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
-    """`edgekit compile --model apps/chimp/model.py:behavior`: the behavior head with example track steps."""
-    model = ChimpModel.load(weights)
-    return model.behavior, model.example_inputs()["behavior"]

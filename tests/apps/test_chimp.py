@@ -1,4 +1,4 @@
-"""Chimp app: synthetic ground truth, ChimpACT loader, tracker, decoding, metrics glue, export, CLI, real footage."""
+"""Chimp app: synthetic ground truth, loader, tracker, decoding, metrics, export, CLI, compile, real footage."""
 import argparse
 import json
 from pathlib import Path
@@ -8,12 +8,14 @@ import numpy as np
 import pytest
 import torch
 
+import edgekit
 from edgekit.apps.chimp import data, demo, synth
 from edgekit.apps.chimp import eval as chimp_eval
 from edgekit.apps.chimp.app import TrackResult, decode
 from edgekit.apps.chimp.model import INPUT_HW, STRIDE, ChimpModel
 from edgekit.apps.chimp.runners import build_app
 from edgekit.apps.chimp.tracker import Tracker, TrackerConfig
+from edgekit.cli import main as edgekit_main
 from edgekit.errors import EdgekitError
 
 DEMO_VIDEO = Path(__file__).resolve().parents[2] / "../shared/data/chimp/demo.mp4"
@@ -260,3 +262,14 @@ def test_real_footage_every_frame_has_an_entry(tmp_path, capsys):
     frames = json.loads(capsys.readouterr().out)["frames"]
     assert len(frames) == _frame_count(DEMO_VIDEO) == _frame_count(tmp_path / "demo.mp4")
     assert sum(bool(f["tracks"]) for f in frames) > len(frames) // 2
+
+
+def test_compile_cli_builds_the_behavior_head(tmp_path, shipped):
+    builders = Path(__file__).resolve().parents[2] / "apps/chimp/builders.py"
+    out = tmp_path / "behavior"
+    assert edgekit_main(["compile", "--model", f"{builders}:behavior", "--backend", "onnxruntime",
+                         "--output", str(out)]) == 0
+    steps = np.random.default_rng(0).normal(size=shipped.example_inputs()["behavior"][0].shape).astype(np.float32)
+    with torch.no_grad():
+        want = shipped.behavior(torch.from_numpy(steps)).numpy()
+    np.testing.assert_allclose(edgekit.load(out).run([steps])[0], want, atol=1e-4)
