@@ -92,5 +92,6 @@ class LogMel(nn.Module):
         real, imag = F.conv1d(x, self.basis, stride=HOP)[..., :-1].chunk(2, dim=1)  # Whisper drops the last frame
         mel = self.filters @ (real * real + imag * imag)
         log = torch.log10(torch.clamp(mel, min=1e-10))
-        log = torch.maximum(log, log.max() - 8.0)  # batch of one: the clip's peak, as Whisper does
+        peak = log.max(dim=2, keepdim=True).values.max(dim=1, keepdim=True).values  # per clip, as Whisper does
+        log = torch.maximum(log, peak - 8.0)
         return (log + 4.0) / 4.0
