@@ -139,7 +139,7 @@ def _tile_reduction(sch, block, lanes: int) -> None:
             sch.reorder(*[loops[i] for i in spatial + reduce])
             sch.parallel(sch.fuse(*[loops[i] for i in spatial]))
         return
-    row = _row_axis(sch.get(block), ivs, spatial, vec, extents)
+    row, reuses = _row_axis(sch.get(block), ivs, spatial, vec, extents)
     vec_o, vec_i = sch.split(loops[vec], [None, width])
     tiled = {vec: vec_o}
     inner = [vec_i]
@@ -148,6 +148,8 @@ def _tile_reduction(sch, block, lanes: int) -> None:
         tiled[row] = row_o
         inner.insert(0, row_i)
     outer = [tiled.get(i, loops[i]) for i in spatial]
+    if reuses:  # row blocks innermost: consecutive tiles reuse the vector operand (a conv's input pixels) in cache
+        outer.append(outer.pop(spatial.index(row)))
     sch.reorder(*outer, *[loops[i] for i in reduce], *inner)
     fused = sch.fuse(*outer)
     sch.parallel(fused)
@@ -195,14 +197,15 @@ def _contiguous(block, var) -> bool:
 
 def _row_axis(block, ivs, spatial, vec, extents):
     """The spatial axis tiled into register rows: prefer one the vector operand does not depend on (output
-    channels of a conv, rows of a matmul), so each loaded vector feeds several accumulators."""
+    channels of a conv, rows of a matmul), so each loaded vector feeds several accumulators. Returns
+    (axis or None, whether the vector operand is reused across it)."""
     candidates = [i for i in spatial if i != vec and extents[i] > 1]
     if not candidates:
-        return None
+        return None, False
     vec_reads = [r for r in block.reads if _uses(r.region[-1].min, ivs[vec].var)]
     free = [i for i in candidates
             if not any(_uses(d.min, ivs[i].var) for r in vec_reads for d in r.region)]
-    return (free or candidates)[-1]
+    return (free or candidates)[-1], bool(free)
 
 
 def _uses(expr, var) -> bool:
