@@ -1,6 +1,8 @@
 """Whisper tiny.en speech recognition: weights, tokenizer, eager or compiled graphs, greedy decoding with a KV cache."""
 from __future__ import annotations
 
+import hashlib
+import inspect
 import json
 import zlib
 from collections.abc import Callable
@@ -13,6 +15,8 @@ from scipy.special import logsumexp
 
 from edgekit.errors import EdgekitError
 
+from . import features as features_module
+from . import whisper as whisper_module
 from .convert_ct2 import load_whisper
 from .features import SAMPLE_RATE, WINDOW_SECONDS, pad_window
 from .whisper import Whisper, WhisperDecoderStep, WhisperEncoder, example_inputs
@@ -132,9 +136,19 @@ def graphs(whisper: Whisper, backend: str, artifacts: Path, samples: int) -> tup
     if backend == "eager":
         return eager(modules[0]), eager(modules[1])
     inputs = example_inputs(whisper.dims, CACHE_LEN, samples)
-    seconds = samples // SAMPLE_RATE
-    return (compiled(modules[0], inputs.encoder, f"whisper-tiny.en-encoder-{seconds}s", backend, artifacts),
-            compiled(modules[1], inputs.decoder, f"whisper-tiny.en-decoder-step-{seconds}s", backend, artifacts))
+    tag = f"{samples // SAMPLE_RATE}s-{_fingerprint(whisper)}"
+    return (compiled(modules[0], inputs.encoder, f"whisper-tiny.en-encoder-{tag}", backend, artifacts),
+            compiled(modules[1], inputs.decoder, f"whisper-tiny.en-decoder-step-{tag}", backend, artifacts))
+
+
+def _fingerprint(whisper: Whisper) -> str:
+    """Short hash of the model code and weights, so a cached artifact of an older version is never reused."""
+    digest = hashlib.sha256()
+    for module in (whisper_module, features_module):
+        digest.update(inspect.getsource(module).encode())
+    for tensor in whisper.state_dict().values():
+        digest.update(tensor.numpy().tobytes()[:4096])  # a slice of each tensor tells weight sets apart cheaply
+    return digest.hexdigest()[:10]
 
 
 def eager(module: torch.nn.Module) -> Graph:
