@@ -61,6 +61,7 @@ def _call_builder(path: Path, func: str) -> TorchSource:
         raise EdgekitError(f"{path}: model file not found.")
     spec = importlib.util.spec_from_file_location(f"edgekit_user_model_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses and pickling look their module up there
     sys.path.insert(0, str(path.parent.absolute()))  # let the user's file import its neighbours
     try:
         spec.loader.exec_module(module)

@@ -5,12 +5,12 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from edgekit.apps.video import Sink, limit, open_video, show
 from edgekit.errors import EdgekitError
 
 VIDEO_SUFFIXES = {".mp4", ".avi"}
@@ -93,10 +93,10 @@ def run_command(args) -> int:
     if args.output and Path(args.output).suffix.lower() not in VIDEO_SUFFIXES:
         raise EdgekitError(f"-o {args.output}: write the overlay as .mp4.")
     app = _app_factory(args, args.weights)()
-    frames, fps = _video(str(source))
-    writer = _Writer(args.output, fps)
+    frames, fps = open_video(str(source))
+    writer = Sink(args.output, fps)
     records, elapsed = [], 0.0
-    for index, frame in enumerate(_limit(frames, args.max_frames)):
+    for index, frame in enumerate(limit(frames, args.max_frames)):
         start = time.perf_counter()
         tracks = app(frame)
         elapsed += time.perf_counter() - start
@@ -119,17 +119,17 @@ def live_command(args) -> int:
     if args.headless and not args.output:
         raise EdgekitError("--headless needs -o out.mp4 for the overlay video.")
     app = _app_factory(args, args.weights)()
-    frames, fps = _video(int(args.source) if args.source.isdigit() else args.source)
-    writer = _Writer(args.output, fps or 25.0)
+    frames, fps = open_video(args.source)
+    writer = Sink(args.output, fps)
     last, rate = time.perf_counter(), 0.0
-    for frame in _limit(frames, args.max_frames):
+    for frame in limit(frames, args.max_frames):
         overlay = draw(frame, app(frame))
         now = time.perf_counter()
         rate = 0.9 * rate + 0.1 / (now - last) if rate else 1 / (now - last)  # smoothed so it is readable
         last = now
         cv2.putText(overlay, f"{rate:.1f} FPS", (10, 30), cv2.FONT_HERSHEY_SIMPLEX, 1, (255, 255, 0), 2)
         writer.write(overlay)
-        if not args.headless and _show(overlay):
+        if not args.headless and show(overlay, "edgekit chimp"):
             break
     writer.close()
     return 0
@@ -163,53 +163,3 @@ def synth_command(args) -> int:
     path = write_dataset(Path(args.out), args.videos, args.seed, args.frames, args.size)
     print(f"wrote {args.videos} videos of {args.frames} frames: {path}", file=sys.stderr)
     return 0
-
-
-def _show(frame_rgb: np.ndarray) -> bool:
-    """Display one frame; True when the user pressed q or Esc."""
-    try:
-        cv2.imshow("edgekit chimp", cv2.cvtColor(frame_rgb, cv2.COLOR_RGB2BGR))
-        return cv2.waitKey(1) & 0xFF in (ord("q"), 27)
-    except cv2.error:
-        raise EdgekitError("this OpenCV build cannot open a window. Use --headless -o out.mp4.") from None
-
-
-def _video(source: str | int) -> tuple[Iterator[np.ndarray], float]:
-    capture = cv2.VideoCapture(source)
-    if not capture.isOpened():
-        raise EdgekitError(f"cannot open video source {source!r}. Pass a video file or a camera index.")
-
-    def frames():
-        try:
-            while (frame := capture.read()[1]) is not None:
-                yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-        finally:
-            capture.release()
-    return frames(), capture.get(cv2.CAP_PROP_FPS)
-
-
-def _limit(frames: Iterator[np.ndarray], count: int | None) -> Iterator[np.ndarray]:
-    for index, frame in enumerate(frames):
-        if count is not None and index >= count:
-            return
-        yield frame
-
-
-class _Writer:
-    """Overlay video opened at the first frame's size; nothing when path is None."""
-
-    def __init__(self, path: str | None, fps: float):
-        self.path, self.fps, self.video = path, fps, None
-
-    def write(self, frame_rgb: np.ndarray) -> None:
-        if self.path is None:
-            return
-        if self.video is None:
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            size = (frame_rgb.shape[1], frame_rgb.shape[0])
-            self.video = cv2.VideoWriter(self.path, cv2.VideoWriter_fourcc(*"mp4v"), self.fps or 25.0, size)
-        self.video.write(cv2.cvtColor(frame_rgb, cv2.COLOR_RGB2BGR))
-
-    def close(self) -> None:
-        if self.video is not None:
-            self.video.release()

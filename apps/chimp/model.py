@@ -165,3 +165,11 @@ def default_weights(name: str = FUSED_WEIGHTS) -> Path:
         return Path(os.environ["EDGEKIT_WEIGHTS"]) / "chimp" / name
     return WEIGHTS_DIR / name
 
+
+
+def compile_models() -> dict:
+    """`edgekit compile --model chimp.NAME`: {name: (module, example_inputs, compile options)}."""
+    model = ChimpModel.load()
+    inputs = model.example_inputs()
+    return {"detector": (model.detector, inputs["detector"], {}),
+            "behavior": (model.behavior, inputs["behavior"], {})}

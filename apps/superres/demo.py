@@ -10,6 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edgekit.apps.video import Sink, limit, open_video, show
 from edgekit.errors import EdgekitError
 
 from .app import BACKENDS, DEFAULT_CACHE, build_sr, check_tiling, upscale_image, upscale_rgb
@@ -139,22 +140,14 @@ def _from_rgb(img: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(img, cv2.COLOR_RGBA2BGRA if img.shape[2] == 4 else cv2.COLOR_RGB2BGR)
 
 
-def _open_source(source: str) -> cv2.VideoCapture:
-    cap = cv2.VideoCapture(int(source) if source.isdigit() else source)
-    if not cap.isOpened():
-        raise EdgekitError(f"Cannot open video source {source!r}. Pass a camera index, /dev/videoN, "
-                           "a readable video file or a reachable stream URL.")
-    return cap
-
-
 def _side_by_side(frame: np.ndarray, sr, scale: int, tiling: dict, fps: float) -> np.ndarray:
-    """Downscale the BGR frame by `scale`, then show bicubic (left) and CFSR (right) back at frame size."""
+    """Downscale the RGB frame by `scale`, then show bicubic (left) and CFSR (right) back at frame size."""
     h, w = frame.shape[0] - frame.shape[0] % scale, frame.shape[1] - frame.shape[1] % scale
     lr = cv2.resize(frame[:h, :w], (w // scale, h // scale), interpolation=cv2.INTER_AREA)
     bicubic = cv2.resize(lr, (w, h), interpolation=cv2.INTER_CUBIC)
-    restored = _from_rgb(upscale_rgb(_to_rgb(lr), sr, scale, **tiling))
+    restored = upscale_rgb(lr, sr, scale, **tiling)
     for img, label in ((bicubic, "bicubic"), (restored, f"CFSR x{scale}  {fps:.1f} fps")):
-        cv2.putText(img, label, (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (0, 255, 255), 2)
+        cv2.putText(img, label, (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (255, 255, 0), 2)
     return np.hstack([bicubic, restored])
 
 
@@ -164,40 +157,25 @@ def _live(args: argparse.Namespace) -> int:
     if not args.headless:
         _open_window()
     sr, tiling = _sr_from_args(args)
-    cap = _open_source(args.source)
-    writer, fps, frames = None, 0.0, 0
+    frames, source_fps = open_video(args.source)
+    sink = Sink(args.output if args.headless else None, source_fps)
+    fps, count = 0.0, 0
     try:
-        while not args.max_frames or frames < args.max_frames:
-            ok, frame = cap.read()
-            if not ok:
-                break
+        for frame in limit(frames, args.max_frames or None):
             start = time.perf_counter()
             view = _side_by_side(frame, sr, args.scale, tiling, fps)
             fps = 1.0 / (time.perf_counter() - start)
-            frames += 1
-            if args.headless:
-                writer = writer or _open_writer(args.output, view.shape, cap.get(cv2.CAP_PROP_FPS))
-                writer.write(view)
-            else:
-                cv2.imshow(WINDOW, view)
-                if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
-                    break
+            count += 1
+            sink.write(view)
+            if not args.headless and show(view, WINDOW):
+                break
     finally:
-        cap.release()
-        if writer is not None:
-            writer.release()
+        sink.close()
         if not args.headless:
             cv2.destroyAllWindows()
-    if frames == 0:
+    if count == 0:
         raise EdgekitError(f"Video source {args.source!r} opened but gave no frames.")
     return 0
-
-
-def _open_writer(path: Path, shape: tuple, fps: float) -> cv2.VideoWriter:
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps or 25.0, (shape[1], shape[0]))
-    if not writer.isOpened():
-        raise EdgekitError(f"Cannot write video {path}. Use an .mp4 name in an existing folder.")
-    return writer
 
 
 def _open_window() -> None:

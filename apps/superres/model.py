@@ -173,3 +173,11 @@ def from_pretrained(weights: str | os.PathLike | None = None, scale: int = 4) ->
 def example_inputs(height: int = 64, width: int = 64) -> tuple[torch.Tensor]:
     """One LR tile; compiled artifacts take exactly this shape."""
     return (torch.rand(1, 3, height, width),)
+
+
+def compile_models() -> dict:
+    """`edgekit compile --model superres.NAME`: {name: (module, example_inputs, compile options)}; one 64x64 tile.
+
+    Weights come from $EDGEKIT_WEIGHTS; a scale whose checkpoint is absent is left out."""
+    return {f"x{s}": (from_pretrained(scale=s), example_inputs(), {}) for s in SCALES
+            if resolve_weights(None, s).is_file()}

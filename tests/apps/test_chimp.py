@@ -265,9 +265,8 @@ def test_real_footage_every_frame_has_an_entry(tmp_path, capsys):
 
 
 def test_compile_cli_builds_the_behavior_head(tmp_path, shipped):
-    builders = Path(__file__).resolve().parents[2] / "apps/chimp/builders.py"
     out = tmp_path / "behavior"
-    assert edgekit_main(["compile", "--model", f"{builders}:behavior", "--backend", "onnxruntime",
+    assert edgekit_main(["compile", "--model", "chimp.behavior", "--backend", "onnxruntime",
                          "--output", str(out)]) == 0
     steps = np.random.default_rng(0).normal(size=shipped.example_inputs()["behavior"][0].shape).astype(np.float32)
     with torch.no_grad():
