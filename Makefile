@@ -13,7 +13,7 @@ OUT     ?= out
 # Debian packages: cross compiler for aarch64 targets, QEMU + debootstrap for the aarch64 emulator
 APT_PACKAGES := g++-aarch64-linux-gnu qemu-user-static debootstrap binfmt-support file
 
-.PHONY: setup system-deps demo test compile jetson phone emulator bench bench-kernels fuzz clean
+.PHONY: setup system-deps demo test compile jetson phone emulator bench bench-kernels fuzz train-chimp clean
 
 setup: $(VENV)/.installed system-deps
 
@@ -56,6 +56,11 @@ bench: setup
 bench-kernels: setup
 	$(PY) -m edgekit.kernels.attention.bench --json reports/attention.json
 	$(PY) -m edgekit.kernels.scan.bench --json reports/scan.json
+
+# the shipped chimp weights (deterministic); DATA=ChimpACT-format dir trains on real data instead of synthetic
+train-chimp: setup
+	$(PY) -m edgekit.apps.chimp.train $(if $(DATA),--data $(DATA),--synth-dir $(OUT)/chimp-train) --out apps/chimp/weights/chimp_fused.pt --frames 3 --seed 0
+	$(PY) -m edgekit.apps.chimp.train $(if $(DATA),--data $(DATA),--synth-dir $(OUT)/chimp-train) --out apps/chimp/weights/chimp_single.pt --frames 1 --seed 0
 
 # 10,000 generated cases per fuzz test (CI runs a few hundred)
 fuzz: setup

@@ -1,0 +1,37 @@
+"""`make bench` cases: CFSR x4 on one 128x128 tile, fp32 and int8 (calibrated on Set14 tiles), beside the
+authors' own ONNX export in ONNX Runtime."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from .eval import calibration_tiles
+from .model import example_inputs, from_pretrained, resolve_weights
+
+TILE = 128
+
+
+def cases() -> list:
+    from edgekit.benchsuite import ModelCase
+
+    weights = resolve_weights(None, 4)
+    if not weights.is_file():
+        return []
+    inputs = example_inputs(TILE, TILE)
+    data = Path(os.environ.get("EDGEKIT_DATA", "")) / "sr" / "Set14"
+    calibration = [(torch.from_numpy(t),) for t in calibration_tiles(data, 4, TILE)] if data.is_dir() else None
+    return [ModelCase("cfsr_x4", from_pretrained(weights, 4), inputs, calibration=calibration,
+                      peers=_authors_onnx(weights.parent / "CFSRx4.onnx", inputs),
+                      work_unit=("MP_out", (TILE * 4) ** 2 / 1e6))]
+
+
+def _authors_onnx(path: Path, inputs: tuple) -> dict:
+    if not path.is_file():
+        return {}
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feed = {session.get_inputs()[0].name: inputs[0].numpy()}
+    return {"authors' ONNX in onnxruntime": lambda: session.run(None, feed)}
