@@ -1,0 +1,10 @@
+"""`make bench` cases: the chimp detector (3-frame clip) and the behavior transformer, shipped weights."""
+from __future__ import annotations
+
+
+def cases() -> list:
+    from edgekit.benchsuite import ModelCase
+
+    from .model import compile_models
+
+    return [ModelCase(f"chimp_{name}", module, inputs) for name, (module, inputs, _) in compile_models().items()]

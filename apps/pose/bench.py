@@ -1,0 +1,15 @@
+"""`make bench` cases: BlazePose's detector and full landmark networks (imported from TFLite)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def cases() -> list:
+    from edgekit.benchsuite import ModelCase
+
+    from .model import DETECTOR_FILE, compile_models
+
+    if not (Path(os.environ.get("EDGEKIT_WEIGHTS", "")) / "mediapipe" / DETECTOR_FILE).is_file():
+        return []
+    return [ModelCase(f"blazepose_{name}", module, inputs) for name, (module, inputs, _) in compile_models().items()]
