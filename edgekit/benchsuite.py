@@ -30,6 +30,7 @@ class ModelCase:
     calibration: list | None = None             # enables the int8 rows
     peers: dict[str, Callable[[], object]] = field(default_factory=dict)   # extra peers, e.g. authors' ONNX
     work_unit: tuple[str, float] | None = None  # ("MP", megapixels per run) -> also report ms per unit
+    options: dict = field(default_factory=dict)  # compile options, e.g. the model's verify tolerance
 
 
 def machine() -> dict:
@@ -84,7 +85,7 @@ def bench_model(case: ModelCase, workdir: Path, iters: int, progress) -> list[di
         for precision, options in variants:
             progress(f"{case.name}: {backend} {precision}")
             art = compile_model(case.module, case.inputs, backend=backend, output=workdir / case.name / backend /
-                                precision, force=True, name=case.name, **options)
+                                precision, force=True, name=case.name, **case.options, **options)
             model = load(art)
             timings[(backend, precision)] = model.benchmark(warmup=2, iters=iters)
             sizes[(backend, precision)] = sum((art / f).stat().st_size for f in model.manifest.files)

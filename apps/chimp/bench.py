@@ -7,4 +7,5 @@ def cases() -> list:
 
     from .model import compile_models
 
-    return [ModelCase(f"chimp_{name}", module, inputs) for name, (module, inputs, _) in compile_models().items()]
+    return [ModelCase(f"chimp_{name}", module, inputs, options=options)
+            for name, (module, inputs, options) in compile_models().items()]

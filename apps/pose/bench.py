@@ -12,4 +12,5 @@ def cases() -> list:
 
     if not (Path(os.environ.get("EDGEKIT_WEIGHTS", "")) / "mediapipe" / DETECTOR_FILE).is_file():
         return []
-    return [ModelCase(f"blazepose_{name}", module, inputs) for name, (module, inputs, _) in compile_models().items()]
+    return [ModelCase(f"blazepose_{name}", module, inputs, options=options)
+            for name, (module, inputs, options) in compile_models().items()]
