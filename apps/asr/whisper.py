@@ -81,7 +81,7 @@ class DecoderBlock(nn.Module):
         return split_heads(k, self.heads), split_heads(v, self.heads)
 
     def forward(self, x, self_k, self_v, slot, visible, cross_k, cross_v):
-        """x: (1, 1, C) at cache slot `slot` (one-hot over the cache); `visible` masks slots not yet written."""
+        """x: (1, 1, C) at cache slot `slot` (one-hot over the cache); `visible` (additive) hides unwritten slots."""
         q, k, v = (split_heads(t, self.heads) for t in self.self_qkv(self.self_ln(x)).chunk(3, dim=-1))
         keys = torch.where(slot, k, self_k)  # the new token's entry, without writing the input cache
         values = torch.where(slot, v, self_v)
@@ -146,7 +146,8 @@ class WhisperDecoderStep(nn.Module):
         w = self.whisper
         x = w.token_embedding(token) + w.text_pos.index_select(0, offset)
         slot = (self.slots == offset).view(1, 1, -1, 1)
-        visible = (self.slots <= offset).view(1, 1, 1, -1)
+        # An additive float mask: edgekit's TVM attention lowering takes no boolean masks.
+        visible = torch.where(self.slots <= offset, 0.0, -1e9).view(1, 1, 1, -1)
         new_k, new_v = [], []
         for i, block in enumerate(w.decoder_blocks):
             x, k, v = block(x, self_k[i:i + 1], self_v[i:i + 1], slot, visible, cross_k[i:i + 1], cross_v[i:i + 1])
