@@ -10,8 +10,9 @@ MODEL   ?= examples/conv_attention.py:build
 TARGET  ?= host
 BACKEND ?= tvm
 OUT     ?= out
-# Debian packages: cross compiler for aarch64 targets, QEMU + debootstrap for the aarch64 emulator
-APT_PACKAGES := g++-aarch64-linux-gnu qemu-user-static debootstrap binfmt-support file
+# Debian packages: cross compiler + QEMU + debootstrap (aarch64 targets and emulator), PortAudio + a user-space
+# PulseAudio (microphone capture, tested on a null sink), GL/GLib for OpenCV
+APT_PACKAGES := g++-aarch64-linux-gnu qemu-user-static debootstrap libportaudio2 pulseaudio pulseaudio-utils libasound2-plugins libgl1 libglib2.0-0
 
 .PHONY: setup system-deps demo test compile jetson phone emulator bench bench-kernels fuzz train-chimp clean
 
