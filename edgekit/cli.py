@@ -40,8 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_targets)
 
     p = sub.add_parser("compile", help="compile a model into an artifact directory", formatter_class=fmt)
-    p.add_argument("--model", required=True, help="FILE.py:FUNC (FUNC() returns (module, example_inputs)), "
-                                                  "model.onnx or model.tflite")
+    p.add_argument("--model", required=True, help="APP[.NAME] (see `edgekit models`), FILE.py:FUNC (FUNC() "
+                                                  "returns (module, example_inputs)), model.onnx or model.tflite")
     p.add_argument("--target", default="host", help="target name (see `edgekit targets`)")
     p.add_argument("--backend", required=True, help="executorch | tvm | onnxruntime")
     p.add_argument("--output", "-o", required=True, help="artifact directory to create")
@@ -49,8 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace --output if it exists")
     p.add_argument("--no-verify", dest="check", action="store_false",
                    help="skip running the artifact against the reference")
-    p.add_argument("--atol", type=float, default=1e-4, help="verify: absolute tolerance")
-    p.add_argument("--rtol", type=float, default=1e-4, help="verify: relative tolerance")
+    p.add_argument("--atol", type=float, help="verify: absolute tolerance (default 1e-4, or the app model's own)")
+    p.add_argument("--rtol", type=float, help="verify: relative tolerance (default 1e-4, or the app model's own)")
     p.add_argument("--quantize", choices=["int8", "int8-weight-only", "int4-weight-only"],
                    help="int8: static post-training (needs --calibration); *-weight-only: Linear weights")
     p.add_argument("--calibration", help="directory of samples: .npy per sample (one input) or .npz with "
@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--auto-fallback", action="store_true", help="keep the most sensitive layers in float until "
                                                                 "the drop is within --max-drop")
     p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("models", help="list the apps' models that `compile --model` accepts", formatter_class=fmt)
+    p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("run", help="run an artifact on .npy inputs", formatter_class=fmt)
     p.add_argument("artifact", help="artifact directory")
@@ -124,11 +127,48 @@ def cmd_targets(args) -> int:
     return 0
 
 
+def app_models(app: str) -> dict:
+    """An app's compilable models: apps/<app>/model.py
+    `compile_models() -> {name: builder}`, builder() -> (module, example_inputs, compile options, e.g. atol/rtol);
+    builders load weights only when called, so listing models stays cheap."""
+    try:
+        model = importlib.import_module(f"edgekit.apps.{app}.model")
+    except ModuleNotFoundError:
+        raise EdgekitError(f"--model {app!r}: no such app or file. Apps: {', '.join(APPS)}; or pass FILE.py:FUNC, "
+                           "model.onnx, model.tflite.") from None
+    return model.compile_models()
+
+
+def resolve_model(spec: str):
+    """(model, example_inputs, options) for `edgekit compile --model`: APP or APP.NAME, else the spec (a file)."""
+    if spec.endswith((".onnx", ".tflite", ".py")) or ":" in spec or "/" in spec:
+        return spec, None, {}
+    app, _, name = spec.partition(".")
+    models = app_models(app)
+    if not name and len(models) == 1:
+        name = next(iter(models))
+    if name not in models:
+        choices = ", ".join(f"{app}.{n}" for n in models)
+        raise EdgekitError(f"--model {spec!r}: choose one of {choices}.")
+    return models[name]()
+
+
+def cmd_models(args) -> int:
+    for app in APPS:
+        for name in app_models(app):
+            print(f"{app}.{name}")
+    return 0
+
+
 def cmd_compile(args) -> int:
     from .compile import compile_model
 
-    out = compile_model(args.model, target=args.target, backend=args.backend, output=args.output, name=args.name,
-                        force=args.force, check=args.check, atol=args.atol, rtol=args.rtol, progress=True,
+    model, example_inputs, options = resolve_model(args.model)
+    tolerance = {k: v for k, v in options.items() if k in ("atol", "rtol")}
+    tolerance.update({k: getattr(args, k) for k in ("atol", "rtol") if getattr(args, k) is not None})
+    out = compile_model(model, example_inputs, target=args.target, backend=args.backend, output=args.output,
+                        name=args.name or (args.model if example_inputs is not None else None),
+                        force=args.force, check=args.check, progress=True, **tolerance,
                         quantize=args.quantize, calibration=args.calibration, max_drop=args.max_drop,
                         auto_fallback=args.auto_fallback)
     from .artifact import read_manifest

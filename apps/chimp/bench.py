@@ -7,5 +7,8 @@ def cases() -> list:
 
     from .model import compile_models
 
-    return [ModelCase(f"chimp_{name}", module, inputs, options=options)
-            for name, (module, inputs, options) in compile_models().items()]
+    cases = []
+    for name, build in compile_models().items():
+        module, inputs, options = build()
+        cases.append(ModelCase(f"chimp_{name}", module, inputs, options=options))
+    return cases

@@ -168,8 +168,9 @@ def default_weights(name: str = FUSED_WEIGHTS) -> Path:
 
 
 def compile_models() -> dict:
-    """`edgekit compile --model chimp.NAME`: {name: (module, example_inputs, compile options)}."""
-    model = ChimpModel.load()
-    inputs = model.example_inputs()
-    return {"detector": (model.detector, inputs["detector"], {}),
-            "behavior": (model.behavior, inputs["behavior"], {})}
+    """`edgekit compile --model chimp.NAME`: {name: builder() -> (module, example_inputs, compile options)}."""
+    def build(part: str):
+        model = ChimpModel.load()
+        return getattr(model, part), model.example_inputs()[part], {}
+
+    return {"detector": lambda: build("detector"), "behavior": lambda: build("behavior")}

@@ -12,5 +12,8 @@ def cases() -> list:
 
     if not (Path(os.environ.get("EDGEKIT_WEIGHTS", "")) / "mediapipe" / DETECTOR_FILE).is_file():
         return []
-    return [ModelCase(f"blazepose_{name}", module, inputs, options=options)
-            for name, (module, inputs, options) in compile_models().items()]
+    cases = []
+    for name, build in compile_models().items():
+        module, inputs, options = build()
+        cases.append(ModelCase(f"blazepose_{name}", module, inputs, options=options))
+    return cases

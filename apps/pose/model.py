@@ -51,10 +51,12 @@ VERIFY_TOLERANCE = {"atol": 1.0, "rtol": 1e-3}
 
 
 def compile_models(weights_dir: str | Path | None = None) -> dict:
-    """`edgekit compile --model pose.NAME`: {name: (module, example_inputs, compile options)}."""
-    model = BlazePose.from_pretrained(weights_dir)
-    return {"detector": (model.detector.module, model.detector.example_inputs, VERIFY_TOLERANCE),
-            "landmark": (model.landmarker.module, model.landmarker.example_inputs, VERIFY_TOLERANCE)}
+    """`edgekit compile --model pose.NAME`: {name: builder() -> (module, example_inputs, compile options)}."""
+    def build(part: str):
+        network = getattr(BlazePose.from_pretrained(weights_dir), part)
+        return network.module, network.example_inputs, VERIFY_TOLERANCE
+
+    return {"detector": lambda: build("detector"), "landmark": lambda: build("landmarker")}
 
 
 def runners(model: BlazePose, backend: str, artifacts: Path) -> tuple[Runner, Runner]:

@@ -176,8 +176,6 @@ def example_inputs(height: int = 64, width: int = 64) -> tuple[torch.Tensor]:
 
 
 def compile_models() -> dict:
-    """`edgekit compile --model superres.NAME`: {name: (module, example_inputs, compile options)}; one 64x64 tile.
-
-    Weights come from $EDGEKIT_WEIGHTS; a scale whose checkpoint is absent is left out."""
-    return {f"x{s}": (from_pretrained(scale=s), example_inputs(), {}) for s in SCALES
-            if resolve_weights(None, s).is_file()}
+    """`edgekit compile --model superres.NAME`: {name: builder() -> (module, example_inputs, compile options)};
+    one 64x64 tile, weights from $EDGEKIT_WEIGHTS."""
+    return {f"x{s}": (lambda s=s: (from_pretrained(scale=s), example_inputs(), {})) for s in SCALES}
