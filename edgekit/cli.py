@@ -127,16 +127,19 @@ def cmd_targets(args) -> int:
     return 0
 
 
+def app_module(app: str):
+    try:
+        return importlib.import_module(f"edgekit.apps.{app}.model")
+    except ModuleNotFoundError:
+        raise EdgekitError(f"--model {app!r}: no such app or file. Apps: {', '.join(APPS)}; or pass FILE.py:FUNC, "
+                           "model.onnx, model.tflite.") from None
+
+
 def app_models(app: str) -> dict:
     """An app's compilable models: apps/<app>/model.py
     `compile_models() -> {name: builder}`, builder() -> (module, example_inputs, compile options, e.g. atol/rtol);
     builders load weights only when called, so listing models stays cheap."""
-    try:
-        model = importlib.import_module(f"edgekit.apps.{app}.model")
-    except ModuleNotFoundError:
-        raise EdgekitError(f"--model {app!r}: no such app or file. Apps: {', '.join(APPS)}; or pass FILE.py:FUNC, "
-                           "model.onnx, model.tflite.") from None
-    return model.compile_models()
+    return app_module(app).compile_models()
 
 
 def resolve_model(spec: str):
@@ -145,8 +148,8 @@ def resolve_model(spec: str):
         return spec, None, {}
     app, _, name = spec.partition(".")
     models = app_models(app)
-    if not name and len(models) == 1:
-        name = next(iter(models))
+    if not name:  # the app's main model, if it names one (superres -> x4)
+        name = next(iter(models)) if len(models) == 1 else getattr(app_module(app), "DEFAULT_COMPILE", "")
     if name not in models:
         choices = ", ".join(f"{app}.{n}" for n in models)
         raise EdgekitError(f"--model {spec!r}: choose one of {choices}.")

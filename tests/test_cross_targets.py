@@ -61,3 +61,23 @@ def test_android_executorch_is_an_xnnpack_delegated_pte(tmp_path, cli):
     assert b"XnnpackBackend" in pte
     assert manifest["backend_info"]["delegated_ops"] > 0
     assert manifest["target"] == "android-arm64" and manifest["arch"] == "aarch64"
+
+
+def _has_cuda_gpu() -> bool:
+    from edgekit.runtimes.model import _has_cuda
+
+    return _has_cuda()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _has_cuda_gpu(), reason="needs a CUDA GPU (run on a GPU machine: pytest -m gpu)")
+def test_cuda_artifact_runs_on_the_gpu_and_matches_eager(tmp_path, zoo_model):
+    """cuda-sm90 (x86_64 host + H100): the cubin built at compile time is what runs."""
+    import numpy as np
+
+    import edgekit
+
+    module, inputs, expected = zoo_model
+    art = edgekit.compile_model(module, inputs, target="cuda-sm90", backend="tvm", output=tmp_path / "gpu")
+    (got,) = edgekit.load(art).run([inputs[0].numpy()])
+    assert np.abs(got - expected).max() <= 1e-4

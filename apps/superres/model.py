@@ -175,6 +175,9 @@ def example_inputs(height: int = 64, width: int = 64) -> tuple[torch.Tensor]:
     return (torch.rand(1, 3, height, width),)
 
 
+DEFAULT_COMPILE = "x4"  # `make compile MODEL=superres`
+
+
 def compile_models() -> dict:
     """`edgekit compile --model superres.NAME`: {name: builder() -> (module, example_inputs, compile options)};
     one 64x64 tile, weights from $EDGEKIT_WEIGHTS."""
