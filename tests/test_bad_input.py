@@ -56,6 +56,8 @@ def test_model_that_fails_export_names_the_line(cli, tmp_path):
 
 def test_bad_model_spec(cli, tmp_path):
     code, _, err = cli("compile", "--model", "resnet", "--backend", "tvm", "--output", tmp_path / "o")
+    assert_clean_error(code, err, "no such app or file", "FILE.py:FUNC")
+    code, _, err = cli("compile", "--model", "net.py", "--backend", "tvm", "--output", tmp_path / "o")
     assert_clean_error(code, err, "expected FILE.py:FUNC")
     code, _, err = cli("compile", "--model", f"{tmp_path}/nope.py:build", "--backend", "tvm", "--output", tmp_path / "o")
     assert_clean_error(code, err, "nope.py: model file not found")
@@ -154,3 +156,12 @@ def test_not_json_manifest(cli, artifact_copy):
 def test_not_an_artifact(cli, tmp_path):
     code, _, err = cli("info", tmp_path)
     assert_clean_error(code, err, "manifest.json: missing", "edgekit compile")
+
+
+def test_app_model_names(cli, tmp_path):
+    code, out, _ = cli("models")
+    assert code == 0 and {"chimp.detector", "chimp.behavior", "pose.detector", "pose.landmark"} <= set(out.split())
+    code, _, err = cli("compile", "--model", "chimp", "--backend", "tvm", "--output", tmp_path / "o")
+    assert_clean_error(code, err, "choose one of chimp.detector, chimp.behavior")
+    code, _, err = cli("compile", "--model", "dolphin", "--backend", "tvm", "--output", tmp_path / "o")
+    assert_clean_error(code, err, "no such app or file", "superres, pose, asr, chimp")
