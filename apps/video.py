@@ -12,6 +12,14 @@ from edgekit.errors import EdgekitError
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 
+def add_live_arguments(parser) -> None:
+    """The options every `edgekit <app> live` takes."""
+    parser.add_argument("--source", default="0", help="camera index, /dev/videoN, video file or stream URL")
+    parser.add_argument("--headless", action="store_true", help="no window; write the overlay video to -o")
+    parser.add_argument("-o", "--output", help="overlay video to write (.mp4); required with --headless")
+    parser.add_argument("--max-frames", type=int, help="stop after this many frames")
+
+
 def open_video(source: str | int) -> tuple[Iterator[np.ndarray], float]:
     """RGB frames of a camera (index or /dev/videoN), file or stream URL, and its frame rate (0 if unknown)."""
     if isinstance(source, str) and source.isdigit():

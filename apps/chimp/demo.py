@@ -10,7 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edgekit.apps.video import Sink, limit, open_video, show
+from edgekit.apps.video import Sink, add_live_arguments, limit, open_video, show
 from edgekit.errors import EdgekitError
 
 VIDEO_SUFFIXES = {".mp4", ".avi"}
@@ -29,10 +29,7 @@ def register(subparsers) -> None:
     run.set_defaults(func=run_command)
 
     live = commands.add_parser("live", help="camera (or video file) with overlay and FPS")
-    live.add_argument("--source", default="0", help="camera index or video file")
-    live.add_argument("--headless", action="store_true", help="no window; write the overlay video to -o")
-    live.add_argument("-o", "--output", help="overlay video to write (.mp4); required with --headless")
-    live.add_argument("--max-frames", type=int, help="stop after this many frames")
+    add_live_arguments(live)
     _model_options(live)
     live.set_defaults(func=live_command)
 

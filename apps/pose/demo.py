@@ -11,7 +11,7 @@ import numpy as np
 
 from edgekit.apps.pose.app import PoseApp, draw
 from edgekit.apps.pose.model import BACKENDS, BlazePose, runners
-from edgekit.apps.video import IMAGE_SUFFIXES, Sink, limit, open_video, show
+from edgekit.apps.video import IMAGE_SUFFIXES, Sink, add_live_arguments, limit, open_video, show
 from edgekit.errors import EdgekitError
 
 NO_3D_NOTE = "joints_3d omitted: the KTPFormer 3D lifter is not built yet (2D keypoints only)."
@@ -30,10 +30,7 @@ def register(subparsers) -> None:
     run.set_defaults(func=run_command)
 
     live = commands.add_parser("live", help="camera (or video file) with overlay and FPS")
-    live.add_argument("--source", default="0", help="camera index or video file")
-    live.add_argument("--headless", action="store_true", help="no window; write the overlay video to -o")
-    live.add_argument("-o", "--output", help="overlay video to write (.mp4); required with --headless")
-    live.add_argument("--max-frames", type=int, help="stop after this many frames")
+    add_live_arguments(live)
     _common_options(live)
     live.set_defaults(func=live_command)
 
