@@ -9,7 +9,7 @@ import numpy as np
 
 from edgekit.artifact import Manifest, StagingDir, TensorSpec
 from edgekit.errors import EdgekitError
-from edgekit.targets import check_backend, get_target
+from edgekit.targets import check_backend, get_target, host_arch
 
 from . import source as sources
 from .lower import lowerer, versions
@@ -63,7 +63,7 @@ def compile_model(model, example_inputs=None, *, target: str = "host", backend: 
         staging.seal(manifest)
         if check:
             with step("verifying against the reference" + (" under the aarch64 emulator"
-                                                            if tgt.arch != _host() else "")):
+                                                            if tgt.arch != host_arch() else "")):
                 # quantized artifacts are judged by the accuracy gate, not by fp32 tolerances
                 manifest.verify = verify(staging.path, inputs, expected, atol, rtol, enforce=plan is None)
                 if plan and manifest.verify["status"] == "pass":
@@ -119,12 +119,6 @@ def _spec(name: str, x: np.ndarray) -> TensorSpec:
     if x.dtype.name not in ("float32", "float16", "int64", "int32", "int8", "uint8", "bool"):
         raise EdgekitError(f"{name}: dtype {x.dtype} is not supported in artifacts.")
     return TensorSpec(name, [int(d) for d in x.shape], x.dtype.name)
-
-
-def _host() -> str:
-    from edgekit.targets import host_arch
-
-    return host_arch()
 
 
 def _stepper(enabled: bool):

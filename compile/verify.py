@@ -6,7 +6,8 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.errors import EdgekitError
-from edgekit.runtimes.model import _has_cuda, load
+from edgekit.runtimes.model import has_cuda, load
+from edgekit.targets import host_arch
 
 
 def reference_outputs(source, inputs: list[np.ndarray]) -> list[np.ndarray]:
@@ -51,12 +52,12 @@ def verify(artifact_dir: Path, inputs: list[np.ndarray], expected: list[np.ndarr
 
     manifest = read_manifest(artifact_dir)
     device = manifest.backend_info.get("device_code")
-    if device and not _has_cuda():
+    if device and not has_cuda():
         return {"status": "not-run", "reason": f"needs a CUDA GPU ({device['arch']}); none on this machine",
                 "where": None}
     model = load(artifact_dir)
     got = model.run(inputs)
-    where = "emulator (qemu-aarch64)" if manifest.arch != _host() else "host"
+    where = "emulator (qemu-aarch64)" if manifest.arch != host_arch() else "host"
     rows = [_compare(i, g, e, atol, rtol) for i, (g, e) in enumerate(zip(got, expected))]
     result = {"status": "pass", "where": where, "atol": atol, "rtol": rtol, "outputs": rows,
               "max_abs_err": max(r["max_abs_err"] for r in rows),
@@ -84,9 +85,3 @@ def _compare(i: int, got: np.ndarray, expected: np.ndarray, atol: float, rtol: f
     scale = float(np.abs(e).max()) or 1.0
     return {"index": i, "n": int(err.size), "n_bad": int(bad.sum()), "ok": not bool(bad.any()),
             "max_abs_err": float(err.max(initial=0.0)), "max_rel_err": float(err.max(initial=0.0) / scale)}
-
-
-def _host() -> str:
-    from edgekit.targets import host_arch
-
-    return host_arch()

@@ -73,7 +73,7 @@ def load(artifact_dir) -> Model:
 
 def check_runnable(manifest: Manifest) -> None:
     cuda = manifest.backend_info.get("device_code")
-    if cuda and not _has_cuda():
+    if cuda and not has_cuda():
         raise EdgekitError(f"this artifact runs on a CUDA GPU ({cuda['arch']}, target {manifest.target}) and this "
                            "machine has none. Copy it to the device, or compile a CPU target to run here.")
     if manifest.arch == host_arch():
@@ -84,7 +84,7 @@ def check_runnable(manifest: Manifest) -> None:
                        f"{host_arch()}. Run it on the device or compile for --target host.")
 
 
-def _has_cuda() -> bool:
+def has_cuda() -> bool:
     return Path("/dev/nvidia0").exists() or Path("/dev/nvhost-ctrl-gpu").exists()
 
 

@@ -5,6 +5,7 @@ import struct
 import pytest
 
 from conftest import MODEL_SPEC
+from edgekit.runtimes.model import has_cuda
 
 EM_AARCH64, EM_CUDA = 183, 190
 
@@ -63,14 +64,8 @@ def test_android_executorch_is_an_xnnpack_delegated_pte(tmp_path, cli):
     assert manifest["target"] == "android-arm64" and manifest["arch"] == "aarch64"
 
 
-def _has_cuda_gpu() -> bool:
-    from edgekit.runtimes.model import _has_cuda
-
-    return _has_cuda()
-
-
 @pytest.mark.gpu
-@pytest.mark.skipif(not _has_cuda_gpu(), reason="needs a CUDA GPU (run on a GPU machine: pytest -m gpu)")
+@pytest.mark.skipif(not has_cuda(), reason="needs a CUDA GPU (run on a GPU machine: pytest -m gpu)")
 def test_cuda_artifact_runs_on_the_gpu_and_matches_eager(tmp_path, zoo_model):
     """cuda-sm90 (x86_64 host + H100): the cubin built at compile time is what runs."""
     import numpy as np
