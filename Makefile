@@ -65,7 +65,7 @@ train-chimp: setup
 
 # 10,000 generated cases per fuzz test (CI runs a few hundred)
 fuzz: setup
-	EDGEKIT_FUZZ_EXAMPLES=10000 $(PY) -m pytest -q tests/test_reliability.py -k fuzz
+	EDGEKIT_FUZZ_EXAMPLES=10000 $(PY) -m pytest -q tests/test_reliability.py -k fuzz --hypothesis-show-statistics
 
 clean:
 	rm -rf $(OUT) .pytest_cache
