@@ -1,12 +1,17 @@
 """Video plumbing shared by the apps' `run` and `live` commands: sources, overlay output, a preview window."""
 from __future__ import annotations
 
+import os
+import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from edgekit.apps.livestats import StatsLog, add_run_arguments
 from edgekit.errors import EdgekitError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
@@ -18,16 +23,15 @@ def add_live_arguments(parser) -> None:
     parser.add_argument("--headless", action="store_true", help="no window; write the overlay video to -o")
     parser.add_argument("-o", "--output", help="overlay video to write (.mp4); required with --headless")
     parser.add_argument("--max-frames", type=int, help="stop after this many frames")
+    parser.add_argument("--realtime", action="store_true",
+                        help="play a file source at its frame rate, as a camera would: frames that arrive while "
+                             "the app is busy are dropped and counted (cameras and streams always are)")
+    add_run_arguments(parser, "video")
 
 
 def open_video(source: str | int) -> tuple[Iterator[np.ndarray], float]:
     """RGB frames of a camera (index or /dev/videoN), file or stream URL, and its frame rate (0 if unknown)."""
-    if isinstance(source, str) and source.isdigit():
-        source = int(source)
-    capture = cv2.VideoCapture(source)
-    if not capture.isOpened():
-        raise EdgekitError(f"cannot open video source {source!r}. Pass a video file, a stream URL or a camera "
-                           "index (is a camera attached, and may this user read /dev/video*?).")
+    capture = open_capture(_parse_source(source))
 
     def frames():
         try:
@@ -38,11 +42,202 @@ def open_video(source: str | int) -> tuple[Iterator[np.ndarray], float]:
     return frames(), capture.get(cv2.CAP_PROP_FPS)
 
 
+def _parse_source(source: str | int) -> str | int:
+    return int(source) if isinstance(source, str) and source.isdigit() else source
+
+
+def source_kind(source: str | int) -> str:
+    """"camera" (index or /dev/...), "stream" (URL) or "file"."""
+    if isinstance(source, int) or str(source).startswith("/dev/"):
+        return "camera"
+    return "stream" if "://" in str(source) else "file"
+
+
+def open_capture(source: str | int) -> cv2.VideoCapture:
+    """An opened capture, or an EdgekitError saying whether the camera or file is missing or not readable."""
+    kind = source_kind(source)
+    path = Path(f"/dev/video{source}" if isinstance(source, int) else str(source))
+    linux_camera = kind == "camera" and sys.platform.startswith("linux")
+    if (linux_camera or kind == "file") and not path.exists():
+        what = f"no camera at {path}" if kind == "camera" else "no such file"
+        raise EdgekitError(f"cannot open video source {source!r}: {what}. Connect a camera, or pass a video file "
+                           "or stream URL with --source.")
+    if (linux_camera or kind == "file") and not os.access(path, os.R_OK):
+        fix = ("add this user to the 'video' group (sudo usermod -aG video $USER, then log in again)"
+               if kind == "camera" else "make the file readable (chmod a+r) or copy it somewhere this user can read")
+        raise EdgekitError(f"cannot open video source {source!r}: permission denied on {path}; {fix}.")
+    capture = cv2.VideoCapture(source)
+    if not capture.isOpened():
+        raise EdgekitError(f"cannot open video source {source!r}. Pass a video file, a stream URL or a camera "
+                           "index (is a camera attached, and may this user read /dev/video*?).")
+    return capture
+
+
 def limit(frames: Iterator[np.ndarray], count: int | None) -> Iterator[np.ndarray]:
     for index, frame in enumerate(frames):
         if count is not None and index >= count:
             return
         yield frame
+
+
+class LiveSource:
+    """The frames of a live command, with the counts a soak run needs.
+
+    A camera or stream is read by a thread that keeps only the newest frame: the ones the app had no time for are
+    dropped and counted, and the app always gets the freshest. A file gives every frame in turn, or with
+    `realtime` is paced at its frame rate and read like a camera. `loop` reopens a file when it ends;
+    `max_frames` and `duration` (seconds, 0: none) stop the run. A camera that stops delivering frames
+    (unplugged) raises an EdgekitError; a file that ends before its header's frame count gets a warning."""
+
+    def __init__(self, source: str | int, *, loop: bool = False, realtime: bool = False,
+                 max_frames: int | None = None, duration: float = 0.0, stats: str | None = None,
+                 name: str = "live"):
+        self.source = _parse_source(source)
+        self.kind = source_kind(self.source)
+        if (loop or realtime) and self.kind != "file":
+            flag = "--loop" if loop else "--realtime"
+            raise EdgekitError(f"{flag} applies to a video file; {source!r} is a {self.kind}, which is live "
+                               "already. Drop the flag or pass a file.")
+        self.loop, self.realtime, self.max_frames, self.duration = loop, realtime, max_frames, duration
+        self.stats_path, self.name = stats, name
+        self.capture = open_capture(self.source)
+        self.fps = self.capture.get(cv2.CAP_PROP_FPS)
+        self.frame_count = int(self.capture.get(cv2.CAP_PROP_FRAME_COUNT)) if self.kind == "file" else 0
+        self.processed = self.dropped = self._pass_frames = 0
+        self.passes = 1
+        self.end, self.elapsed, self._reader, self._frames = None, 0.0, None, None
+
+    @classmethod
+    def from_args(cls, args, name: str) -> "LiveSource":
+        return cls(args.source, loop=args.loop, realtime=args.realtime, max_frames=args.max_frames,
+                   duration=args.duration, stats=args.stats, name=name)
+
+    def counts(self) -> dict:
+        dropped = self._reader.dropped if self._reader else 0
+        return {"unit": "frames", "processed": self.processed, "dropped": dropped, "passes": self.passes}
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        self._frames = self._generate()
+        return self._frames
+
+    def __enter__(self) -> "LiveSource":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop reading (the summary is printed once the frames were iterated) and release the source."""
+        if self._frames is not None:
+            self._frames.close()
+        self.capture.release()
+
+    def _generate(self) -> Iterator[np.ndarray]:
+        paced = self.kind == "file" and self.realtime
+        if self.kind != "file" or paced:
+            self._reader = _NewestFrame(self._read, self.fps if paced else 0.0)
+        stats = StatsLog(self.stats_path, self.counts)
+        start = time.perf_counter()
+        try:
+            while True:
+                if self.max_frames is not None and self.processed >= self.max_frames:
+                    self.end = "max frames"
+                    return
+                if self.duration and time.perf_counter() - start >= self.duration:
+                    self.end = "duration"
+                    return
+                frame = self._reader.get() if self._reader else self._read()
+                if frame is None:
+                    self.end = "source ended"
+                    break
+                self.processed += 1
+                yield frame
+        finally:
+            self.elapsed = time.perf_counter() - start
+            if self._reader:
+                self._reader.stop()
+                self.dropped = self._reader.dropped
+            self.capture.release()
+            stats.close(end=self.end or "stopped")
+            print(self.summary(), file=sys.stderr)
+        if self.kind == "camera":
+            raise EdgekitError(f"camera {self.source!r} stopped delivering frames after {self.processed} frames: "
+                               "was it unplugged, or taken by another program? The output written so far is "
+                               "complete.")
+        if self.kind == "stream":
+            print(f"{self.name}: stream {self.source!r} ended after {self.processed} frames.", file=sys.stderr)
+
+    def _read(self) -> np.ndarray | None:
+        """The next RGB frame (reopening a file at its end with `loop`), None at the end."""
+        ok, frame = self.capture.read()
+        if not ok and self.kind == "file":
+            self._check_complete()
+            if self.loop and self._pass_frames:
+                self.capture.release()
+                self.capture = open_capture(self.source)
+                self.passes, self._pass_frames = self.passes + 1, 0
+                ok, frame = self.capture.read()
+        if not ok:
+            return None
+        self._pass_frames += 1
+        return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+
+    def _check_complete(self) -> None:
+        if self.frame_count and self._pass_frames < self.frame_count - 1:  # containers may count one extra
+            print(f"{self.name}: warning: {self.source} ended after {self._pass_frames} of its "
+                  f"{self.frame_count} frames (truncated or damaged file?)", file=sys.stderr)
+
+    def summary(self) -> str:
+        total = self.processed + self.dropped
+        share = f" ({100 * self.dropped / total:.1f}%)" if total else ""
+        return (f"{self.name}: {self.processed} frames processed, {self.dropped} dropped{share} in "
+                f"{self.elapsed:.1f} s ({self.end or 'stopped'})")
+
+
+class _NewestFrame:
+    """A thread calling `read()` (None at the end) and keeping only the newest frame; `fps` > 0 paces it."""
+
+    def __init__(self, read, fps: float):
+        self._read, self._fps = read, fps
+        self._cond = threading.Condition()
+        self._frame, self._ended, self._error, self._stopping = None, False, None, False
+        self.dropped = 0
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        start, index = time.perf_counter(), 0
+        try:
+            while not self._stopping:
+                frame = self._read()
+                if frame is None:
+                    break
+                if self._fps:
+                    time.sleep(max(0.0, start + index / self._fps - time.perf_counter()))
+                    index += 1
+                with self._cond:
+                    if self._frame is not None:
+                        self.dropped += 1
+                    self._frame = frame
+                    self._cond.notify()
+        except EdgekitError as exc:
+            self._error = exc
+        finally:
+            with self._cond:
+                self._ended = True
+                self._cond.notify()
+
+    def get(self) -> np.ndarray | None:
+        with self._cond:
+            self._cond.wait_for(lambda: self._frame is not None or self._ended)
+            frame, self._frame = self._frame, None
+        if frame is None and self._error:
+            raise self._error
+        return frame
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._thread.join()
 
 
 def show(frame_rgb: np.ndarray, title: str) -> bool:
@@ -80,3 +275,10 @@ class Sink:
     def close(self) -> None:
         if self.video is not None:
             self.video.release()
+            self.video = None
+
+    def __enter__(self) -> "Sink":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

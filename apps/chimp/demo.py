@@ -10,7 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edgekit.apps.video import Sink, add_live_arguments, limit, open_video, show
+from edgekit.apps.video import LiveSource, Sink, add_live_arguments, limit, open_video, show
 from edgekit.errors import EdgekitError
 
 VIDEO_SUFFIXES = {".mp4", ".avi"}
@@ -115,20 +115,19 @@ def live_command(args) -> int:
 
     if args.headless and not args.output:
         raise EdgekitError("--headless needs -o out.mp4 for the overlay video.")
-    app = _app_factory(args, args.weights)()
-    frames, fps = open_video(args.source)
-    writer = Sink(args.output, fps)
-    last, rate = time.perf_counter(), 0.0
-    for frame in limit(frames, args.max_frames):
-        overlay = draw(frame, app(frame))
-        now = time.perf_counter()
-        rate = 0.9 * rate + 0.1 / (now - last) if rate else 1 / (now - last)  # smoothed so it is readable
-        last = now
-        cv2.putText(overlay, f"{rate:.1f} FPS", (10, 30), cv2.FONT_HERSHEY_SIMPLEX, 1, (255, 255, 0), 2)
-        writer.write(overlay)
-        if not args.headless and show(overlay, "edgekit chimp"):
-            break
-    writer.close()
+    with LiveSource.from_args(args, "chimp live") as video:  # opened before the model loads: fails fast
+        app = _app_factory(args, args.weights)()
+        last, rate = time.perf_counter(), 0.0
+        with Sink(args.output, video.fps) as writer:
+            for frame in video:
+                overlay = draw(frame, app(frame))
+                now = time.perf_counter()
+                rate = 0.9 * rate + 0.1 / (now - last) if rate else 1 / (now - last)  # smoothed so it is readable
+                last = now
+                cv2.putText(overlay, f"{rate:.1f} FPS", (10, 30), cv2.FONT_HERSHEY_SIMPLEX, 1, (255, 255, 0), 2)
+                writer.write(overlay)
+                if not args.headless and show(overlay, "edgekit chimp"):
+                    break
     return 0
 
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from edgekit.apps.pose.app import PoseApp, draw
 from edgekit.apps.pose.model import BACKENDS, BlazePose, runners
-from edgekit.apps.video import IMAGE_SUFFIXES, Sink, add_live_arguments, limit, open_video, show
+from edgekit.apps.video import IMAGE_SUFFIXES, LiveSource, Sink, add_live_arguments, limit, open_video, show
 from edgekit.errors import EdgekitError
 
 NO_3D_NOTE = "joints_3d omitted: the KTPFormer 3D lifter is not built yet (2D keypoints only)."
@@ -93,20 +93,19 @@ def run_command(args) -> int:
 def live_command(args) -> int:
     if args.headless and not args.output:
         raise EdgekitError("--headless needs -o out.mp4 for the overlay video.")
-    app = build_app(args)
-    frames, fps = open_video(args.source)
-    writer = Sink(args.output, fps, default_fps=30.0)
-    last, rate = time.perf_counter(), 0.0
-    for frame in limit(frames, args.max_frames):
-        overlay = draw(frame, app(frame))
-        now = time.perf_counter()
-        rate = 0.9 * rate + 0.1 / (now - last) if rate else 1 / (now - last)  # smoothed so the number is readable
-        last = now
-        cv2.putText(overlay, f"{rate:.1f} FPS", (10, 30), cv2.FONT_HERSHEY_SIMPLEX, 1, (255, 255, 0), 2)
-        writer.write(overlay)
-        if not args.headless and show(overlay, "edgekit pose"):
-            break
-    writer.close()
+    with LiveSource.from_args(args, "pose live") as video:  # opened before the models load: a bad source fails fast
+        app = build_app(args)
+        last, rate = time.perf_counter(), 0.0
+        with Sink(args.output, video.fps, default_fps=30.0) as writer:
+            for frame in video:
+                overlay = draw(frame, app(frame))
+                now = time.perf_counter()
+                rate = 0.9 * rate + 0.1 / (now - last) if rate else 1 / (now - last)  # smoothed to be readable
+                last = now
+                cv2.putText(overlay, f"{rate:.1f} FPS", (10, 30), cv2.FONT_HERSHEY_SIMPLEX, 1, (255, 255, 0), 2)
+                writer.write(overlay)
+                if not args.headless and show(overlay, "edgekit pose"):
+                    break
     return 0
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edgekit.apps.video import Sink, limit, open_video, show
+from edgekit.apps.video import LiveSource, Sink, add_live_arguments, show
 from edgekit.errors import EdgekitError
 
 from .app import BACKENDS, DEFAULT_CACHE, build_sr, check_tiling, upscale_image, upscale_rgb
@@ -45,10 +45,7 @@ def register(subparsers) -> None:
 
     live = commands.add_parser("live", help="side-by-side bicubic vs CFSR on a camera, file or stream",
                                formatter_class=FORMATTER)
-    live.add_argument("--source", default="0", help="camera index, /dev/videoN, video file or rtsp:// URL")
-    live.add_argument("--headless", action="store_true", help="write a video instead of opening a window")
-    live.add_argument("-o", "--output", type=Path, help="video to write with --headless (.mp4)")
-    live.add_argument("--max-frames", type=int, default=0, help="stop after N frames (0: until the source ends)")
+    add_live_arguments(live)
     _model_args(live, tile=128, overlap=16)
     live.set_defaults(func=_live)
 
@@ -156,24 +153,22 @@ def _live(args: argparse.Namespace) -> int:
         raise EdgekitError("--headless needs -o OUT.mp4 to write the side-by-side video.")
     if not args.headless:
         _open_window()
-    sr, tiling = _sr_from_args(args)
-    frames, source_fps = open_video(args.source)
-    sink = Sink(args.output if args.headless else None, source_fps)
-    fps, count = 0.0, 0
-    try:
-        for frame in limit(frames, args.max_frames or None):
-            start = time.perf_counter()
-            view = _side_by_side(frame, sr, args.scale, tiling, fps)
-            fps = 1.0 / (time.perf_counter() - start)
-            count += 1
-            sink.write(view)
-            if not args.headless and show(view, WINDOW):
-                break
-    finally:
-        sink.close()
-        if not args.headless:
-            cv2.destroyAllWindows()
-    if count == 0:
+    with LiveSource.from_args(args, "superres live") as video:  # opened before the model loads: fails fast
+        sr, tiling = _sr_from_args(args)
+        fps = 0.0
+        with Sink(args.output if args.headless else None, video.fps) as sink:
+            try:
+                for frame in video:
+                    start = time.perf_counter()
+                    view = _side_by_side(frame, sr, args.scale, tiling, fps)
+                    fps = 1.0 / (time.perf_counter() - start)
+                    sink.write(view)
+                    if not args.headless and show(view, WINDOW):
+                        break
+            finally:
+                if not args.headless:
+                    cv2.destroyAllWindows()
+    if video.processed == 0:
         raise EdgekitError(f"Video source {args.source!r} opened but gave no frames.")
     return 0
 
