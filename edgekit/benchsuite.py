@@ -1,7 +1,9 @@
 """`make bench` / `edgekit bench --suite all`: every model on every host backend (fp32 and int8) and the
 kernels, each beside its peers measured in the same run; writes reports/bench.{json,md} and PNG plots.
 
-Cases come from the bundled model and from each app's optional `bench.py` (`cases() -> list[ModelCase]`).
+Cases come from the bundled model and from each app's optional `bench.py` (`cases() -> list[ModelCase |
+AppCase]`): a ModelCase is one network compiled and timed here; an AppCase is a whole app pipeline that times
+itself on every backend and returns its rows.
 """
 from __future__ import annotations
 
@@ -33,6 +35,12 @@ class ModelCase:
     options: dict = field(default_factory=dict)  # compile options, e.g. the model's verify tolerance
 
 
+@dataclass
+class AppCase:
+    name: str
+    run: Callable[[Path, Callable[[str], None]], list[dict]]  # (artifact workdir, progress) -> report rows
+
+
 def machine() -> dict:
     import importlib.metadata as md
 
@@ -45,7 +53,7 @@ def machine() -> dict:
             "versions": {lib: md.version(lib) for lib in libs}, "date": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
-def model_cases() -> list[ModelCase]:
+def model_cases() -> list[ModelCase | AppCase]:
     from .zoo import conv_attention
 
     module, inputs = conv_attention()
@@ -140,7 +148,8 @@ def run(output: Path, pattern: str | None = None, iters: int = 20) -> dict:
 
         for case in model_cases():
             if keep is None or keep.search(case.name):
-                rows += bench_model(case, output / "artifacts", iters, progress)
+                rows += (case.run(output / "artifacts", progress) if isinstance(case, AppCase)
+                         else bench_model(case, output / "artifacts", iters, progress))
         kernel_rows, limits = bench_kernels([k for k in KERNEL_BENCHES if keep is None or keep.search(k)],
                                             progress)
         rows += kernel_rows

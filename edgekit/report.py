@@ -31,15 +31,16 @@ def markdown(report: dict) -> str:
     if limits:
         lines += ["Measured limits: " + ", ".join(f"{k} {_fmt(v, '.1f')}" for k, v in limits.items()
                                                   if k != "threads"), ""]
-    lines += ["| suite | case | impl | precision | shape | p50 ms | per unit | GFLOP/s or GB/s | % of limit | "
+    lines += ["| suite | case | impl | precision | shape | p50 ms | per unit or FPS | GFLOP/s or GB/s | % of limit | "
               "payload KiB | time ÷ best peer |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
         unit = next(((k, v) for k, v in r.items() if k.startswith("ms_per_")), None)
+        per_unit = f"{r['fps']:.1f} FPS" if r.get("fps") else f"{unit[1]:.3g} ms/{unit[0][7:]}" if unit else ""
         rate = r.get("gflops") or r.get("gbs")
         frac = r.get("frac_peak") if r.get("gflops") else r.get("frac_bandwidth")
         lines.append(
             f"| {r['suite']} | {r['case']} | {r['impl']} | {r['precision']} | {r['shape']} | {_fmt(r['p50_ms'])} | "
-            f"{f'{unit[1]:.3g} ms/{unit[0][7:]}' if unit else ''} | {_fmt(rate, '.1f')} | "
+            f"{per_unit} | {_fmt(rate, '.1f')} | "
             f"{_fmt(frac * 100 if frac else None, '.0f')} | "
             f"{_fmt(r['payload_bytes'] / 1024 if r.get('payload_bytes') else None, '.0f')} | "
             f"{r['ratio_to_best_peer']:.2f} ({r['peer']}) |")
