@@ -272,3 +272,21 @@ def test_compile_cli_builds_the_behavior_head(tmp_path, shipped):
     with torch.no_grad():
         want = shipped.behavior(torch.from_numpy(steps)).numpy()
     np.testing.assert_allclose(edgekit.load(out).run([steps])[0], want, atol=1e-4)
+
+
+def test_bench_reports_app_fps_per_backend(tiny, tmp_path):
+    """`make bench`'s app rows: one per backend and peer, FPS = 1000 / mean frame ms, divided by the faster peer."""
+    from edgekit.apps.chimp.bench import WARMUP, app_rows
+    from edgekit.report import markdown
+
+    count = _as_video(tiny, tmp_path / "clip.mp4")
+    rows = app_rows(tmp_path / "clip.mp4", tmp_path, lambda _msg: None, backends=("onnxruntime",))
+    assert [r["impl"] for r in rows] == ["eager", "eager 1 thread", "onnxruntime"]
+    best = min(rows[:2], key=lambda r: r["mean_ms"])
+    for r in rows:
+        assert r["suite"] == "app" and r["shape"] == [[count - WARMUP, 256, 320, 3]]
+        assert r["fps"] == pytest.approx(1e3 / r["mean_ms"]) and r["peer"] == f"{best['impl']} fp32"
+        assert r["ratio_to_best_peer"] == pytest.approx(r["mean_ms"] / best["mean_ms"])
+    report = markdown({"machine": {"cpu": "x", "cores": 2, "threads": 2, "versions": {}, "date": "now"},
+                       "rows": rows})
+    assert f"{rows[2]['fps']:.1f} FPS" in report
