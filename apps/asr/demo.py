@@ -10,6 +10,9 @@ import time
 import numpy as np
 import torch
 
+from edgekit.apps.livestats import StatsLog, add_run_arguments
+from edgekit.errors import EdgekitError
+
 from .features import SAMPLE_RATE, WINDOW_SECONDS, load_audio
 from .recognizer import BACKENDS, DEFAULT_ARTIFACTS, WhisperRecognizer
 from .vad import load_vad, windows
@@ -42,6 +45,7 @@ def register(subparsers) -> None:
     p.add_argument("--input-device", help="sounddevice input device name or index; unset: the system's")
     p.add_argument("--partial-every", type=float, default=1.0, help="seconds between partial transcripts")
     p.add_argument("--json", action="store_true", help="one JSON object per transcript line")
+    add_run_arguments(p, "WAV")
     _common(p, window=LIVE_WINDOW)
     p.set_defaults(func=live_command)
 
@@ -95,25 +99,49 @@ def eval_command(args) -> int:
 def live_command(args) -> int:
     from .live import Microphone, RingBuffer, Streamer, replay
 
+    if args.loop and not args.source:
+        raise EdgekitError("--loop repeats a --source WAV file; it does not apply to the microphone.")
     ring = RingBuffer(seconds=2 * WINDOW_SECONDS)
     finished = threading.Event()
     device = int(args.input_device) if args.input_device and args.input_device.isdigit() else args.input_device
-    microphone = None if args.source else Microphone(ring, device)  # before loading the model: fail fast
+    # the input before the model loads: a missing microphone or file fails fast
+    microphone = None if args.source else Microphone(ring, device)
+    audio = load_audio(args.source) if args.source else None
     streamer = Streamer(build(args), max_seconds=args.window, partial_every=args.partial_every)
-    if args.source:
-        replay(load_audio(args.source), ring, finished)
-        return _print_events(streamer.run(ring, finished.is_set), args.json)
-    with microphone:
-        print("listening (Ctrl+C to stop)", file=sys.stderr)
-        return _print_events(streamer.run(ring, finished.is_set), args.json)
+    counts = {"final": 0, "partial": 0}
+    stats = StatsLog(args.stats, lambda: {"unit": "seconds of audio", "processed": ring.taken / SAMPLE_RATE,
+                                          "dropped": ring.dropped / SAMPLE_RATE, "finals": counts["final"],
+                                          "partials": counts["partial"]})
+    began, end = time.perf_counter(), "stopped"
+    try:
+        if args.source:
+            replay(audio, ring, finished, loop=args.loop, duration=args.duration)
+            code = _print_events(streamer.run(ring, finished.is_set), args.json, counts)
+        else:
+            def done() -> bool:
+                microphone.check()
+                return bool(args.duration) and time.perf_counter() - began >= args.duration
+
+            with microphone:
+                print("listening (Ctrl+C to stop)", file=sys.stderr)
+                code = _print_events(streamer.run(ring, done), args.json, counts)
+        end = "duration" if args.duration and time.perf_counter() - began >= args.duration else "source ended"
+    finally:
+        stats.close(end=end)
+    print(f"asr live: {ring.taken / SAMPLE_RATE:.1f} s of audio transcribed, {ring.dropped / SAMPLE_RATE:.1f} s "
+          f"dropped, {counts['final']} final transcripts in {time.perf_counter() - began:.1f} s ({end})",
+          file=sys.stderr)
+    return code
 
 
-def _print_events(events, as_json: bool) -> int:
+def _print_events(events, as_json: bool, counts: dict | None = None) -> int:
     latencies = []
     for event in events:
         if isinstance(event, str):
             print(f"warning: {event}", file=sys.stderr)
             continue
+        if counts is not None:
+            counts[event.kind] += 1
         if event.latency is not None:
             latencies.append(event.latency)
         if as_json:

@@ -30,6 +30,9 @@ def load_audio(path) -> np.ndarray:
     except ValueError as exc:
         raise EdgekitError(f"{path}: not a readable WAV file ({exc}). Convert it, e.g. "
                            "`ffmpeg -i in.mp3 -ar 16000 -ac 1 out.wav`.") from None
+    except PermissionError:
+        raise EdgekitError(f"{path}: permission denied. Make the file readable (chmod a+r) or copy it somewhere "
+                           "this user can read.") from None
     return resample(to_float(data), rate)
 
 

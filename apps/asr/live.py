@@ -31,6 +31,7 @@ class RingBuffer:
         self._read = 0
         self._last_push = time.perf_counter()
         self.overruns = 0
+        self.dropped = 0        # samples overwritten before they were taken
 
     def push(self, samples: np.ndarray) -> None:
         with self._lock:
@@ -40,8 +41,19 @@ class RingBuffer:
             self._data[(self._written - len(kept) + np.arange(len(kept))) % size] = kept
             self._last_push = time.perf_counter()
             if self._written - self._read > size:
+                self.dropped += self._written - size - self._read
                 self._read = self._written - size
                 self.overruns += 1
+
+    @property
+    def taken(self) -> int:
+        """Samples handed to the reader so far."""
+        with self._lock:
+            return self._read - self.dropped
+
+    def seconds_since_push(self) -> float:
+        with self._lock:
+            return time.perf_counter() - self._last_push
 
     def take(self) -> tuple[int, np.ndarray]:
         """(absolute index of the first sample, samples) not taken before."""
@@ -73,15 +85,26 @@ class Event:
     latency: float | None = None  # final only: seconds from the end of speech to this transcript
 
 
-def replay(audio: np.ndarray, ring: RingBuffer, done: threading.Event, tail_seconds: float = 1.0) -> threading.Thread:
-    """Feed a recording into `ring` at real-time pace, then some silence so the last utterance ends naturally."""
+def replay(audio: np.ndarray, ring: RingBuffer, done: threading.Event, tail_seconds: float = 1.0,
+           loop: bool = False, duration: float = 0.0) -> threading.Thread:
+    """Feed a recording into `ring` at real-time pace, then some silence so the last utterance ends naturally;
+    with `loop` again and again. Stops after `duration` seconds of audio (0: at the end), then sets `done`."""
     audio = np.concatenate([audio, np.zeros(int(tail_seconds * SAMPLE_RATE), np.float32)])
+    limit = int(duration * SAMPLE_RATE) or None
 
     def run():
-        start = time.perf_counter()
-        for i in range(0, len(audio), BLOCK):
-            time.sleep(max(0.0, start + i / SAMPLE_RATE - time.perf_counter()))
-            ring.push(audio[i:i + BLOCK])
+        start, fed = time.perf_counter(), 0
+        while True:
+            for i in range(0, len(audio), BLOCK):
+                if limit is not None and fed >= limit:
+                    done.set()
+                    return
+                time.sleep(max(0.0, start + fed / SAMPLE_RATE - time.perf_counter()))
+                block = audio[i:i + BLOCK]
+                ring.push(block)
+                fed += len(block)
+            if not loop:
+                break
         done.set()
 
     thread = threading.Thread(target=run, daemon=True)
@@ -92,27 +115,54 @@ def replay(audio: np.ndarray, ring: RingBuffer, done: threading.Event, tail_seco
 class Microphone:
     """Default input device through sounddevice/PortAudio, at 16 kHz mono, pushing into `ring`."""
 
+    STALL_SECONDS = 2.0  # no audio for this long while running: the device is gone
+
     def __init__(self, ring: RingBuffer, device=None):
-        sd = _sounddevice()
+        sd = self._sd = _sounddevice()
         try:
             sd.query_devices(device, kind="input")
         except (ValueError, sd.PortAudioError):
             raise EdgekitError("no audio input device found. Connect a microphone (or start PulseAudio), "
                                "or replay a recording with --source FILE.wav.") from None
-        self.stream = sd.InputStream(samplerate=SAMPLE_RATE, channels=1, dtype="float32", blocksize=BLOCK,
-                                     device=device, callback=self._callback)
+        try:
+            self.stream = sd.InputStream(samplerate=SAMPLE_RATE, channels=1, dtype="float32", blocksize=BLOCK,
+                                         device=device, callback=self._callback)
+        except sd.PortAudioError as exc:
+            raise _cannot_open(exc) from None
         self.ring = ring
+        self.started = None
 
     def _callback(self, block, _frames, _time, _status):
         self.ring.push(block[:, 0].copy())  # only copies: the reader, not this thread, is where lag can build up
 
+    def check(self) -> None:
+        """Raise an EdgekitError when the running input stopped (unplugged, or taken by another program)."""
+        silent = min(self.ring.seconds_since_push(), time.perf_counter() - self.started)
+        if not self.stream.active or silent > self.STALL_SECONDS:
+            raise EdgekitError("the microphone stopped delivering audio: was it unplugged, or taken by another "
+                               "program? Reconnect it and start again; the transcripts so far are complete.")
+
     def __enter__(self):
-        self.stream.start()
+        try:
+            self.stream.start()
+        except self._sd.PortAudioError as exc:
+            self.stream.close()
+            raise _cannot_open(exc) from None
+        self.started = time.perf_counter()
         return self
 
     def __exit__(self, *exc):
-        self.stream.stop()
-        self.stream.close()
+        try:
+            self.stream.stop()
+            self.stream.close()
+        except self._sd.PortAudioError:
+            pass  # a device that vanished cannot be stopped; the stream is gone either way
+
+
+def _cannot_open(exc) -> EdgekitError:
+    return EdgekitError(f"cannot open the audio input ({exc}). Check that the microphone is connected, not used "
+                        "by another program, and that this user may record (the 'audio' group, or the desktop's "
+                        "privacy settings); or replay a recording with --source FILE.wav.")
 
 
 def _sounddevice():
