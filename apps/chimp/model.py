@@ -133,8 +133,11 @@ class ChimpModel:
     behaviors: list[str]     # label names of the behavior logits
 
     def example_inputs(self) -> dict[str, tuple[torch.Tensor, ...]]:
-        return {"detector": (torch.zeros(1, self.detector.frames, 3, *INPUT_HW),),
-                "behavior": (torch.zeros(MAX_TRACKS, TRACK_LEN, EMBED_DIM + GEOMETRY_DIM),)}
+        """Seeded random inputs of the static shapes: compile verifies artifacts on them, and zeros would leave
+        most of each network's arithmetic unchecked."""
+        generator = torch.Generator().manual_seed(0)
+        return {"detector": (torch.rand(1, self.detector.frames, 3, *INPUT_HW, generator=generator),),
+                "behavior": (torch.randn(MAX_TRACKS, TRACK_LEN, EMBED_DIM + GEOMETRY_DIM, generator=generator),)}
 
     def state(self, **extra) -> dict:
         return {"frames": self.detector.frames, "behaviors": self.behaviors,
