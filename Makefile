@@ -14,7 +14,7 @@ OUT     ?= out
 # PulseAudio (microphone capture, tested on a null sink), GL/GLib for OpenCV
 APT_PACKAGES := g++-aarch64-linux-gnu qemu-user-static debootstrap libportaudio2 pulseaudio pulseaudio-utils libasound2-plugins libgl1 libglib2.0-0
 
-.PHONY: setup system-deps demo test compile jetson phone emulator bench bench-kernels fuzz train-chimp clean
+.PHONY: setup system-deps demo test compile jetson phone emulator bench bench-kernels fuzz soak train-chimp clean
 
 setup: $(VENV)/.installed system-deps
 
@@ -66,6 +66,12 @@ train-chimp: setup
 # 10,000 generated cases per fuzz test (CI runs a few hundred)
 fuzz: setup
 	EDGEKIT_FUZZ_EXAMPLES=10000 $(PY) -m pytest -q tests/test_reliability.py -k fuzz --hypothesis-show-statistics
+
+# superres, asr and pose live for SOAK_SECONDS each (concurrently, 1 thread each) from looped files: RSS growth
+# after warm-up and dropped frames per minute -> reports/soak.json
+SOAK_SECONDS ?= 600
+soak: setup
+	$(PY) -m edgekit.soak --seconds $(SOAK_SECONDS) --report reports/soak.json
 
 clean:
 	rm -rf $(OUT) .pytest_cache

@@ -57,12 +57,13 @@ def open_capture(source: str | int) -> cv2.VideoCapture:
     """An opened capture, or an EdgekitError saying whether the camera or file is missing or not readable."""
     kind = source_kind(source)
     path = Path(f"/dev/video{source}" if isinstance(source, int) else str(source))
-    linux_camera = kind == "camera" and sys.platform.startswith("linux")
-    if (linux_camera or kind == "file") and not path.exists():
+    problem = _access_problem(path) if kind == "file" or (kind == "camera" and sys.platform.startswith("linux")) \
+        else None
+    if problem == "missing":
         what = f"no camera at {path}" if kind == "camera" else "no such file"
         raise EdgekitError(f"cannot open video source {source!r}: {what}. Connect a camera, or pass a video file "
                            "or stream URL with --source.")
-    if (linux_camera or kind == "file") and not os.access(path, os.R_OK):
+    if problem == "denied":
         fix = ("add this user to the 'video' group (sudo usermod -aG video $USER, then log in again)"
                if kind == "camera" else "make the file readable (chmod a+r) or copy it somewhere this user can read")
         raise EdgekitError(f"cannot open video source {source!r}: permission denied on {path}; {fix}.")
@@ -71,6 +72,17 @@ def open_capture(source: str | int) -> cv2.VideoCapture:
         raise EdgekitError(f"cannot open video source {source!r}. Pass a video file, a stream URL or a camera "
                            "index (is a camera attached, and may this user read /dev/video*?).")
     return capture
+
+
+def _access_problem(path: Path) -> str | None:
+    """"missing", "denied" (the file or a folder on its way) or None."""
+    try:
+        path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return "missing"
+    except PermissionError:
+        return "denied"
+    return None if os.access(path, os.R_OK) else "denied"
 
 
 def limit(frames: Iterator[np.ndarray], count: int | None) -> Iterator[np.ndarray]:

@@ -18,21 +18,27 @@ N_FFT = 400
 HOP = 160
 WINDOW_SECONDS = 30
 WINDOW_SAMPLES = WINDOW_SECONDS * SAMPLE_RATE
+MIN_RATE, MAX_RATE = 1000, 768000  # WAV sample rates accepted (Hz)
 
 
 def load_audio(path) -> np.ndarray:
     """Mono float32 in [-1, 1] at 16 kHz from a WAV file of any rate, sample format and channel count."""
     path = Path(path)
-    if not path.is_file():
-        raise EdgekitError(f"{path}: audio file not found. Pass a .wav file.")
     try:
         rate, data = wavfile.read(path)
-    except ValueError as exc:
-        raise EdgekitError(f"{path}: not a readable WAV file ({exc}). Convert it, e.g. "
-                           "`ffmpeg -i in.mp3 -ar 16000 -ac 1 out.wav`.") from None
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        raise EdgekitError(f"{path}: audio file not found. Pass a .wav file.") from None
     except PermissionError:
         raise EdgekitError(f"{path}: permission denied. Make the file readable (chmod a+r) or copy it somewhere "
                            "this user can read.") from None
+    except Exception as exc:  # noqa: BLE001 - scipy's parser fails on hostile headers with anything from
+        # ValueError to TypeError or ZeroDivisionError (found by fuzzing); the file is its only input
+        raise EdgekitError(f"{path}: not a readable WAV file ({exc or type(exc).__name__}). Convert it, e.g. "
+                           "`ffmpeg -i in.mp3 -ar 16000 -ac 1 out.wav`.") from None
+    if not MIN_RATE <= rate <= MAX_RATE or data.ndim not in (1, 2) or 0 in data.shape[1:]:
+        raise EdgekitError(f"{path}: unsupported WAV layout ({rate} Hz, shape {data.shape}): expected "
+                           f"{MIN_RATE}-{MAX_RATE} Hz and at least one channel. Convert it, e.g. "
+                           "`ffmpeg -i in.wav -ar 16000 -ac 1 out.wav`.")
     return resample(to_float(data), rate)
 
 

@@ -51,10 +51,6 @@ class RingBuffer:
         with self._lock:
             return self._read - self.dropped
 
-    def seconds_since_push(self) -> float:
-        with self._lock:
-            return time.perf_counter() - self._last_push
-
     def take(self) -> tuple[int, np.ndarray]:
         """(absolute index of the first sample, samples) not taken before."""
         with self._lock:
@@ -115,7 +111,8 @@ def replay(audio: np.ndarray, ring: RingBuffer, done: threading.Event, tail_seco
 class Microphone:
     """Default input device through sounddevice/PortAudio, at 16 kHz mono, pushing into `ring`."""
 
-    STALL_SECONDS = 2.0  # no audio for this long while running: the device is gone
+    # No audio for this long means the device is gone. PulseAudio may take seconds to deliver the first block.
+    STARTUP_SECONDS, STALL_SECONDS = 10.0, 5.0
 
     def __init__(self, ring: RingBuffer, device=None):
         sd = self._sd = _sounddevice()
@@ -130,15 +127,17 @@ class Microphone:
         except sd.PortAudioError as exc:
             raise _cannot_open(exc) from None
         self.ring = ring
-        self.started = None
+        self.started = self.last_block = None
 
     def _callback(self, block, _frames, _time, _status):
         self.ring.push(block[:, 0].copy())  # only copies: the reader, not this thread, is where lag can build up
+        self.last_block = time.perf_counter()
 
     def check(self) -> None:
         """Raise an EdgekitError when the running input stopped (unplugged, or taken by another program)."""
-        silent = min(self.ring.seconds_since_push(), time.perf_counter() - self.started)
-        if not self.stream.active or silent > self.STALL_SECONDS:
+        now, last = time.perf_counter(), self.last_block
+        stalled = now - self.started > self.STARTUP_SECONDS if last is None else now - last > self.STALL_SECONDS
+        if not self.stream.active or stalled:
             raise EdgekitError("the microphone stopped delivering audio: was it unplugged, or taken by another "
                                "program? Reconnect it and start again; the transcripts so far are complete.")
 
@@ -175,7 +174,7 @@ def _sounddevice():
 
 
 class Streamer:
-    """Turns a ring buffer into partial and final transcripts with `transcribe(audio) -> text`."""
+    """Turns a ring buffer into partial and final transcripts with `transcribe(audio, draft=text) -> text`."""
 
     def __init__(self, transcribe: Callable[[np.ndarray], str], max_seconds: float, partial_every: float = 1.0,
                  min_silence_ms: int = 200, speech_pad_ms: int = 100):
@@ -188,9 +187,16 @@ class Streamer:
                                speech_pad_ms=speech_pad_ms)
 
     def run(self, ring: RingBuffer, finished: Callable[[], bool]) -> Iterator[Event | str]:
-        """Events until `finished()` and the buffer is drained; a str is an overrun warning."""
+        """Events until `finished()` and the buffer is drained; a str is an overrun warning.
+
+        Where the final transcript's time goes: the detector calls an utterance over only after
+        `min_silence_ms` of silence. The utterance's end (the first silent chunk, plus the speech pad) is
+        known from that silence's first chunk, so the final transcript is computed then, while the silence is
+        still being confirmed, and kept if the detector confirms that same end (speech that resumes discards
+        it). Each transcription gets the utterance's latest partial as a draft (see WhisperRecognizer)."""
         pending, position, overruns = np.zeros(0, np.float32), 0, 0   # position: absolute index after `pending`
         start, partial_at, partial_cost = None, 0, 0.0               # start: utterance start, absolute index
+        draft, early, offset = "", None, 0                           # early: (start, end, event) computed ahead
         while True:
             done = finished()
             first, new = ring.take()
@@ -207,35 +213,46 @@ class Streamer:
                     mark = self.vad(torch.from_numpy(chunk)) or {}
                 if "start" in mark:
                     start = partial_at = mark["start"] + offset
+                    draft, early = "", None
                 elif start is not None and "end" in mark:
-                    speech_end = mark["end"] + offset - self.pad
-                    yield self._final(ring, start, min(mark["end"] + offset, chunk_end), speech_end)
-                    start = None
+                    end = min(mark["end"] + offset, chunk_end)
+                    yield self._final(ring, start, end, mark["end"] + offset - self.pad, draft,
+                                      early[2] if early and early[:2] == (start, end) else None)
+                    start, draft, early = None, "", None
                 elif start is not None and chunk_end - start >= self.max_samples:
-                    yield self._final(ring, start, chunk_end, None)
+                    yield self._final(ring, start, chunk_end, None, draft)
                     start = partial_at = chunk_end  # speech goes on: the next utterance starts here
+                    draft, early = "", None
+            silence_from = self.vad.temp_end + offset if start is not None and self.vad.temp_end else None
+            if silence_from is None:
+                early = None
+            elif early is None or early[:2] != (start, silence_from + self.pad - CHUNK):
+                end = silence_from + self.pad - CHUNK  # where the detector will put the end if silence holds
+                if position >= end:
+                    early = (start, end, self._event("final", ring, start, end, draft))
             # No partial once the speaker pauses (it would delay the final the pause is about to bring), and at
             # most a third of the time spent on partials, so a slow machine does not fall behind.
             gap = max(self.partial_samples, 3 * partial_cost * SAMPLE_RATE)
-            if start is not None and not self.vad.temp_end and position - partial_at >= gap:
+            if start is not None and silence_from is None and position - partial_at >= gap:
                 partial_at = position
-                event = self._event("partial", ring, start, position)
-                partial_cost = event.compute
+                event = self._event("partial", ring, start, position, draft)
+                partial_cost, draft = event.compute, event.text
                 yield event
             if done:
                 if start is not None:
-                    yield self._final(ring, start, position, None)
+                    yield self._final(ring, start, position, None, draft)
                 return
             time.sleep(0.01)
 
-    def _final(self, ring, start, end, speech_end) -> Event:
-        """`speech_end`: where the detector heard speech stop; None when the utterance was cut instead."""
-        event = self._event("final", ring, start, end)
+    def _final(self, ring, start, end, speech_end, draft, ready: Event | None = None) -> Event:
+        """`speech_end`: where the detector heard speech stop; None when the utterance was cut instead.
+        `ready`: this final, transcribed ahead while the silence was being confirmed."""
+        event = ready or self._event("final", ring, start, end, draft)
         if speech_end is not None:
             event.latency = time.perf_counter() - ring.arrival_time(speech_end)
         return event
 
-    def _event(self, kind, ring, start, end) -> Event:
+    def _event(self, kind, ring, start, end, draft) -> Event:
         began = time.perf_counter()
-        text = self.transcribe(ring.span(start, end))
+        text = self.transcribe(ring.span(start, end), draft=draft)
         return Event(kind, text, start / SAMPLE_RATE, end / SAMPLE_RATE, time.perf_counter() - began)

@@ -1,0 +1,245 @@
+"""Soak run of the live demos: `edgekit superres|pose live` on a looped video played at its frame rate and
+`edgekit asr live` on a looped WAV replayed in real time, each in its own process for a fixed time. The driver
+samples every process's RSS (psutil), reads the frames (or seconds of audio) each app processed and dropped from its
+--stats file, and reports memory growth after warm-up and drops per minute. `make soak` runs it.
+
+    python -m edgekit.soak --seconds 600 --report reports/soak.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+APPS = ("superres", "asr", "pose")
+MAX_GROWTH_PCT = 5.0
+STORM_POINTS = 20.0  # a minute whose drop rate exceeds the run's median minute by more than this: a storm
+STARTUP_ALLOWANCE = 900.0  # seconds a process may take beyond --seconds (model load) before it is stopped
+
+
+@dataclass
+class Run:
+    app: str
+    command: list[str]
+    stats: Path
+    log: Path
+    process: subprocess.Popen | None = None
+    started: float = 0.0
+    ended: float | None = None
+    rss: list[tuple[float, int]] = field(default_factory=list)  # (epoch seconds, bytes)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    data = Path(os.environ.get("EDGEKIT_DATA", "../shared/data"))
+    video = Path(args.video or data / "pose" / "vtest.avi")
+    audio = Path(args.audio or data / "asr" / "librivox" / "sense_and_sensibility_01_austen_64kb-0870.wav")
+    for path in ((video,) if set(args.apps) & {"superres", "pose"} else ()) + ((audio,) if "asr" in args.apps else ()):
+        if not path.is_file():
+            print(f"soak: {path} not found; set EDGEKIT_DATA or pass --video/--audio.", file=sys.stderr)
+            return 2
+    with tempfile.TemporaryDirectory(prefix="edgekit-soak-") as tmp:
+        runs = [_run_for(app, args, video, audio, Path(tmp)) for app in args.apps]
+        groups = [runs] if args.concurrent else [[r] for r in runs]
+        for group in groups:
+            _drive(group, args)
+        report = {"seconds": args.seconds, "warmup": args.warmup, "threads": args.threads,
+                  "concurrent": args.concurrent, "video": str(video), "audio": str(audio),
+                  "host": {"cpus": os.cpu_count(), "load_avg_1m_at_end": os.getloadavg()[0]},
+                  "criteria": {"max_growth_pct": args.max_growth, "storm_points": STORM_POINTS},
+                  "apps": {r.app: _analyse(r, args) for r in runs}}
+    report["passed"] = all(a["passed"] for a in report["apps"].values())
+    if args.report:
+        out = Path(args.report)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp_out = out.with_name(out.name + ".tmp")
+        tmp_out.write_text(json.dumps(report, indent=2))
+        tmp_out.replace(out)
+    print(table(report))
+    return 0 if report["passed"] else 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m edgekit.soak", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--seconds", type=float, default=600.0, help="live run length of each app")
+    p.add_argument("--warmup", type=float, default=60.0, help="seconds after the stream starts before RSS is "
+                                                               "taken as the baseline")
+    p.add_argument("--apps", type=lambda s: s.split(","), default=list(APPS), help="comma-separated: "
+                                                                                   + ",".join(APPS))
+    p.add_argument("--threads", type=int, default=1, help="PyTorch/OpenMP threads per app process")
+    p.add_argument("--concurrent", action=argparse.BooleanOptionalAction, default=True,
+                   help="run the apps at the same time (else one after another)")
+    p.add_argument("--interval", type=float, default=2.0, help="seconds between RSS samples")
+    p.add_argument("--bucket", type=float, default=60.0, help="seconds per row of the drop table")
+    p.add_argument("--max-growth", type=float, default=MAX_GROWTH_PCT, help="RSS growth after warm-up that fails")
+    p.add_argument("--video", help="video for superres/pose; unset: $EDGEKIT_DATA/pose/vtest.avi")
+    p.add_argument("--audio", help="WAV for asr; unset: a LibriVox clip under $EDGEKIT_DATA/asr")
+    p.add_argument("--report", default="reports/soak.json", help="JSON report to write ('' for none)")
+    return p
+
+
+def _run_for(app: str, args, video: Path, audio: Path, tmp: Path) -> Run:
+    if app not in APPS:
+        raise SystemExit(f"soak: unknown app {app!r}; choose from {', '.join(APPS)}")
+    stats, log = tmp / f"{app}.jsonl", tmp / f"{app}.log"
+    base = [sys.executable, "-m", "edgekit.cli", app, "live", "--loop", "--duration", str(args.seconds),
+            "--stats", str(stats)]
+    if app == "asr":
+        command = base + ["--source", str(audio), "--threads", str(args.threads), "--json"]
+    else:
+        command = base + ["--source", str(video), "--realtime", "--headless", "-o", str(tmp / f"{app}.mp4")]
+    return Run(app, command, stats, log)
+
+
+def _drive(runs: list[Run], args) -> None:
+    env = os.environ | {name: str(args.threads) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS",
+                                                             "OPENBLAS_NUM_THREADS")}
+    for run in runs:
+        run.started = time.time()
+        with open(run.log, "w") as log:
+            run.process = subprocess.Popen(run.command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    deadline = time.time() + args.seconds + STARTUP_ALLOWANCE
+    while any(r.ended is None for r in runs):
+        for run in runs:
+            if run.ended is not None:
+                continue
+            try:
+                run.rss.append((time.time(), psutil.Process(run.process.pid).memory_info().rss))
+            except psutil.NoSuchProcess:
+                pass
+            if run.process.poll() is not None:
+                run.ended = time.time()
+            elif time.time() > deadline:
+                run.process.terminate()  # SIGTERM; the report shows it did not finish by itself
+                try:
+                    run.process.wait(30)
+                except subprocess.TimeoutExpired:
+                    run.process.kill()
+                    run.process.wait()
+                run.ended = time.time()
+        time.sleep(args.interval)
+
+
+def _analyse(run: Run, args) -> dict:
+    lines = [json.loads(line) for line in run.stats.read_text().splitlines()] if run.stats.is_file() else []
+    log = run.log.read_text(errors="replace")
+    result = {"command": " ".join(run.command[1:]), "returncode": run.process.returncode,
+              "wall_s": round(run.ended - run.started, 1), "log_tail": log[-2000:]}
+    if not lines:
+        return result | {"passed": False, "failure": "no --stats lines: the stream never started"}
+    stream_start, stream_end = lines[0]["time"], lines[-1]["time"]
+    last = lines[-1]
+    result |= {"unit": last["unit"], "stream_s": round(last["t"], 1), "processed": last["processed"],
+               "dropped": last["dropped"], "end": last.get("end")}
+    samples = [(t - stream_start, rss) for t, rss in run.rss if stream_start <= t <= stream_end]
+    after = [(t, rss) for t, rss in samples if t >= args.warmup]
+    failures = []
+    if run.process.returncode != 0 or "Traceback" in log:
+        failures.append(f"exit code {run.process.returncode}" + (", traceback in the log" if "Traceback" in log
+                                                                 else ""))
+    if not last.get("final") or last.get("end") != "duration":
+        failures.append(f"stream ended early ({last.get('end')})")
+    if len(after) >= 2:
+        span = after[-1][0] - after[0][0]
+        window = min(60.0, span / 4)  # median over a window: one sample may catch a frame's temporaries
+        warm = statistics.median(rss for t, rss in after if t <= after[0][0] + window)
+        end = statistics.median(rss for t, rss in after if t >= after[-1][0] - window)
+        growth = 100 * (end - warm) / warm
+        result |= {"rss_warm_mb": _mb(warm), "rss_end_mb": _mb(end), "rss_max_mb": _mb(max(r for _, r in after)),
+                   "rss_growth_pct": round(growth, 2), "rss_slope_mb_per_min": round(_slope(after) * 60 / 2**20, 3)}
+        if growth >= args.max_growth:
+            failures.append(f"RSS grew {growth:.1f}% after warm-up (limit {args.max_growth}%)")
+    else:
+        failures.append("too few RSS samples after warm-up (make --seconds longer than --warmup)")
+    buckets = _buckets(lines, args.bucket)
+    steady = [b for b in buckets if b["start_s"] >= args.warmup] or buckets  # a short run: all of it
+    median_rate = statistics.median(b["drop_rate"] for b in steady) if steady else 0.0
+    storms = [b["start_s"] for b in steady if 100 * (b["drop_rate"] - median_rate) > STORM_POINTS]
+    result |= {"per_bucket": buckets, "median_drop_rate": round(median_rate, 4), "storm_buckets": storms,
+               "rss_samples_mb": [[round(t, 1), _mb(rss)] for t, rss in samples]}
+    if storms:
+        failures.append(f"dropped-frame storm in the buckets starting at {storms} s")
+    if not last["processed"]:
+        failures.append("nothing processed")
+    return result | {"passed": not failures, "failures": failures}
+
+
+def _buckets(lines: list[dict], size: float) -> list[dict]:
+    """Processed/dropped per `size` seconds of stream, from the cumulative counts (interpolated at the edges)."""
+    ts = [line["t"] for line in lines]
+
+    def at(key: str, t: float) -> float:
+        for (t0, a), (t1, b) in zip(zip(ts, (line[key] for line in lines)),
+                                    zip(ts[1:], (line[key] for line in lines[1:]))):
+            if t0 <= t <= t1:
+                return a + (b - a) * ((t - t0) / (t1 - t0) if t1 > t0 else 1.0)
+        return lines[-1][key] if t > ts[-1] else lines[0][key]
+
+    rows, start = [], 0.0
+    while start < ts[-1] - 1e-6:
+        stop = min(start + size, ts[-1])
+        processed = at("processed", stop) - at("processed", start)
+        dropped = at("dropped", stop) - at("dropped", start)
+        total = processed + dropped
+        rows.append({"start_s": round(start, 1), "seconds": round(stop - start, 1), "processed": round(processed, 1),
+                     "dropped": round(dropped, 1), "drop_rate": round(dropped / total, 4) if total else 0.0})
+        start = stop
+    return rows
+
+
+def _slope(points: list[tuple[float, int]]) -> float:
+    """Least-squares bytes per second."""
+    n = len(points)
+    mt, mr = sum(t for t, _ in points) / n, sum(r for _, r in points) / n
+    var = sum((t - mt) ** 2 for t, _ in points)
+    return sum((t - mt) * (r - mr) for t, r in points) / var if var else 0.0
+
+
+def _mb(nbytes: float) -> float:
+    return round(nbytes / 2**20, 1)
+
+
+def table(report: dict) -> str:
+    lines = [f"soak: {report['seconds']:g} s per app, warm-up {report['warmup']:g} s, {report['threads']} thread(s) "
+             f"each, {'concurrent' if report['concurrent'] else 'one after another'}",
+             f"{'app':<9} {'exit':>4} {'RSS warm MB':>11} {'RSS end MB':>10} {'max MB':>7} {'growth':>7} "
+             f"{'processed':>10} {'dropped':>9} {'unit':<17} result"]
+    for app, r in report["apps"].items():
+        lines.append(f"{app:<9} {str(r.get('returncode')):>4} {r.get('rss_warm_mb', '-'):>11} "
+                     f"{r.get('rss_end_mb', '-'):>10} {r.get('rss_max_mb', '-'):>7} "
+                     f"{_pct(r.get('rss_growth_pct')):>7} {_num(r.get('processed')):>10} "
+                     f"{_num(r.get('dropped')):>9} {r.get('unit', '-'):<17} "
+                     + ("pass" if r["passed"] else "FAIL: " + "; ".join(r.get("failures") or [r.get("failure")])))
+    for app, r in report["apps"].items():
+        if r.get("per_bucket"):
+            lines.append(f"{app} per {report_bucket(r)}: " + "  ".join(
+                f"[{b['start_s']:g}s] {_num(b['processed'])}/{_num(b['dropped'])} ({100 * b['drop_rate']:.0f}%)"
+                for b in r["per_bucket"]))
+    lines.append("(per bucket: processed/dropped (drop rate))")
+    return "\n".join(lines)
+
+
+def report_bucket(r: dict) -> str:
+    return f"{r['per_bucket'][0]['seconds']:g} s"
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{v:+.1f}%"
+
+
+def _num(v) -> str:
+    return "-" if v is None else f"{v:g}" if isinstance(v, int) else f"{v:.1f}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
