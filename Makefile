@@ -14,7 +14,7 @@ OUT     ?= out
 # PulseAudio (microphone capture, tested on a null sink), GL/GLib for OpenCV
 APT_PACKAGES := g++-aarch64-linux-gnu qemu-user-static debootstrap libportaudio2 pulseaudio pulseaudio-utils libasound2-plugins libgl1 libglib2.0-0
 
-.PHONY: setup system-deps demo test compile jetson phone emulator bench bench-kernels fuzz soak train-chimp clean
+.PHONY: setup system-deps demo test compile jetson phone emulator bench bench-kernels fuzz soak train-chimp train-pose clean
 
 setup: $(VENV)/.installed system-deps
 
@@ -62,6 +62,10 @@ bench-kernels: setup
 train-chimp: setup
 	$(PY) -m edgekit.apps.chimp.train $(if $(DATA),--data $(DATA),--synth-dir $(OUT)/chimp-train) --out apps/chimp/weights/chimp_fused.pt --frames 3 --seed 0
 	$(PY) -m edgekit.apps.chimp.train $(if $(DATA),--data $(DATA),--synth-dir $(OUT)/chimp-train) --out apps/chimp/weights/chimp_single.pt --frames 1 --seed 0
+
+# the shipped 3D lifters (KTPFormer + single-frame MLP baseline) on synthetic motion, deterministic (seed 0)
+train-pose: setup
+	$(PY) -m edgekit.apps.pose.train_lifter --out apps/pose/weights --seed 0
 
 # 10,000 generated cases per fuzz test (CI runs a few hundred)
 fuzz: setup
