@@ -50,11 +50,14 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="edgekit-soak-") as tmp:
         runs = [_run_for(app, args, video, audio, Path(tmp)) for app in args.apps]
         groups = [runs] if args.concurrent else [[r] for r in runs]
+        host = []  # (1-minute load average, available memory bytes) while the apps run: a busy host explains a lot
         for group in groups:
-            _drive(group, args)
+            host += _drive(group, args)
         report = {"seconds": args.seconds, "warmup": args.warmup, "threads": args.threads,
                   "concurrent": args.concurrent, "video": str(video), "audio": str(audio),
-                  "host": {"cpus": os.cpu_count(), "load_avg_1m_at_end": os.getloadavg()[0]},
+                  "host": {"cpus": os.cpu_count(), "load_avg_1m_max": max(load for load, _ in host),
+                           "mem_available_min_mb": _mb(min(mem for _, mem in host)),
+                           "mem_total_mb": _mb(psutil.virtual_memory().total)},
                   "criteria": {"max_growth_pct": args.max_growth, "storm_points": STORM_POINTS},
                   "apps": {r.app: _analyse(r, args) for r in runs}}
     report["passed"] = all(a["passed"] for a in report["apps"].values())
@@ -101,7 +104,7 @@ def _run_for(app: str, args, video: Path, audio: Path, tmp: Path) -> Run:
     return Run(app, command, stats, log)
 
 
-def _drive(runs: list[Run], args) -> None:
+def _drive(runs: list[Run], args) -> list[tuple[float, int]]:
     env = os.environ | {name: str(args.threads) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS",
                                                              "OPENBLAS_NUM_THREADS")}
     for run in runs:
@@ -109,7 +112,9 @@ def _drive(runs: list[Run], args) -> None:
         with open(run.log, "w") as log:
             run.process = subprocess.Popen(run.command, stdout=log, stderr=subprocess.STDOUT, env=env)
     deadline = time.time() + args.seconds + STARTUP_ALLOWANCE
+    host = []
     while any(r.ended is None for r in runs):
+        host.append((os.getloadavg()[0], psutil.virtual_memory().available))
         for run in runs:
             if run.ended is not None:
                 continue
@@ -128,6 +133,7 @@ def _drive(runs: list[Run], args) -> None:
                     run.process.wait()
                 run.ended = time.time()
         time.sleep(args.interval)
+    return host
 
 
 def _analyse(run: Run, args) -> dict:
@@ -210,8 +216,11 @@ def _mb(nbytes: float) -> float:
 
 
 def table(report: dict) -> str:
+    host = report["host"]
     lines = [f"soak: {report['seconds']:g} s per app, warm-up {report['warmup']:g} s, {report['threads']} thread(s) "
-             f"each, {'concurrent' if report['concurrent'] else 'one after another'}",
+             f"each, {'concurrent' if report['concurrent'] else 'one after another'}; host: {host['cpus']} CPUs, "
+             f"load average up to {host['load_avg_1m_max']:.1f}, available memory down to "
+             f"{host['mem_available_min_mb']:.0f} of {host['mem_total_mb']:.0f} MB",
              f"{'app':<9} {'exit':>4} {'RSS warm MB':>11} {'RSS end MB':>10} {'max MB':>7} {'growth':>7} "
              f"{'processed':>10} {'dropped':>9} {'unit':<17} result"]
     for app, r in report["apps"].items():
