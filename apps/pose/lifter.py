@@ -1,0 +1,179 @@
+"""3D lifting: 2D keypoint windows of the 17-joint skeleton -> root-relative 3D joints in metres.
+
+KTPFormer (Peng et al., "KTPFormer: Kinematics and Trajectory Prior Knowledge-Enhanced Transformer for 3D Human
+Pose Estimation", CVPR 2024), scaled down to run on a CPU: joint embedding, then `depth` pairs of a spatial
+transformer block (attention among the 17 joints of a frame) and a temporal block (attention along each joint's
+trajectory over the window). Following the paper, the first spatial block attends with Kinematics Prior Attention
+(KPA: a graph convolution over the skeleton's kinematic topology plus a learnable fully connected graph gives
+the prior that forms the queries and keys) and the first temporal block with Trajectory Prior Attention (TPA:
+the same over a trajectory graph joining each frame to its neighbours); later blocks are plain self-attention.
+The head regresses every frame of the window (seq2seq); the app reads the last one (a causal window).
+
+MLPLifter is the single-frame baseline (Martinez et al. 2017 style residual MLP) trained on the same data.
+
+Inputs are normalised by skeleton.normalize (numpy, outside the network): pixels relative to the last frame's
+root, divided by the window's median root-to-joint distance. Outputs are in the camera frame (x right, y down,
+z forward), root-relative, in metres.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgekit.apps.pose.skeleton import NUM_JOINTS, adjacency
+from edgekit.errors import EdgekitError
+
+WINDOW = 27
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+KTPFORMER_WEIGHTS = WEIGHTS_DIR / "ktpformer.pt"
+MLP_WEIGHTS = WEIGHTS_DIR / "mlp_lifter.pt"
+
+
+def _normalized_graph(a: np.ndarray) -> torch.Tensor:
+    """D^-1/2 A D^-1/2 (A with self loops), the GCN propagation matrix."""
+    d = 1 / np.sqrt(a.sum(1))
+    return torch.from_numpy((a * d[:, None] * d[None, :]).astype(np.float32))
+
+
+def trajectory_graph(frames: int) -> np.ndarray:
+    """(T, T) adjacency joining each frame to itself and its neighbours."""
+    return np.eye(frames, dtype=np.float32) + np.eye(frames, k=1, dtype=np.float32) + np.eye(frames, k=-1,
+                                                                                               dtype=np.float32)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention. With a `graph`, a prior attention (KPA/TPA): queries and keys come from the
+    tokens plus a graph convolution of them over `graph` + a learnable fully connected graph; values from the
+    tokens alone."""
+
+    def __init__(self, dim: int, heads: int, graph: np.ndarray | None = None):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+        self.attend = F.scaled_dot_product_attention  # swapped for edgekit.kernels.attention by use_kernel()
+        if graph is not None:
+            self.register_buffer("graph", _normalized_graph(graph))
+            self.learned_graph = nn.Parameter(torch.zeros(graph.shape))
+            self.prior = nn.Linear(dim, dim)
+        else:
+            self.graph = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, length, dim = x.shape
+        if self.graph is None:
+            q, k, v = self.qkv(x).chunk(3, dim=-1)
+        else:
+            prior = self.prior(torch.matmul(self.graph + self.learned_graph, x))
+            w_qk, w_v = self.qkv.weight.split((2 * dim, dim))
+            b_qk, b_v = self.qkv.bias.split((2 * dim, dim))
+            q, k = F.linear(x + prior, w_qk, b_qk).chunk(2, dim=-1)
+            v = F.linear(x, w_v, b_v)
+        split = lambda t: t.reshape(n, length, self.heads, dim // self.heads).transpose(1, 2)  # noqa: E731
+        y = self.attend(split(q), split(k), split(v))
+        return self.out(y.transpose(1, 2).reshape(n, length, dim))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: attention and a GELU MLP, each residual."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, graph: np.ndarray | None = None):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attention = Attention(dim, heads, graph)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+    def forward(self, x):
+        x = x + self.attention(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class KTPFormer(nn.Module):
+    """(B, T, 17, 2) normalised 2D -> (B, T, 17, 3) root-relative 3D (metres)."""
+
+    def __init__(self, frames: int = WINDOW, dim: int = 48, depth: int = 3, heads: int = 3, mlp_ratio: float = 2.0):
+        super().__init__()
+        self.config = {"frames": frames, "dim": dim, "depth": depth, "heads": heads, "mlp_ratio": mlp_ratio}
+        self.frames = frames
+        self.embed = nn.Linear(2, dim)
+        self.joint_position = nn.Parameter(torch.zeros(1, NUM_JOINTS, dim))
+        self.frame_position = nn.Parameter(torch.zeros(1, frames, dim))
+        nn.init.trunc_normal_(self.joint_position, std=0.02)
+        nn.init.trunc_normal_(self.frame_position, std=0.02)
+        self.spatial = nn.ModuleList(Block(dim, heads, mlp_ratio, adjacency() if i == 0 else None)
+                                     for i in range(depth))
+        self.temporal = nn.ModuleList(Block(dim, heads, mlp_ratio, trajectory_graph(frames) if i == 0 else None)
+                                      for i in range(depth))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, j, _ = x.shape
+        x = self.embed(x) + self.joint_position  # (B, T, J, C)
+        for i, (spatial, temporal) in enumerate(zip(self.spatial, self.temporal)):
+            x = spatial(x.reshape(b * t, j, -1)).reshape(b, t, j, -1)
+            x = x.transpose(1, 2).reshape(b * j, t, -1)
+            if i == 0:
+                x = x + self.frame_position
+            x = temporal(x).reshape(b, j, t, -1).transpose(1, 2)
+        return self.head(self.norm(x))
+
+
+class MLPLifter(nn.Module):
+    """Single-frame baseline: (B, 1, 17, 2) -> (B, 1, 17, 3) with residual MLP blocks."""
+
+    def __init__(self, hidden: int = 256, blocks: int = 2):
+        super().__init__()
+        self.config = {"hidden": hidden, "blocks": blocks}
+        self.frames = 1
+        self.inp = nn.Linear(2 * NUM_JOINTS, hidden)
+        self.blocks = nn.ModuleList(nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, hidden), nn.GELU(),
+                                                  nn.Linear(hidden, hidden)) for _ in range(blocks))
+        self.out = nn.Linear(hidden, 3 * NUM_JOINTS)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t = x.shape[:2]
+        h = self.inp(x.reshape(b * t, -1))
+        for block in self.blocks:
+            h = h + block(h)
+        return self.out(h).reshape(b, t, NUM_JOINTS, 3)
+
+
+ARCHITECTURES = {"KTPFormer": KTPFormer, "MLPLifter": MLPLifter}
+
+
+def save(model: nn.Module, path: Path, **meta) -> None:
+    """A state dict with the architecture's name and config beside the tensors (plain types: loads with
+    weights_only=True)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"architecture": type(model).__name__, "config": model.config, "meta": meta,
+                "state_dict": model.state_dict()}, path)
+
+
+def load(path: str | Path | None = None) -> nn.Module:
+    """A lifter from a file written by `save` (default: the shipped KTPFormer), in eval mode."""
+    path = Path(path) if path else KTPFORMER_WEIGHTS
+    if not path.is_file():
+        raise EdgekitError(f"lifter weights {path} not found. Run `make train-pose` to train them, or pass the "
+                           "path of a .pt file written by edgekit.apps.pose.train_lifter.")
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    if saved.get("architecture") not in ARCHITECTURES:
+        raise EdgekitError(f"{path}: not a lifter checkpoint (architecture {saved.get('architecture')!r}).")
+    model = ARCHITECTURES[saved["architecture"]](**saved["config"])
+    model.load_state_dict(saved["state_dict"])
+    return model.eval()
+
+
+def use_kernel(model: nn.Module) -> nn.Module:
+    """Route the model's attention through edgekit.kernels.attention (eager host inference; not for training:
+    the kernel has no backward, nor for export: compiles keep SDPA, which TVM swaps for the kernel itself)."""
+    from edgekit.kernels import attention
+
+    for module in model.modules():
+        if isinstance(module, Attention):
+            module.attend = attention
+    return model
