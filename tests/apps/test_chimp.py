@@ -290,3 +290,27 @@ def test_bench_reports_app_fps_per_backend(tiny, tmp_path):
     report = markdown({"machine": {"cpu": "x", "cores": 2, "threads": 2, "versions": {}, "date": "now"},
                        "rows": rows})
     assert f"{rows[2]['fps']:.1f} FPS" in report
+
+
+@pytest.fixture(scope="module")
+def aarch64_ready():
+    """The aarch64 emulator, built on first use when missing (minutes; CI runs `make emulator` first)."""
+    from edgekit.runtimes import emulator
+
+    if not emulator.is_ready():
+        emulator.setup()
+
+
+@pytest.mark.emulator
+@pytest.mark.parametrize("backend", ["executorch", "onnxruntime", "tvm"])
+def test_behavior_head_for_android_matches_eager_under_the_emulator(aarch64_ready, tmp_path, backend):
+    """`make phone` for a chimp network (the transformer: on TVM its attention goes to the edgekit kernel): the
+    aarch64 artifact ran inside the emulator on the seeded example inputs and matched eager torch."""
+    out = tmp_path / backend
+    assert edgekit_main(["compile", "--model", "chimp.behavior", "--target", "android-arm64", "--backend", backend,
+                         "--output", str(out)]) == 0
+    manifest = edgekit.load(out).manifest
+    assert manifest.arch == "aarch64" and manifest.target == "android-arm64"
+    verify = manifest.verify
+    assert verify["status"] == "pass" and verify["where"].startswith("emulator"), verify
+    assert verify["max_abs_err"] < 1e-4 and all(o["ok"] and o["n"] > 0 for o in verify["outputs"]), verify
