@@ -54,9 +54,9 @@ emulator: setup
 bench: setup
 	$(EDGEKIT) bench --suite all --report-dir reports $(if $(FILTER),--filter '$(FILTER)')
 
+# the kernels alone, beside their peers: reports/kernels/bench.{json,md} + plots
 bench-kernels: setup
-	$(PY) -m edgekit.kernels.attention.bench --json reports/attention.json
-	$(PY) -m edgekit.kernels.scan.bench --json reports/scan.json
+	$(EDGEKIT) bench --suite all --filter '^(attention|scan)$$' --report-dir reports/kernels
 
 # the shipped chimp weights (deterministic); DATA=ChimpACT-format dir trains on real data instead of synthetic
 train-chimp: setup

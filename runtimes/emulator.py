@@ -7,6 +7,7 @@ libexecutorch*.so, as on a phone: its Python runtime would need libtorch on the 
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -85,12 +86,23 @@ def status() -> dict:
 # ---------------------------------------------------------------- setup
 
 def setup(force: bool = False) -> float:
-    """Build or refresh the sysroot (only the parts whose pins changed); returns the seconds it took."""
+    """Build or refresh the sysroot (only the parts whose pins changed); returns the seconds it took.
+
+    Holds an exclusive lock: a second builder (another test process, a second shell) waits and then
+    finds the sysroot ready, instead of replacing it while the first one installs into it.
+    """
+    _check_host()
+    emulator_dir().mkdir(parents=True, exist_ok=True)
+    with open(emulator_dir() / "setup.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _setup_locked(force)
+
+
+def _setup_locked(force: bool) -> float:
     from rich.console import Console
 
     console = Console(stderr=True)
     t0 = time.perf_counter()
-    _check_host()
     _ensure_binfmt()
     want, have = wanted(), ({} if force else _stamp())
     root = sysroot()
@@ -351,6 +363,41 @@ def _run_python(root, work: Path, guest: str, manifest, inputs, bench: dict):
         outputs = [f[f"out{i}"] for i in range(len(f.files))]
     stats = json.loads((work / "stats.json").read_text()) if bench else None
     return outputs, stats
+
+
+def call_functions(calls: list[tuple[Path, str, list, list[int]]]) -> list[list[np.ndarray]]:
+    """Call functions of aarch64 TVM libraries inside the emulator, all in one guest process.
+
+    Each call is (library, symbol, args, output_indices): args are numpy arrays or Python numbers; the
+    arrays at output_indices are returned after the call, one list per call (kernels write into argument
+    buffers). One process for all calls: starting Python + TVM under emulation takes seconds.
+    """
+    root = require_sysroot()
+    with tempfile.TemporaryDirectory(prefix="edgekit-call-", dir=root / "tmp") as tmp:
+        work = Path(tmp)
+        guest = "/" + work.relative_to(root).as_posix()
+        stage_package(work / "pkg")
+        libraries, arrays, spec = {}, {}, []
+        for i, (library, symbol, args, outputs) in enumerate(calls):
+            if library not in libraries:
+                libraries[library] = f"lib{len(libraries)}.so"
+                shutil.copy2(library, work / libraries[library])
+            encoded = []
+            for j, arg in enumerate(args):
+                if isinstance(arg, np.ndarray):
+                    arrays[f"c{i}a{j}"] = arg
+                    encoded.append({"array": f"c{i}a{j}"})
+                else:
+                    encoded.append({"value": arg})
+            spec.append({"library": f"{guest}/{libraries[library]}", "symbol": symbol, "args": encoded,
+                         "outputs": list(outputs)})
+        np.savez(work / "arrays.npz", **arrays)
+        (work / "calls.json").write_text(json.dumps(spec))
+        _emulate(root, ["python3", "-m", "edgekit.runtimes.emulator_call", f"{guest}/calls.json",
+                        f"{guest}/arrays.npz", f"{guest}/results.npz"],
+                 env={"PYTHONPATH": f"{guest}/pkg", "PYTHONDONTWRITEBYTECODE": "1"})
+        with np.load(work / "results.npz") as f:
+            return [[f[f"call{i}_arg{j}"] for j in outputs] for i, (_, _, _, outputs) in enumerate(calls)]
 
 
 def _run_executorch(root, work: Path, guest: str, manifest, inputs, bench: dict):

@@ -21,6 +21,16 @@ def shared() -> Path:
 
 
 @pytest.fixture(scope="session")
+def emulator_sysroot() -> Path:
+    """The aarch64 emulator, built on first use when missing (minutes; CI runs `make emulator` first)."""
+    from edgekit.runtimes import emulator
+
+    if not emulator.is_ready():
+        emulator.setup()
+    return emulator.sysroot()
+
+
+@pytest.fixture(scope="session")
 def zoo_model():
     from edgekit.zoo import conv_attention
 

@@ -24,10 +24,8 @@ CASES = [("android-arm64", "executorch"), ("android-arm64", "tvm"), ("android-ar
 
 
 @pytest.fixture(scope="module")
-def sysroot():
-    if not emulator.is_ready():
-        emulator.setup()
-    return emulator.sysroot()
+def sysroot(emulator_sysroot):
+    return emulator_sysroot
 
 
 @pytest.fixture(scope="module")

@@ -66,6 +66,19 @@ def _run(kernel, opts, inputs, outputs):
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                    return_last_state=False):
     """out [batch, dim, L] (and last_state [batch, dim, N] when return_last_state)."""
+    opts, inputs, (out, last_state) = scan_arguments(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    _run("scan", opts, inputs, [out, last_state])
+    if not return_last_state:
+        return out
+    return out, last_state[..., :A.shape[1]].contiguous()
+
+
+def scan_arguments(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
+    """Check the inputs and lay them out as the compiled scan takes them: (opts, inputs, outputs).
+
+    Any build of the kernel (host, or a device library run elsewhere) is called as fn(*inputs, *outputs);
+    last_state comes back zero-padded to a power-of-two state size.
+    """
     _check("u", u, (None, None, None))
     batch, dim, length = u.shape
     _check("delta", delta, (batch, dim, length))
@@ -80,14 +93,10 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     n_pad = _padded_state_size(n_state)
     opts = Options(n_pad, has_d=D is not None, has_z=z is not None,
                    has_bias=delta_bias is not None, softplus=bool(delta_softplus))
-    out = u.new_empty(batch, dim, length)
-    last_state = u.new_empty(batch, dim, n_pad)
     optional = [t for t in (D, z, delta_bias) if t is not None]
     b_mat, c_mat = (_pad_state(_grouped(t, 4), n_pad, axis=-2) for t in (B, C))
-    _run("scan", opts, [u, delta, _pad_state(A, n_pad), b_mat, c_mat, *optional], [out, last_state])
-    if not return_last_state:
-        return out
-    return out, last_state[..., :n_state].contiguous()
+    inputs = [u, delta, _pad_state(A, n_pad), b_mat, c_mat, *optional]
+    return opts, inputs, (u.new_empty(batch, dim, length), u.new_empty(batch, dim, n_pad))
 
 
 def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):

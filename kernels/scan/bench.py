@@ -8,29 +8,9 @@ each output written once) over the median time, against a large-copy bandwidth m
 same run; the scan is compute-bound, the state update is not.
 """
 
-import argparse
-import json
 import os
-import statistics
-import time
 
-
-def _times(fn, repeat, warmup=1):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), min(times)
-
-
-def copy_bandwidth_gbs(torch, mib=512):
-    src = torch.ones(mib * 2**20 // 4)
-    dst = torch.empty_like(src)
-    median, _ = _times(lambda: dst.copy_(src), repeat=10)
-    return 2 * src.numel() * 4 / median / 1e9  # read + write
+from ..benchmark import copy_bandwidth_gbs, main as bench_main, timed
 
 
 def _nbytes(*tensors):
@@ -75,7 +55,7 @@ def run(threads=2, repeat=10, peer_repeat=3):
     rows = []
 
     def record(case, shape, traffic, impls):
-        times = {impl: _times(fn, reps) for impl, (fn, reps) in impls.items()}
+        times = {impl: timed(fn, reps) for impl, (fn, reps) in impls.items()}
         ours, ours_min = times["edgekit"]
         for impl, (median, best) in times.items():
             gbs = traffic / median / 1e9
@@ -116,16 +96,7 @@ def print_table(result):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeat", type=int, default=10)
-    parser.add_argument("--json", help="also write the results to this JSON file")
-    args = parser.parse_args(argv)
-    result = run(args.threads, args.repeat)
-    print_table(result)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+    bench_main(__doc__, run, print_table, argv)
 
 
 if __name__ == "__main__":

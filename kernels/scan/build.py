@@ -48,6 +48,20 @@ def _cache_key(kernel: str, opts: tir_scan.Options, target: dict) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]
 
 
+def cross_library(kernel: str, opts: tir_scan.Options, target: dict, compiler: str) -> Path:
+    """`kernel` compiled for a device target and linked with `compiler`, cached on disk like host builds."""
+    from tvm.support import cc
+
+    path = cache_dir() / f"{kernel}-{_cache_key(kernel, opts, target)}.so"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+            staged = Path(tmp) / path.name
+            build(kernel, opts, target).export_library(str(staged), fcompile=cc.cross_compiler(compiler))
+            os.replace(staged, path)
+    return path
+
+
 @functools.lru_cache(maxsize=None)
 def host_kernel(kernel: str, opts: tir_scan.Options):
     """The host-compiled kernel function, from the disk cache when present."""

@@ -323,3 +323,32 @@ def test_relax_rewrite_builds_for_cuda(target_name, dtype, tmp_path):
     done = subprocess.run(["nvcc", "--cubin", f"-arch={target['arch']}", "-O3", "-o", str(tmp_path / "k.cubin"),
                            str(tmp_path / "kernels.cu")], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+# The NEON build (portable TIR for aarch64) run under the emulator: one guest process per head dim.
+AARCH64_SWEEP = {
+    d: [(1, 2, 2, n, n, {"causal": c}) for n in (1, 7, 113, 1023) for c in (False, True)] for d in (32, 80, 128)}
+AARCH64_SWEEP[64] = [
+    *[(1, 1, 1, n, n, {"causal": c}) for n in (1, 7, 113, 1023, 1024, 4097) for c in (False, True)],
+    *[(1, 2, 2, n, n, {"causal": True, "window": w}) for n in (113, 1024) for w in (1, 100)],
+    (2, 8, 2, 113, 113, {"causal": True}),                     # grouped-query
+    *[(1, 4, 2, lq, 4097, {"causal": True}) for lq in (1, 17)],  # decode with a KV cache
+]
+
+
+@pytest.mark.emulator
+def test_aarch64_build_under_emulator(emulator_sysroot):
+    from edgekit.runtimes import emulator
+
+    calls, cases = [], []
+    for head_dim, sweep in AARCH64_SWEEP.items():
+        library = build.build_cross_library("aarch64", head_dim)
+        for i, (b, h, hkv, lq, lk, mask) in enumerate(sweep):
+            q, k, v = _inputs(b, h, hkv, lq, lk, head_dim, seed=i)
+            flags = [int(mask["causal"]), mask.get("window", 0), head_dim**-0.5]
+            calls.append((library, tir_kernel.SYMBOLS["float32"],
+                          [t.numpy() for t in (q, k, v, torch.empty_like(q))] + flags, [3]))
+            cases.append(((head_dim, b, h, hkv, lq, lk, mask), attention_reference(q, k, v, **mask)))
+    for (case, ref), (out,) in zip(cases, emulator.call_functions(calls)):
+        torch.testing.assert_close(torch.from_numpy(out).double(), ref, rtol=RTOL, atol=ATOL,
+                                   msg=lambda m, case=case: f"{case}: {m}")

@@ -327,3 +327,22 @@ def test_ssd_forms_match_reference(length, chunk):
                 ssd_scan(x, dt, A, B, C, D, z, dt_bias, True, True)):
         _assert_close(got[0], expected[0])
         _assert_close(got[1], expected[1])
+
+
+@pytest.mark.emulator
+def test_neon_build_under_emulator(emulator_sysroot):
+    """The aarch64 NEON scan run under the emulator: every length and state size, options rotating."""
+    from edgekit.kernels.scan.api import scan_arguments
+    from edgekit.runtimes import emulator
+
+    calls, cases = [], []
+    for length, n, flags, groups in (p.values for p in _sampled_grid()):
+        args, opts = _scan_inputs(1, 4, length, n, groups, flags)
+        kernel_opts, inputs, outputs = scan_arguments(**args, **opts)
+        library = build.cross_library("scan", kernel_opts, build.AARCH64_NEON, "aarch64-linux-gnu-g++")
+        calls.append((library, tir_scan.FUNC_NAMES["scan"], [t.contiguous().numpy() for t in (*inputs, *outputs)],
+                      [len(inputs), len(inputs) + 1]))
+        cases.append((selective_scan_ref(**args, **opts, return_last_state=True), n))
+    for ((ref_out, ref_last), n), (out, last) in zip(cases, emulator.call_functions(calls)):
+        _assert_close(torch.from_numpy(out), ref_out)
+        _assert_close(torch.from_numpy(last)[..., :n], ref_last)
