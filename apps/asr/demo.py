@@ -65,7 +65,7 @@ def _common(p: argparse.ArgumentParser, window: int) -> None:
 def build(args) -> WhisperRecognizer:
     if args.threads:
         torch.set_num_threads(args.threads)
-    return WhisperRecognizer(args.weights, args.backend, args.artifacts, args.window)
+    return WhisperRecognizer(args.weights, args.backend, args.artifacts, args.window).warm_up()
 
 
 def transcribe_command(args) -> int:

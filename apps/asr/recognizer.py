@@ -19,7 +19,7 @@ from . import features as features_module
 from . import whisper as whisper_module
 from .convert_ct2 import load_whisper
 from .features import SAMPLE_RATE, WINDOW_SECONDS, pad_window
-from .whisper import Whisper, WhisperDecoderStep, WhisperEncoder, example_inputs
+from .whisper import CachedDecoder, Whisper, WhisperDecoderStep, WhisperEncoder, example_inputs
 
 BACKENDS = ("eager", "executorch", "tvm", "onnxruntime")
 CACHE_LEN = 224  # Whisper's own cap on tokens sampled per 30 s window
@@ -42,6 +42,7 @@ def default_model_dir() -> Path:
 class Vocabulary:
     """Special token ids and the text decoder, from the tokenizer files shipped with the weights."""
     decode: Callable[[list[int]], str]
+    encode: Callable[[str], list[int]]
     eot: int
     prompt: tuple[int, ...]      # start of transcript, no timestamps: English-only models take no language/task
     suppress: np.ndarray         # never sampled
@@ -54,7 +55,9 @@ class Vocabulary:
         tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         config = json.loads((model_dir / "config.json").read_text())
         ids = {name: tok.token_to_id(f"<|{name}|>") for name in ("endoftext", "startoftranscript", "notimestamps")}
-        return cls(decode=lambda t: tok.decode(t, skip_special_tokens=True).strip(), eot=ids["endoftext"],
+        return cls(decode=lambda t: tok.decode(t, skip_special_tokens=True).strip(),
+                   encode=lambda text: tok.encode(" " + text.strip(), add_special_tokens=False).ids if text.strip()
+                   else [], eot=ids["endoftext"],
                    prompt=(ids["startoftranscript"], ids["notimestamps"]),
                    suppress=np.array(config["suppress_ids"]), suppress_first=np.array(config["suppress_ids_begin"]))
 
@@ -70,44 +73,60 @@ class WhisperRecognizer:
         model_dir = Path(model_dir) if model_dir else default_model_dir()
         whisper = load_whisper(model_dir)
         self.vocab = Vocabulary.from_dir(model_dir)
+        self.whisper, self.backend = whisper, backend
         self.dims, self.window = whisper.dims, window
         self.encoder, self.step = graphs(whisper, backend, Path(artifacts) if artifacts else DEFAULT_ARTIFACTS,
                                          window * SAMPLE_RATE)
 
-    def __call__(self, audio: np.ndarray) -> str:
-        return self.vocab.decode(self.tokens(audio))
+    def warm_up(self) -> WhisperRecognizer:
+        """One short silent transcription: loads the attention kernel (TVM's import takes seconds) and builds
+        the CPU primitives, so the first real utterance does not wait for them."""
+        self.tokens(np.zeros(SAMPLE_RATE, np.float32))
+        return self
 
-    def tokens(self, audio: np.ndarray) -> list[int]:
+    def __call__(self, audio: np.ndarray, draft: str = "") -> str:
+        """The transcript; `draft`, a guess at it (e.g. the previous partial of a growing utterance), only makes
+        decoding faster: its tokens are checked in one decoder pass and kept while greedy decoding agrees."""
+        return self.vocab.decode(self.tokens(audio, self.vocab.encode(draft)))
+
+    def tokens(self, audio: np.ndarray, draft: list[int] = ()) -> list[int]:
         """Greedy decoding, redone at rising temperatures when the text loops or the model is unsure
         (Whisper's own fallback rule), with at most MAX_TOKENS_PER_SECOND tokens per second of audio."""
         cross = self.encoder(pad_window(audio, self.window * SAMPLE_RATE))
         limit = min(CACHE_LEN - len(self.vocab.prompt), int(MAX_TOKENS_PER_SECOND * len(audio) / SAMPLE_RATE) + 8)
         rng = np.random.default_rng(0)  # the same audio always gives the same text
         for temperature in TEMPERATURES:
-            tokens, logprob = self._decode(cross, limit, temperature, rng)
+            tokens, logprob = self._decode(cross, limit, temperature, rng, draft if temperature == 0 else ())
             if compression_ratio(self.vocab.decode(tokens)) <= 2.4 and logprob >= -1.0:
                 break
         return tokens
 
-    def _decode(self, cross, limit, temperature, rng) -> tuple[list[int], float]:
+    def decoder(self, cross):
+        """`feed(tokens, start, rows) -> logits of the last rows`: the eager KV-cached decoder, or the compiled
+        one-token step graph driven token by token."""
+        if self.backend == "eager":
+            return CachedDecoder(self.whisper, tuple(torch.from_numpy(c) for c in cross), CACHE_LEN)
+        return StepDecoder(self.step, self.dims, cross)
+
+    def _decode(self, cross, limit, temperature, rng, draft=()) -> tuple[list[int], float]:
         """(tokens, mean log-probability per token including the end of text)."""
-        d = self.dims
-        keys = np.zeros((d.decoder_layers, d.heads, CACHE_LEN, d.head_dim), np.float32)
-        values = np.zeros_like(keys)
-        tokens, total, cached = list(self.vocab.prompt), 0.0, 0
-        while len(tokens) - len(self.vocab.prompt) < limit:
-            for pos in range(cached, len(tokens)):  # the whole prompt on the first pass, then the new token
-                logits, k, v = self.step(np.array([[tokens[pos]]]), np.array([pos]), keys, values, *cross)
-                keys[:, :, pos], values[:, :, pos] = k[:, :, 0], v[:, :, 0]
-            cached = len(tokens)
-            logprobs = self._logprobs(logits[0], first=len(tokens) == len(self.vocab.prompt))
+        decoder, prompt = self.decoder(cross), list(self.vocab.prompt)
+        draft = list(draft)[:limit]
+        rows = list(np.asarray(decoder.feed(prompt + draft, 0, rows=len(draft) + 1)))  # rows[i]: after draft[:i]
+        tokens, total = list(prompt), 0.0
+        while len(tokens) - len(prompt) < limit:
+            logprobs = self._logprobs(rows[0], first=len(tokens) == len(prompt))
             token = int(np.argmax(logprobs) if temperature == 0 else
                         rng.choice(len(logprobs), p=_softmax(logprobs / temperature)))
             total += logprobs[token]
             if token == self.vocab.eot:
                 break
             tokens.append(token)
-        generated = tokens[len(self.vocab.prompt):]
+            if len(rows) > 1 and draft[len(tokens) - len(prompt) - 1] == token:
+                rows = rows[1:]  # the draft's own token: its successor's logits are computed already
+            else:
+                rows = list(np.asarray(decoder.feed([token], len(tokens) - 1)))
+        generated = tokens[len(prompt):]
         return generated, total / (len(generated) + 1)
 
     def _logprobs(self, logits: np.ndarray, first: bool) -> np.ndarray:
@@ -117,6 +136,24 @@ class WhisperRecognizer:
         if first:
             logits[self.vocab.suppress_first] = -np.inf
         return logits - logsumexp(logits)
+
+
+class StepDecoder:
+    """The static-shape step graph (compiled backends) behind CachedDecoder's `feed`: one token per call,
+    the caches held here and passed in whole."""
+
+    def __init__(self, step: Graph, dims, cross):
+        self.step, self.cross = step, cross
+        self.keys = np.zeros((dims.decoder_layers, dims.heads, CACHE_LEN, dims.head_dim), np.float32)
+        self.values = np.zeros_like(self.keys)
+
+    def feed(self, tokens: list[int], start: int, rows: int = 1) -> np.ndarray:
+        out = []
+        for pos, token in enumerate(tokens, start):
+            logits, k, v = self.step(np.array([[token]]), np.array([pos]), self.keys, self.values, *self.cross)
+            self.keys[:, :, pos], self.values[:, :, pos] = k[:, :, 0], v[:, :, 0]
+            out.append(logits[0])
+        return np.stack(out[-rows:])
 
 
 def compression_ratio(text: str) -> float:

@@ -3,6 +3,11 @@
 `WhisperEncoder`: 30 s of 16 kHz audio -> per-layer cross-attention keys/values (computed once per window).
 `WhisperDecoderStep`: one token at position `offset` against fixed-size self-attention caches -> logits and the
 new token's keys/values; the caller writes those into its cache, so no step copies the whole cache back out.
+`CachedDecoder`: the eager decoder, any number of tokens per call against a KV cache that grows in place, with
+edgekit's fused attention kernel (causal, bottom-right aligned: new tokens see the cache and each other).
+
+Attention runs through `attend`: eagerly on float32 CPU tensors it is the edgekit kernel; inside an export it
+stays torch's scaled_dot_product_attention, which TVM compiles to the same kernel and the others decompose.
 """
 from __future__ import annotations
 
@@ -29,6 +34,19 @@ class Dims:
     @property
     def head_dim(self) -> int:
         return self.width // self.heads
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v on (batch, heads, length, head_dim); causal: bottom-right aligned."""
+    if not torch.compiler.is_exporting() and q.dtype == torch.float32 and q.device.type == "cpu":
+        from edgekit.kernels import attention
+
+        return attention(q, k, v, causal=causal)
+    if causal and q.shape[2] > 1:  # torch's is_causal aligns top-left; spell the bottom-right mask out
+        lq, lk = q.shape[2], k.shape[2]
+        mask = torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril(lk - lq)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return F.scaled_dot_product_attention(q, k, v)
 
 
 def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -58,7 +76,7 @@ class EncoderBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = (split_heads(t, self.heads) for t in self.qkv(self.attn_ln(x)).chunk(3, dim=-1))
-        x = x + self.out(merge_heads(F.scaled_dot_product_attention(q, k, v)))
+        x = x + self.out(merge_heads(attend(q, k, v)))
         return x + self.mlp(self.mlp_ln(x))
 
 
@@ -86,9 +104,21 @@ class DecoderBlock(nn.Module):
         keys = torch.where(slot, k, self_k)  # the new token's entry, without writing the input cache
         values = torch.where(slot, v, self_v)
         x = x + self.self_out(merge_heads(F.scaled_dot_product_attention(q, keys, values, attn_mask=visible)))
+        return self._cross_and_mlp(x, cross_k, cross_v), k, v
+
+    def _cross_and_mlp(self, x, cross_k, cross_v):
         q = split_heads(self.cross_q(self.cross_ln(x)), self.heads)
-        x = x + self.cross_out(merge_heads(F.scaled_dot_product_attention(q, cross_k, cross_v)))
-        return x + self.mlp(self.mlp_ln(x)), k, v
+        x = x + self.cross_out(merge_heads(attend(q, cross_k, cross_v)))
+        return x + self.mlp(self.mlp_ln(x))
+
+    def forward_cached(self, x, cache_k, cache_v, start, cross_k, cross_v):
+        """x: (1, n, C) at positions start..start+n-1; writes their keys/values into the caches (1, H, L, D)."""
+        n = x.shape[1]
+        q, k, v = (split_heads(t, self.heads) for t in self.self_qkv(self.self_ln(x)).chunk(3, dim=-1))
+        cache_k[:, :, start:start + n] = k
+        cache_v[:, :, start:start + n] = v
+        a = attend(q, cache_k[:, :, :start + n], cache_v[:, :, :start + n], causal=True)
+        return self._cross_and_mlp(x + self.self_out(merge_heads(a)), cross_k, cross_v)
 
 
 class Whisper(nn.Module):
@@ -155,6 +185,30 @@ class WhisperDecoderStep(nn.Module):
             new_v.append(v)
         # flatten, not [:, -1]: TVM's import of a negative index on this size-1 axis yields NaN
         return w.logits(x).flatten(1), torch.cat(new_k), torch.cat(new_v)
+
+
+class CachedDecoder:
+    """Eager decoding: `feed(tokens, start)` runs tokens at positions start.. through the decoder, keeping their
+    keys/values; positions after `start` left by an earlier call are overwritten (a rejected draft costs nothing
+    to undo). Returns the logits of the last `rows` tokens."""
+
+    def __init__(self, whisper: Whisper, cross: tuple[torch.Tensor, torch.Tensor], cache_len: int):
+        d = whisper.dims
+        self.whisper, self.cache_len = whisper, cache_len
+        self.keys = torch.zeros(d.decoder_layers, 1, d.heads, cache_len, d.head_dim)
+        self.values = torch.zeros_like(self.keys)
+        self.cross_k, self.cross_v = cross
+
+    @torch.inference_mode()
+    def feed(self, tokens: list[int], start: int, rows: int = 1) -> torch.Tensor:
+        if start + len(tokens) > self.cache_len:
+            raise ValueError(f"{start + len(tokens)} tokens exceed the decoder cache of {self.cache_len}.")
+        w = self.whisper
+        x = w.token_embedding(torch.tensor([tokens])) + w.text_pos[start:start + len(tokens)]
+        for i, block in enumerate(w.decoder_blocks):
+            x = block.forward_cached(x, self.keys[i], self.values[i], start,
+                                     self.cross_k[i:i + 1], self.cross_v[i:i + 1])
+        return w.logits(x[0, -rows:])
 
 
 @dataclass
