@@ -349,6 +349,18 @@ def test_microphone_that_cannot_be_opened_is_a_clear_error(monkeypatch):
         live.Microphone(live.RingBuffer(seconds=1))
 
 
+def test_truncated_wav_is_used_with_a_warning(tmp_path, capsys):
+    from scipy.io import wavfile
+
+    from edgekit.apps.asr.features import load_audio
+
+    path = tmp_path / "cut.wav"
+    wavfile.write(path, 16000, np.zeros(16000, np.int16))
+    path.write_bytes(path.read_bytes()[:44 + 8000])      # header + the first 4000 samples
+    assert len(load_audio(path)) == 4000
+    assert "cut.wav: Reached EOF prematurely" in capsys.readouterr().err
+
+
 def test_replay_loops_a_recording_for_the_duration():
     from edgekit.apps.asr import live
 

@@ -1,6 +1,8 @@
 """Audio front end: WAV reading, resampling to 16 kHz, and Whisper's log-mel spectrogram as an exportable module."""
 from __future__ import annotations
 
+import sys
+import warnings
 from math import gcd
 from pathlib import Path
 
@@ -25,7 +27,9 @@ def load_audio(path) -> np.ndarray:
     """Mono float32 in [-1, 1] at 16 kHz from a WAV file of any rate, sample format and channel count."""
     path = Path(path)
     try:
-        rate, data = wavfile.read(path)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", wavfile.WavFileWarning)
+            rate, data = wavfile.read(path)
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         raise EdgekitError(f"{path}: audio file not found. Pass a .wav file.") from None
     except PermissionError:
@@ -35,6 +39,8 @@ def load_audio(path) -> np.ndarray:
         # ValueError to TypeError or ZeroDivisionError (found by fuzzing); the file is its only input
         raise EdgekitError(f"{path}: not a readable WAV file ({exc or type(exc).__name__}). Convert it, e.g. "
                            "`ffmpeg -i in.mp3 -ar 16000 -ac 1 out.wav`.") from None
+    for warning in caught:  # e.g. a file cut short: its audio is used, and the user told in one line
+        print(f"warning: {path}: {warning.message}", file=sys.stderr)
     if not MIN_RATE <= rate <= MAX_RATE or data.ndim not in (1, 2) or 0 in data.shape[1:]:
         raise EdgekitError(f"{path}: unsupported WAV layout ({rate} Hz, shape {data.shape}): expected "
                            f"{MIN_RATE}-{MAX_RATE} Hz and at least one channel. Convert it, e.g. "
