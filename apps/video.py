@@ -114,6 +114,10 @@ class LiveSource:
         self.stats_path, self.name = stats, name
         self.capture = open_capture(self.source)
         self.fps = self.capture.get(cv2.CAP_PROP_FPS)
+        if realtime and not self.fps > 0:
+            self.capture.release()
+            raise EdgekitError(f"--realtime plays {source} at its frame rate, but the file does not state one. "
+                               "Drop --realtime, or re-encode it with a frame rate (ffmpeg -r 25).")
         self.frame_count = int(self.capture.get(cv2.CAP_PROP_FRAME_COUNT)) if self.kind == "file" else 0
         self.processed = self.dropped = self._pass_frames = 0
         self.passes = 1
