@@ -70,7 +70,7 @@ def tvm_default_lowering(args, is_causal):
     from tvm.relax.frontend.torch import from_exported_program
 
     mod = from_exported_program(exported_sdpa(args, is_causal))
-    vm = tvm.relax.VirtualMachine(tvm.compile(mod, target={"kind": "llvm"}), tvm.cpu())
+    vm = tvm.relax.VirtualMachine(tvm.compile(mod, target=tvm.target.Target({"kind": "llvm"})), tvm.cpu())
     tensors = [tvm.runtime.tensor(t.numpy()) for t in args]
     return lambda: vm["main"](*tensors)
 
