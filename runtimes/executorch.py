@@ -9,6 +9,8 @@ import numpy as np
 def load(artifact_dir: Path, manifest):
     from executorch.runtime import Runtime
 
+    if manifest.backend_info.get("attention") == "llama.custom_sdpa":
+        from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401  (registers its kernels)
     program = Runtime.get().load_program(Path(artifact_dir) / manifest.entry)
     return program.load_method("forward")
 

@@ -93,3 +93,30 @@ def test_onnx_with_ops_tvm_cannot_import_gets_a_clear_error(tmp_path, host_artif
 def test_tvm_artifact_uses_the_fused_attention_kernel(host_artifacts):
     """nn.MultiheadAttention reaches edgekit's attention kernel instead of TVM's default lowering."""
     assert b"edgekit_attention" in (host_artifacts["tvm"] / "model.so").read_bytes()
+
+
+def test_executorch_host_artifact_uses_the_fused_sdpa_kernel(host_artifacts):
+    """On host, ExecuTorch runs attention with its custom_sdpa kernel (faster than XNNPACK's decomposition)."""
+    info = edgekit.load(host_artifacts["executorch"]).manifest.backend_info
+    assert info["attention"] == "llama.custom_sdpa"
+    assert "llama_custom_sdpa_default" in info["non_delegated_op_types"]
+
+
+def test_executorch_sdpa_forms_the_fused_kernel_cannot_take_stay_exact(tmp_path):
+    """A float mask and grouped-query heads get the math decomposition; causal and plain get the kernel."""
+    import torch
+    import torch.nn.functional as F
+
+    class Mixed(torch.nn.Module):
+        def forward(self, q, k, v, kv):
+            mask = torch.linspace(-1.0, 0.0, q.shape[-2] * k.shape[-2]).reshape(q.shape[-2], k.shape[-2])
+            return (F.scaled_dot_product_attention(q, k, v, is_causal=True)
+                    + F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+                    + F.scaled_dot_product_attention(q, kv, kv, enable_gqa=True))
+
+    gen = torch.Generator().manual_seed(0)
+    inputs = (*(torch.randn(1, 4, 9, 16, generator=gen) for _ in range(3)), torch.randn(1, 2, 9, 16, generator=gen))
+    art = edgekit.compile_model(Mixed(), inputs, target="host", backend="executorch", output=tmp_path / "m")
+    out, = edgekit.load(art).run([t.numpy() for t in inputs])
+    np.testing.assert_allclose(out, Mixed()(*inputs).numpy(), atol=1e-5)
+    assert edgekit.load(art).manifest.backend_info["attention"] == "llama.custom_sdpa"

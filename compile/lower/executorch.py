@@ -8,7 +8,7 @@ from edgekit.targets import Target
 
 from ..export import export_torch, portable
 from ..source import Source, TorchSource
-from . import Lowered, versions
+from . import Lowered, executorch_sdpa, versions
 
 
 def lower(source: Source, target: Target, out: Path) -> Lowered:
@@ -19,7 +19,13 @@ def lower(source: Source, target: Target, out: Path) -> Lowered:
     if not isinstance(source, TorchSource):
         raise EdgekitError(f"backend 'executorch' compiles PyTorch models; {source.path} is a .{source.kind} file. "
                            "Use --backend tvm or onnxruntime for it.")
-    edge = to_edge_transform_and_lower(portable(export_torch(source)), partitioner=[XnnpackPartitioner()])
+    program = portable(export_torch(source))
+    attention = None
+    if executorch_sdpa.has_sdpa(program):
+        host = target.name == "host"  # the Python runtime: see executorch_sdpa for why devices decompose
+        program = executorch_sdpa.use_custom_sdpa(program) if host else program
+        attention = executorch_sdpa.CUSTOM if host else executorch_sdpa.DECOMPOSED
+    edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
     info = get_delegation_info(edge.exported_program().graph_module)
     program = edge.to_executorch()
     (out / "model.pte").write_bytes(program.buffer)
@@ -30,6 +36,7 @@ def lower(source: Source, target: Target, out: Path) -> Lowered:
         "delegated_ops": int(info.num_delegated_nodes),
         "non_delegated_ops": int(info.num_non_delegated_nodes),
         "non_delegated_op_types": non_delegated,
+        **({"attention": attention} if attention else {}),
     }, versions("executorch", "torch"))
 
 

@@ -42,26 +42,37 @@ def onnx_attention_session(shape_q, shape_kv, causal, threads):
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
-def exported_sdpa(args, is_causal):
-    """torch SDPA as an exported program: what the ExecuTorch and TVM peers compile."""
+def exported_sdpa(args, is_causal, custom=False):
+    """torch SDPA as an exported program: what the ExecuTorch and TVM peers compile.
+
+    custom: ExecuTorch's fused llama.custom_sdpa kernel ([B, L, H, D] layout) instead of aten SDPA."""
     import torch
 
     class Attention(torch.nn.Module):
         def forward(self, q, k, v):
+            if custom:
+                out = torch.ops.llama.custom_sdpa(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), 0, None,
+                                                  0.0, is_causal)
+                return out.transpose(1, 2)
             return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=is_causal)
 
+    if custom:
+        from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401  (registers torch.ops.llama)
     return torch.export.export(Attention(), args)
 
 
-def executorch_program(args, is_causal):
-    """SDPA lowered to ExecuTorch with the XNNPACK partitioner."""
+def executorch_method(args, is_causal, custom=False):
+    """SDPA lowered to ExecuTorch with the XNNPACK partitioner (the math decomposition XNNPACK runs, or the
+    custom_sdpa kernel, which stays outside the delegate); returns a callable running it."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
     from executorch.runtime import Runtime
 
-    program = to_edge_transform_and_lower(exported_sdpa(args, is_causal),
+    program = to_edge_transform_and_lower(exported_sdpa(args, is_causal, custom),
                                           partitioner=[XnnpackPartitioner()]).to_executorch()
-    return Runtime.get().load_program(program.buffer)
+    loaded = Runtime.get().load_program(program.buffer)
+    method = loaded.load_method("forward")
+    return lambda: (loaded, method.execute(list(args)))  # the program must outlive its method
 
 
 def tvm_default_lowering(args, is_causal):
@@ -101,13 +112,12 @@ def run(threads=2, repeat=10, peer_repeat=3):
         # SDPA's is_causal aligns top-left; that equals our bottom-right mask for Lq == Lk, and
         # a single decode query sees every key either way.
         sdpa_causal = causal and lq == lk
-        et_program = executorch_program((q, k, v), sdpa_causal)  # must outlive its methods
-        et_method = et_program.load_method("forward")
         impls = {
             "edgekit": (lambda: attention(q, k, v, causal=causal), repeat),
             "torch sdpa": (lambda: F.scaled_dot_product_attention(q, k, v, is_causal=sdpa_causal), repeat),
             "onnxruntime": (lambda: session.run(None, feeds), repeat),
-            "executorch xnnpack": (lambda: et_method.execute([q, k, v]), repeat),
+            "executorch xnnpack": (executorch_method((q, k, v), sdpa_causal), repeat),
+            "executorch custom_sdpa": (executorch_method((q, k, v), sdpa_causal, custom=True), repeat),
         }
         if name.startswith("prefill"):  # ~2 s a call: a few runs say enough
             impls["tvm default lowering"] = (tvm_default_lowering((q, k, v), sdpa_causal), peer_repeat)
