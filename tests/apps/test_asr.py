@@ -144,6 +144,32 @@ def test_decoder_step_ignores_cache_slots_after_offset(recognizer):
         np.testing.assert_allclose(a, b, atol=1e-4)
 
 
+def test_cached_decoder_with_the_kernel_matches_the_step_graph(recognizer):
+    """The eager decoder (fused kernel, several tokens a call, cache written in place) against the exported step
+    graph (torch SDPA with a mask, one token a call), including a rejected draft overwritten in the cache."""
+    from edgekit.apps.asr.recognizer import StepDecoder
+    from edgekit.apps.asr.whisper import CachedDecoder
+
+    rng = np.random.default_rng(1)
+    d = recognizer.dims
+    cross = [rng.standard_normal((d.decoder_layers, d.heads, 60, d.head_dim)).astype(np.float32) for _ in "kv"]
+    cached = CachedDecoder(recognizer.whisper, tuple(torch.from_numpy(c) for c in cross), CACHE_LEN)
+    stepped = StepDecoder(recognizer.step, d, cross)
+    tokens = [50257, 50362, 440, 1936, 286]
+    np.testing.assert_allclose(cached.feed(tokens, 0, rows=3).numpy(), stepped.feed(tokens, 0, rows=3), atol=2e-3)
+    cached.feed([13, 14, 15], 5)                       # a draft, then rejected: position 5 is written again
+    np.testing.assert_allclose(cached.feed([318], 5).numpy(), stepped.feed([318], 5), atol=2e-3)
+
+
+@needs_data
+def test_a_draft_changes_speed_not_the_transcript(recognizer):
+    audio = features.load_audio(CLIP)
+    plain = recognizer.tokens(audio)
+    assert recognizer.tokens(audio, plain[:4] + [262, 262]) == plain       # right start, wrong tail
+    assert recognizer.tokens(audio, [262] * 5) == plain                   # all wrong
+    assert recognizer(audio, draft=recognizer.vocab.decode(plain)) == recognizer.vocab.decode(plain)
+
+
 @needs_data
 def test_transcribes_a_clip(recognizer):
     text = recognizer(features.load_audio(CLIP))
@@ -234,6 +260,42 @@ def test_live_replay_gives_partial_and_final_transcripts(recognizer):
     assert finals and any(e.kind == "partial" for e in events)
     assert wer([CLIP_TEXT], [" ".join(e.text for e in finals)]) <= 0.25
     assert finals[-1].latency is not None and finals[-1].latency > 0
+
+
+class _DripRing(live.RingBuffer):
+    """Hands out one VAD chunk per take(), whatever the clock says: the streamer sees audio arrive at a fixed
+    pace per loop, so what it does when is deterministic."""
+
+    def __init__(self, audio):
+        super().__init__(seconds=30)
+        self.audio, self.given = audio, 0
+
+    def take(self):
+        if self.given < len(self.audio):
+            self.push(self.audio[self.given:self.given + vad.CHUNK])
+            self.given += vad.CHUNK
+        return super().take()
+
+
+@needs_data
+def test_live_final_is_transcribed_while_the_silence_is_confirmed():
+    """The final transcript is computed at the first silent chunk, before the detector's min-silence wait ends,
+    and is the one reported when the detector confirms that end."""
+    audio = np.concatenate([features.load_audio(CLIP), np.zeros(features.SAMPLE_RATE, np.float32)])
+    calls = []
+
+    def transcribe(segment, draft=""):
+        calls.append((len(segment), streamer.vad.triggered))   # triggered: the detector has not called the end
+        return f"{len(segment)} samples"
+
+    streamer = live.Streamer(transcribe, max_seconds=10, partial_every=0.5)
+    ring = _DripRing(audio)
+    events = [e for e in streamer.run(ring, lambda: ring.given >= len(audio)) if isinstance(e, live.Event)]
+    finals = [e for e in events if e.kind == "final"]
+    assert len(finals) == 1 and finals[0].latency is not None
+    final_calls = [c for c in calls if f"{c[0]} samples" == finals[0].text]
+    assert final_calls == [(final_calls[0][0], True)]      # transcribed once, before the end was confirmed
+    assert finals[0].end - finals[0].start > 2.5
 
 
 def test_live_without_input_device_is_a_clear_error(tmp_path):
