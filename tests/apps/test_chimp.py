@@ -292,18 +292,9 @@ def test_bench_reports_app_fps_per_backend(tiny, tmp_path):
     assert f"{rows[2]['fps']:.1f} FPS" in report
 
 
-@pytest.fixture(scope="module")
-def aarch64_ready():
-    """The aarch64 emulator, built on first use when missing (minutes; CI runs `make emulator` first)."""
-    from edgekit.runtimes import emulator
-
-    if not emulator.is_ready():
-        emulator.setup()
-
-
 @pytest.mark.emulator
 @pytest.mark.parametrize("backend", ["executorch", "onnxruntime", "tvm"])
-def test_behavior_head_for_android_matches_eager_under_the_emulator(aarch64_ready, tmp_path, backend):
+def test_behavior_head_for_android_matches_eager_under_the_emulator(emulator_sysroot, tmp_path, backend):
     """`make phone` for a chimp network (the transformer: on TVM its attention goes to the edgekit kernel): the
     aarch64 artifact ran inside the emulator on the seeded example inputs and matched eager torch."""
     out = tmp_path / backend
