@@ -59,6 +59,23 @@ class CausalConv(nn.Conv1d):
         return super().forward(F.pad(x, (self.kernel_size[0] - 1, 0)))
 
 
+class SambaBlock(MambaBlock):
+    """edgekit's Mamba block, with B and C handed to the scan in the grouped layout [batch, 1, N, L]: the same
+    arithmetic, and the chunked decomposition then broadcasts explicitly, which ONNX Runtime's shape inference
+    accepts for batch 1 (the ungrouped [batch, N, L] form fails there with a Reshape error)."""
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        length = hidden.shape[1]
+        x, z = self.in_proj(self.norm(hidden)).transpose(1, 2).chunk(2, dim=1)
+        x = F.silu(self.conv(x)[..., :length])
+        dt, B, C = self.x_proj(x.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        delta = (dt @ self.dt_proj.weight.T).transpose(1, 2)
+        y = self.scan(x, delta, -torch.exp(self.A_log), B.transpose(1, 2).unsqueeze(1).contiguous(),
+                      C.transpose(1, 2).unsqueeze(1).contiguous(), D=self.D, z=z,
+                      delta_bias=self.dt_proj.bias, delta_softplus=True)
+        return hidden + self.out_proj(y.transpose(1, 2))
+
+
 class SambaEncoder(nn.Module):
     """log-mel (batch, n_mels, frames) -> (batch, frames / SUBSAMPLE, width)."""
 
@@ -66,7 +83,7 @@ class SambaEncoder(nn.Module):
         super().__init__()
         self.conv1 = CausalConv(dims.n_mels, dims.width, 3, stride=2)
         self.conv2 = CausalConv(dims.width, dims.width, 3, stride=SUBSAMPLE // 2)
-        self.blocks = nn.ModuleList(MambaBlock(dims.width, dims.d_state, scan=scan) for _ in range(dims.layers))
+        self.blocks = nn.ModuleList(SambaBlock(dims.width, dims.d_state, scan=scan) for _ in range(dims.layers))
         self.norm = nn.RMSNorm(dims.width)
 
     def forward(self, mel: torch.Tensor) -> torch.Tensor:

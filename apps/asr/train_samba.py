@@ -86,7 +86,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, type=Path, help="tts_data.py output folder")
     p.add_argument("--out", type=Path, default=WEIGHTS)
-    p.add_argument("--steps", type=int, default=360)
+    p.add_argument("--steps", type=int, default=900)
     p.add_argument("--recompute", action="store_true", help="recompute Mamba blocks in the backward pass "
                                                                  "(less memory, about 3x the time here)")
     p.add_argument("--max-frames", type=int, default=4800, help="padded log-mel frames per batch")
@@ -94,7 +94,7 @@ def main(argv=None) -> int:
     p.add_argument("--width", type=int, default=SambaDims.width)
     p.add_argument("--layers", type=int, default=SambaDims.layers)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="1: a shared machine starves a second thread")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)

@@ -365,3 +365,81 @@ def test_compiled_backend_matches_eager(tmp_path, recognizer, backend):
 def test_librivox_wer_eager(capsys):
     assert cli("eval", "--data", str(LIBRIVOX), "--json") == 0
     assert json.loads(capsys.readouterr().out)["wer"] <= 0.12
+
+
+# --- Samba-ASR ----------------------------------------------------------------------------------------------
+
+def _tiny_samba(scan=None):
+    from edgekit.apps.asr import samba
+
+    torch.manual_seed(0)
+    return samba.SambaCTC(samba.SambaDims(width=32, layers=2, d_state=8), scan=scan).eval()
+
+
+def test_samba_kernel_scan_matches_the_training_scan():
+    """Inference runs the edgekit selective-scan op; training the PyTorch parallel scan: same model, same output."""
+    from edgekit.apps.asr import samba
+    from edgekit.kernels.scan.reference import parallel_scan
+
+    model = _tiny_samba(parallel_scan)
+    features = torch.randn(2, 160, 80)
+    with torch.no_grad():
+        trained = model(features)
+        served = model.set_scan(samba.kernel_scan)(features)
+    assert served.shape == (2, 40, 1 + len(samba.ALPHABET))
+    torch.testing.assert_close(served, trained, atol=1e-4, rtol=1e-4)
+
+
+def test_samba_encoder_is_causal():
+    """Streaming needs it: audio after frame t changes nothing before it."""
+    model = _tiny_samba()
+    a = torch.randn(1, 200, 80)
+    b = a.clone()
+    b[:, 120:] = torch.randn(1, 80, 80)
+    with torch.no_grad():
+        torch.testing.assert_close(model(a)[:, :29], model(b)[:, :29])
+
+
+def test_greedy_ctc_merges_repeats_and_drops_blanks():
+    from edgekit.apps.asr.samba import ALPHABET, encode_text, greedy_ctc
+
+    ids = [0, *encode_text("he")[:1], *encode_text("he")[:1], 0, *encode_text("e"), 0, 0, *encode_text("l"), 0,
+           *encode_text("l"), *encode_text("o")]
+    log_probs = np.full((len(ids), 1 + len(ALPHABET)), -10.0)
+    log_probs[np.arange(len(ids)), ids] = 0.0
+    assert greedy_ctc(log_probs) == "hello"
+
+
+def test_tts_voices_and_text_are_split():
+    from edgekit.apps.asr import tts_data
+
+    train, test = set(map(str, tts_data.voices("train"))), set(map(str, tts_data.voices("test")))
+    assert train and test and not train & test
+    assert tts_data.normalize_text("Don't PANIC -- it's 42!") == "don't panic it's"
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed (apt-get install espeak-ng)")
+def test_tts_synthesis_and_augmentation_give_16k_audio(tmp_path):
+    from edgekit.apps.asr import tts_data
+
+    rng = np.random.default_rng(0)
+    audio = tts_data.synthesize(tts_data.Voice("espeak", "en-us+m3"), "a quick test", rng, tmp_path)
+    assert audio.dtype == np.float32 and 0.4 * features.SAMPLE_RATE < len(audio) < 3 * features.SAMPLE_RATE
+    noisy = tts_data.augment(audio, rng)
+    assert len(noisy) > len(audio) and np.abs(noisy).max() <= 1.0
+
+
+def test_samba_compiles_for_android_and_matches_eager_under_the_emulator(emulator_sysroot, tmp_path):
+    """The Samba graph (log-mel front end, Mamba blocks through the scan op, CTC head) for android-arm64 with
+    ONNX Runtime; compile_model verifies it under the aarch64 emulator against eager and fails otherwise."""
+    import json as json_module
+
+    import edgekit
+    from edgekit.apps.asr.samba import SambaGraph, kernel_scan
+
+    graph = SambaGraph(_tiny_samba(kernel_scan)).eval()
+    audio = 0.1 * torch.randn(1, 8000, generator=torch.Generator().manual_seed(0))
+    out = edgekit.compile_model(graph, (audio,), target="android-arm64", backend="onnxruntime",
+                                output=tmp_path / "samba", atol=1e-3, rtol=1e-3)
+    verify = json_module.loads((out / "manifest.json").read_text())["verify"]
+    assert verify["status"] == "pass" and "emulator" in verify["where"]
