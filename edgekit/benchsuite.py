@@ -139,7 +139,8 @@ def run(output: Path, pattern: str | None = None, iters: int = 20) -> dict:
 
     torch.set_num_threads(THREADS)
     keep = re.compile(pattern) if pattern else None
-    rows, limits = [], {}
+    rows, limits, seconds = [], {}, {}  # seconds: wall time per case, to see where a run's time goes
+    start = time.perf_counter()
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn()) as bar:
         task = bar.add_task("starting", total=None)
 
@@ -148,11 +149,16 @@ def run(output: Path, pattern: str | None = None, iters: int = 20) -> dict:
 
         for case in model_cases():
             if keep is None or keep.search(case.name):
+                t0 = time.perf_counter()
                 rows += (case.run(output / "artifacts", progress) if isinstance(case, AppCase)
                          else bench_model(case, output / "artifacts", iters, progress))
+                seconds[case.name] = round(time.perf_counter() - t0, 1)
+        t0 = time.perf_counter()
         kernel_rows, limits = bench_kernels([k for k in KERNEL_BENCHES if keep is None or keep.search(k)],
                                             progress)
+        seconds["kernels"] = round(time.perf_counter() - t0, 1)
         rows += kernel_rows
-    report = {"machine": machine(), "limits": limits, "rows": rows}
+    seconds["total"] = round(time.perf_counter() - start, 1)
+    report = {"machine": machine(), "limits": limits, "seconds": seconds, "rows": rows}
     write_report(report, output)
     return report

@@ -27,6 +27,8 @@ def markdown(report: dict) -> str:
     m = report["machine"]
     lines = [f"Machine: {m['cpu']}, {m['cores']} cores, {m['threads']} threads; "
              + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + f"; {m['date']}.", ""]
+    if report.get("seconds"):
+        lines += ["Wall time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in report["seconds"].items()), ""]
     limits = report.get("limits", {})
     if limits:
         lines += ["Measured limits: " + ", ".join(f"{k} {_fmt(v, '.1f')}" for k, v in limits.items()
