@@ -140,6 +140,7 @@ def main(argv=None) -> int:
             "test_wer_unseen_voices": round(test_wer, 4), "test_utterances": len(test_texts),
             "train_cpu_seconds": round(time.process_time() - cpu0), "lr": args.lr, "max_frames": args.max_frames}
     save(model, args.out, meta)
+    args.out.with_suffix(".partial.pt").unlink(missing_ok=True)
     print(json.dumps(meta))
     return 0
 

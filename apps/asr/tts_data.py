@@ -167,8 +167,8 @@ def load_split(folder: Path, split: str) -> tuple[list[np.ndarray], list[str], l
         z = np.load(path)
         ends = np.cumsum(z["lengths"])
         feats += np.split(z["features"], ends[:-1])
-        texts += list(z["texts"])
-        names += list(z["voices"])
+        texts += [str(t) for t in z["texts"]]
+        names += [str(v) for v in z["voices"]]
     return feats, texts, names
 
 
