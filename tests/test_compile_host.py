@@ -103,19 +103,22 @@ def test_executorch_host_artifact_uses_the_fused_sdpa_kernel(host_artifacts):
 
 
 def test_executorch_sdpa_forms_the_fused_kernel_cannot_take_stay_exact(tmp_path):
-    """A float mask and grouped-query heads get the math decomposition; causal and plain get the kernel."""
+    """A float mask, grouped-query heads and more keys than queries (cross-attention, a KV cache) get the math
+    decomposition; causal and plain self-attention get the kernel."""
     import torch
     import torch.nn.functional as F
 
     class Mixed(torch.nn.Module):
-        def forward(self, q, k, v, kv):
+        def forward(self, q, k, v, kv, memory):
             mask = torch.linspace(-1.0, 0.0, q.shape[-2] * k.shape[-2]).reshape(q.shape[-2], k.shape[-2])
             return (F.scaled_dot_product_attention(q, k, v, is_causal=True)
                     + F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-                    + F.scaled_dot_product_attention(q, kv, kv, enable_gqa=True))
+                    + F.scaled_dot_product_attention(q, kv, kv, enable_gqa=True)
+                    + F.scaled_dot_product_attention(q, memory, memory))
 
     gen = torch.Generator().manual_seed(0)
-    inputs = (*(torch.randn(1, 4, 9, 16, generator=gen) for _ in range(3)), torch.randn(1, 2, 9, 16, generator=gen))
+    inputs = (*(torch.randn(1, 4, 9, 16, generator=gen) for _ in range(3)), torch.randn(1, 2, 9, 16, generator=gen),
+              torch.randn(1, 4, 23, 16, generator=gen))
     art = edgekit.compile_model(Mixed(), inputs, target="host", backend="executorch", output=tmp_path / "m")
     out, = edgekit.load(art).run([t.numpy() for t in inputs])
     np.testing.assert_allclose(out, Mixed()(*inputs).numpy(), atol=1e-5)

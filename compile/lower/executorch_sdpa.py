@@ -26,14 +26,16 @@ def has_sdpa(program) -> bool:
 
 
 def use_custom_sdpa(program):
-    """Every SDPA the fused kernel supports (no mask tensor, no dropout, same heads for q and k/v) becomes
+    """Every SDPA the fused kernel supports (no mask tensor, no dropout, same heads and length for q and k/v) becomes
     llama.custom_sdpa; the rest get the math decomposition XNNPACK would have been given."""
     register()
     return program.run_decompositions({torch.ops.aten.scaled_dot_product_attention.default: _sdpa})
 
 
 def _sdpa(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
-    fused = attn_mask is None and dropout_p == 0.0 and q.dim() == 4 and q.shape[1] == k.shape[1]
+    # custom_sdpa reads a KV cache: with start_pos 0 it sees only the first Lq keys, so Lq must equal Lk
+    fused = (attn_mask is None and dropout_p == 0.0 and q.dim() == 4 and q.shape[1] == k.shape[1]
+             and q.shape[2] == k.shape[2])
     # custom_sdpa's causal mask is top-left aligned (start_pos 0), as torch's is_causal
     if fused:
         out = torch.ops.llama.custom_sdpa(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), 0, None, 0.0,
