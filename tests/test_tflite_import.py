@@ -112,6 +112,20 @@ def test_compiled_matches_litert(imported, backend, tmp_path):
     assert_matches(name, backend, expected, edgekit.load(artifact).run([x]))
 
 
+@pytest.mark.slow
+@pytest.mark.emulator
+@pytest.mark.parametrize("backend", ["executorch", "onnxruntime", "tvm"])
+def test_arm64_artifact_matches_litert_under_the_emulator(imported, backend, emulator_sysroot, tmp_path):
+    import edgekit
+
+    name, module, examples, x, expected = imported
+    if name != "pose_landmark_full":
+        pytest.skip("the landmark model stands for both on aarch64 (same ops, the larger graph)")
+    artifact = edgekit.compile_model(module, examples, target="android-arm64", backend=backend,
+                                     output=tmp_path / name, name=name, check=False)
+    assert_matches(name, f"android-arm64 {backend}", expected, edgekit.load(artifact).run([x]))
+
+
 def tiny_model(op: int, path: Path) -> Path:
     """A one-op float model (1x4x4x2 -> same shape) written with the TFLite schema's object API."""
     tensors = []

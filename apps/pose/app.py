@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from edgekit.apps.pose import skeleton
+
 Model = Callable[[np.ndarray], Sequence[np.ndarray]]
 
 DETECTOR_SIZE = 224
@@ -64,6 +66,7 @@ class Person:
     score: float           # the landmark model's pose-presence probability
     roi: Roi               # the crop the keypoints came from
     alignment: np.ndarray  # (2, 2): hip centre and body-scale point, in image pixels
+    track: int = -1        # the same number while the person is tracked from frame to frame
 
 
 class PoseApp:
@@ -79,17 +82,23 @@ class PoseApp:
         self.detector, self.landmarker = detector, landmarker
         self.max_persons, self.detect_every, self.tiles = max_persons, detect_every, tiles
         self.anchors = ssd_anchors()
-        self.tracked: list[Roi] = []
+        self.tracked: list[tuple[int, Roi]] = []  # (track number, ROI for the next frame)
         self.frame_index = 0
+        self.next_track = 0
 
     def __call__(self, frame: np.ndarray) -> list[Person]:
-        rois = list(self.tracked)
-        if not rois or self.frame_index % self.detect_every == 0:
-            rois += [roi for roi in self.detect(frame) if not _overlaps_any(roi, rois)]
+        tracks = list(self.tracked)
+        if not tracks or self.frame_index % self.detect_every == 0:
+            known = [roi for _, roi in tracks]
+            for roi in self.detect(frame):
+                if not _overlaps_any(roi, known):
+                    tracks.append((self.next_track, roi))
+                    self.next_track += 1
         self.frame_index += 1
-        persons = [p for roi in rois if (p := self.landmarks(frame, roi)).score >= PRESENCE_THRESHOLD]
+        persons = [self.landmarks(frame, roi, track) for track, roi in tracks]
+        persons = [p for p in persons if p.score >= PRESENCE_THRESHOLD]
         persons = _distinct(sorted(persons, key=lambda p: -p.score))[: self.max_persons]
-        self.tracked = [next_roi(p) for p in persons]
+        self.tracked = [(p.track, next_roi(p)) for p in persons]
         return persons
 
     def detect(self, frame: np.ndarray) -> list[Roi]:
@@ -117,7 +126,7 @@ class PoseApp:
         boxes = _affine(to_tile, boxes[keep].reshape(-1, 2)).reshape(-1, 4)
         return boxes, _affine(to_tile, keypoints[keep]), scores[keep]
 
-    def landmarks(self, frame: np.ndarray, roi: Roi) -> Person:
+    def landmarks(self, frame: np.ndarray, roi: Roi, track: int = -1) -> Person:
         crop_to_image = roi.crop_to_image(LANDMARK_SIZE)
         crop = cv2.warpAffine(frame, crop_to_image, (LANDMARK_SIZE, LANDMARK_SIZE),
                               flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT)
@@ -125,7 +134,28 @@ class PoseApp:
         points = raw.reshape(-1, 5)  # 33 body + 2 alignment + 4 unused points: x, y, z, visibility, presence
         xy = _affine(crop_to_image, points[:, :2].astype(np.float64))
         keypoints = np.hstack([xy, _sigmoid(points[:, 3:4])])
-        return Person(keypoints[:NUM_KEYPOINTS], float(presence.ravel()[0]), roi, xy[NUM_KEYPOINTS:NUM_KEYPOINTS + 2])
+        return Person(keypoints[:NUM_KEYPOINTS], float(presence.ravel()[0]), roi, xy[NUM_KEYPOINTS:NUM_KEYPOINTS + 2],
+                      track)
+
+
+class TrackLifter:
+    """3D joints per tracked person: the lifter (numpy (1, T, 17, 2) normalised window -> [(1, T, 17, 3)]) runs
+    on the last `frames` 2D poses of the person's track, the first one repeated until the track is that long,
+    and the window's last output is the person's 17 joints (metres, root-relative, camera axes)."""
+
+    def __init__(self, lifter: Model, frames: int):
+        self.lifter, self.frames = lifter, frames
+        self.history: dict[int, list[np.ndarray]] = {}
+
+    def __call__(self, persons: Sequence[Person]) -> list[np.ndarray]:
+        history, joints = {}, []
+        for person in persons:
+            past = (self.history.get(person.track, []) + [skeleton.from_blazepose(person.keypoints[:, :2])])
+            history[person.track] = past = past[-self.frames:]
+            window = np.stack([past[0]] * (self.frames - len(past)) + past)
+            joints.append(self.lifter(skeleton.normalize(window)[None])[0][0, -1])
+        self.history = history  # a track not seen in this frame has ended
+        return joints
 
 
 def next_roi(person: Person) -> Roi:

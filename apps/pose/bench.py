@@ -1,4 +1,4 @@
-"""`make bench` cases: BlazePose's detector and full landmark networks (imported from TFLite)."""
+"""`make bench` cases: BlazePose's detector and full landmark networks (imported from TFLite), the KTPFormer lifter."""
 from __future__ import annotations
 
 import os
@@ -10,10 +10,12 @@ def cases() -> list:
 
     from .model import DETECTOR_FILE, compile_models
 
-    if not (Path(os.environ.get("EDGEKIT_WEIGHTS", "")) / "mediapipe" / DETECTOR_FILE).is_file():
-        return []
+    have_blazepose = (Path(os.environ.get("EDGEKIT_WEIGHTS", "")) / "mediapipe" / DETECTOR_FILE).is_file()
     cases = []
     for name, build in compile_models().items():
+        if name != "lifter" and not have_blazepose:
+            continue
         module, inputs, options = build()
-        cases.append(ModelCase(f"blazepose_{name}", module, inputs, options=options))
+        label = "ktpformer_lifter" if name == "lifter" else f"blazepose_{name}"
+        cases.append(ModelCase(label, module, inputs, options=options))
     return cases

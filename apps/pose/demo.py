@@ -1,4 +1,5 @@
-"""`edgekit pose run|live`: BlazePose keypoints on an image, a video or a camera, with a skeleton overlay."""
+"""`edgekit pose run|live|eval-3d`: BlazePose keypoints and KTPFormer 3D joints on an image, a video or a camera,
+with a skeleton overlay; the 3D lifters measured on held-out synthetic motion."""
 
 import argparse
 import json
@@ -9,16 +10,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edgekit.apps.pose.app import PoseApp, draw
-from edgekit.apps.pose.model import BACKENDS, BlazePose, runners
+from edgekit.apps.pose.app import PoseApp, TrackLifter, draw
+from edgekit.apps.pose.model import BACKENDS, BlazePose, lifter_runner, runners
 from edgekit.apps.video import IMAGE_SUFFIXES, LiveSource, Sink, add_live_arguments, limit, open_video, show
 from edgekit.errors import EdgekitError
 
-NO_3D_NOTE = "joints_3d omitted: the KTPFormer 3D lifter is not built yet (2D keypoints only)."
-
 
 def register(subparsers) -> None:
-    pose = subparsers.add_parser("pose", help="BlazePose 2D keypoints on images, videos and cameras")
+    pose = subparsers.add_parser("pose", help="BlazePose 2D keypoints and 3D joints on images, videos, cameras")
     commands = pose.add_subparsers(dest="pose_command", metavar="COMMAND", required=True)
 
     run = commands.add_parser("run", help="keypoints for every frame of an image or video, with an overlay")
@@ -27,12 +26,24 @@ def register(subparsers) -> None:
     run.add_argument("--json", action="store_true", help="print the keypoints as one JSON object on stdout")
     run.add_argument("--max-frames", type=int, help="stop after this many video frames")
     _common_options(run)
+    run.add_argument("--lifter", help="3D lifter weights (default: the shipped KTPFormer, apps/pose/weights)")
     run.set_defaults(func=run_command)
 
     live = commands.add_parser("live", help="camera (or video file) with overlay and FPS")
     add_live_arguments(live)
     _common_options(live)
     live.set_defaults(func=live_command)
+
+    ev = commands.add_parser("eval-3d", help="MPJPE and jitter of the 3D lifters on held-out synthetic motion")
+    ev.add_argument("--sequences", type=int, default=48, help="held-out sequences (120-300 frames each)")
+    ev.add_argument("--seed", type=int, help="generator seed of the held-out set (default: the eval stream, "
+                                             "disjoint from training)")
+    ev.add_argument("--lifter", help="KTPFormer weights (default: apps/pose/weights/ktpformer.pt)")
+    ev.add_argument("--baseline", help="single-frame MLP weights (default: apps/pose/weights/mlp_lifter.pt)")
+    ev.add_argument("--backend", default="eager", choices=BACKENDS, help="where KTPFormer runs")
+    ev.add_argument("--artifacts", default="out/pose", help="where compiled backends are written and reused")
+    ev.add_argument("--json", action="store_true", help="print the figures as JSON")
+    ev.set_defaults(func=eval_3d_command)
 
 
 def _common_options(parser: argparse.ArgumentParser) -> None:
@@ -70,14 +81,18 @@ def run_command(args) -> int:
     if args.output and Path(args.output).suffix.lower() not in (IMAGE_SUFFIXES if is_image else {".mp4", ".avi"}):
         raise EdgekitError(f"-o {args.output}: use {'.png or .jpg' if is_image else '.mp4'} for this input.")
     app = build_app(args)
+    lift = TrackLifter(*lifter_runner(args.backend, Path(args.artifacts), args.lifter))
     frames, fps = (iter([_read_image(source)]), 0.0) if is_image else open_video(str(source))
     writer = Sink(args.output, fps, default_fps=10.0)
     records, elapsed = [], 0.0
     for index, frame in enumerate(limit(frames, args.max_frames)):
         start = time.perf_counter()
         persons = app(frame)
+        joints = lift(persons)
         elapsed += time.perf_counter() - start
-        records.append({"frame": index, "persons": [{"keypoints_2d": _rounded(p.keypoints)} for p in persons]})
+        records.append({"frame": index, "persons": [
+            {"keypoints_2d": _rounded(p.keypoints), "joints_3d": np.round(j, 3).tolist()}
+            for p, j in zip(persons, joints)]})
         writer.write(draw(frame, persons))
     writer.close()
     if not records:
@@ -86,7 +101,7 @@ def run_command(args) -> int:
         print(json.dumps({"frames": records}))
     persons = sum(len(r["persons"]) for r in records)
     print(f"pose: {len(records)} frames, {persons} person detections, {len(records) / elapsed:.2f} FPS "
-          f"({args.backend}); {NO_3D_NOTE}" + (f" Overlay: {args.output}" if args.output else ""), file=sys.stderr)
+          f"({args.backend}, 2D + 3D)" + (f"; overlay: {args.output}" if args.output else ""), file=sys.stderr)
     return 0
 
 
@@ -106,6 +121,34 @@ def live_command(args) -> int:
                 writer.write(overlay)
                 if not args.headless and show(overlay, "edgekit pose"):
                     break
+    return 0
+
+
+def eval_3d_command(args) -> int:
+    from edgekit.apps.pose import eval as pose_eval
+    from edgekit.apps.pose import lifter as lifting
+
+    if args.sequences < 1:
+        raise EdgekitError("--sequences must be at least 1.")
+    ktpformer, frames = lifter_runner(args.backend, Path(args.artifacts), args.lifter)
+    mlp = lifting.load(args.baseline or lifting.MLP_WEIGHTS)
+    data = pose_eval.held_out(args.sequences, **({} if args.seed is None else {"seed": args.seed}))
+    if args.backend == "eager":
+        lift = lambda x: ktpformer(x)[0]  # noqa: E731
+    else:  # artifacts take the example's batch of one window
+        lift = lambda x: np.concatenate([ktpformer(w[None])[0] for w in x])  # noqa: E731
+    results = pose_eval.evaluate({"ktpformer": (lift, frames),
+                                  "mlp": (pose_eval.torch_lift(mlp), mlp.frames)}, data)
+    results["ktpformer"]["backend"] = args.backend
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for name in ("ktpformer", "mlp"):
+            r = results[name]
+            print(f"{name}: MPJPE {r['mpjpe_mm']:.1f} mm, jitter {r['jitter_mm_per_frame2']:.2f} mm/frame^2, "
+                  f"acceleration error {r['acceleration_error_mm_per_frame2']:.2f} mm/frame^2")
+        print(f"ground truth jitter {results['ground_truth']['jitter_mm_per_frame2']:.2f} mm/frame^2 "
+              f"({results['data']['sequences']} sequences, {results['data']['frames']} frames)")
     return 0
 
 

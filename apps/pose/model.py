@@ -1,5 +1,6 @@
-"""BlazePose's two networks (MediaPipe's TFLite files) imported as torch modules."""
+"""BlazePose's two networks (MediaPipe's TFLite files) imported as torch modules, and the 3D lifter."""
 
+import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -8,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edgekit.apps.pose import lifter as lifting
+from edgekit.apps.pose.skeleton import NUM_JOINTS
 from edgekit.compile.tflite_import import load_tflite
 from edgekit.errors import EdgekitError
 
@@ -56,7 +59,34 @@ def compile_models(weights_dir: str | Path | None = None) -> dict:
         network = getattr(BlazePose.from_pretrained(weights_dir), part)
         return network.module, network.example_inputs, VERIFY_TOLERANCE
 
-    return {"detector": lambda: build("detector"), "landmark": lambda: build("landmarker")}
+    def build_lifter():
+        network = lifter_network()
+        return network.module, network.example_inputs, {}
+
+    return {"detector": lambda: build("detector"), "landmark": lambda: build("landmarker"), "lifter": build_lifter}
+
+
+def lifter_network(weights: str | Path | None = None) -> Network:
+    """The 3D lifter (default: the shipped KTPFormer) with a seeded example window of normalised 2D poses."""
+    model = lifting.load(weights)
+    example = torch.randn(1, model.frames, NUM_JOINTS, 2, generator=torch.Generator().manual_seed(0))
+    return Network(model, (example,))
+
+
+def lifter_runner(backend: str, artifacts: Path, weights: str | Path | None = None) -> tuple[Runner, int]:
+    """(lifter, window frames): the lifter as a numpy callable on `backend`. Eager runs attention through
+    edgekit.kernels.attention; compiled artifacts are named by a hash of the weights, so retrained weights get
+    a new artifact instead of a stale one."""
+    if backend not in BACKENDS:
+        raise EdgekitError(f"unknown backend {backend!r}. Choose one of {', '.join(BACKENDS)}.")
+    network = lifter_network(weights)
+    frames = network.module.frames
+    if backend == "eager":
+        lifting.use_kernel(network.module)
+        return eager(network), frames
+    path = Path(weights) if weights else lifting.KTPFORMER_WEIGHTS
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    return compiled(network, f"{path.stem}-{digest}", backend, artifacts, tolerance={}), frames
 
 
 def runners(model: BlazePose, backend: str, artifacts: Path) -> tuple[Runner, Runner]:
@@ -72,11 +102,13 @@ def runners(model: BlazePose, backend: str, artifacts: Path) -> tuple[Runner, Ru
 def eager(network: Network) -> Runner:
     def run(*inputs: np.ndarray) -> list[np.ndarray]:
         with torch.no_grad():
-            return [y.numpy() for y in network.module(*(torch.from_numpy(x.astype(np.float32)) for x in inputs))]
+            outputs = network.module(*(torch.from_numpy(x.astype(np.float32)) for x in inputs))
+        # a lone tensor (the lifter) is one output, not a sequence of batch rows
+        return [y.numpy() for y in ((outputs,) if isinstance(outputs, torch.Tensor) else outputs)]
     return run
 
 
-def compiled(network: Network, name: str, backend: str, artifacts: Path) -> Runner:
+def compiled(network: Network, name: str, backend: str, artifacts: Path, tolerance: dict | None = None) -> Runner:
     """Compile for this host on first use (artifacts/<name>-<backend>), then run the artifact."""
     import edgekit
     from edgekit.artifact import MANIFEST
@@ -84,6 +116,6 @@ def compiled(network: Network, name: str, backend: str, artifacts: Path) -> Runn
     path = artifacts / f"{name}-{backend}"
     if not (path / MANIFEST).is_file():
         edgekit.compile_model(network.module, network.example_inputs, target="host", backend=backend, output=path,
-                              name=name, **VERIFY_TOLERANCE)
+                              name=name, **(VERIFY_TOLERANCE if tolerance is None else tolerance))
     model = edgekit.load(path)
     return lambda *inputs: model.run([x.astype(np.float32) for x in inputs])

@@ -38,10 +38,14 @@ def adjacency() -> np.ndarray:
 
 
 def normalize(window: np.ndarray) -> np.ndarray:
-    """(..., T, 17, 2) pixels -> the lifters' float32 input: relative to the last frame's root, in units of the
-    window's median root-to-joint distance (a scale that a few outlier joints do not move)."""
+    """(..., T, 17, 2) pixels -> the lifters' float32 input. Every joint but the root relative to its frame's
+    root, the root relative to the last frame's root (its trajectory), all in units of the window's median
+    root-to-joint distance (a scale that a few outlier joints do not move). Each joint token so carries the
+    frame's root-relative pose directly; a single frame reduces to root-relative coordinates."""
     window = np.asarray(window, np.float64)
-    centered = window - window[..., -1:, :1, :]
-    spread = np.linalg.norm(window - window[..., :1, :], axis=-1)[..., 1:]
+    root = window[..., :1, :]
+    relative = window - root
+    relative[..., :1, :] = root - window[..., -1:, :1, :]
+    spread = np.linalg.norm(relative[..., 1:, :], axis=-1)
     scale = np.median(spread.reshape(spread.shape[:-2] + (-1,)), axis=-1)[..., None, None, None]
-    return (centered / np.maximum(scale, 1e-6)).astype(np.float32)
+    return (relative / np.maximum(scale, 1e-6)).astype(np.float32)

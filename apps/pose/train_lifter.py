@@ -64,9 +64,11 @@ def loss_fn(predicted: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
     return loss
 
 
-def train(model: torch.nn.Module, data: Data, steps: int, batch: int, lr: float, seed: int, log) -> None:
-    """Each model has its own generator streams (samples, noise; main seeds its init), so training one alone gives
-    the weights training both would."""
+def train(model: torch.nn.Module, data: Data, steps: int, batch: int, lr: float, seed: int, log,
+          frames: int | None = None, **forward_options) -> None:
+    """Windows of `frames` (default: the model's). Each model has its own generator streams (samples, noise;
+    main seeds its init), so training one alone gives the weights training both would."""
+    frames = frames or model.frames
     rng, noise_rng = np.random.default_rng([seed, 0]), np.random.default_rng([seed, 1])
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     warmup = max(1, steps // 20)
@@ -77,8 +79,8 @@ def train(model: torch.nn.Module, data: Data, steps: int, batch: int, lr: float,
     for step in range(1, steps + 1):
         if step % NOISE_REFRESH == 1:
             data.draw_noise(noise_rng)
-        x, y = data.batch(rng, batch, model.frames)
-        loss = loss_fn(model(x), y)
+        x, y = data.batch(rng, batch, frames)
+        loss = loss_fn(model(x, **forward_options), y)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -86,7 +88,8 @@ def train(model: torch.nn.Module, data: Data, steps: int, batch: int, lr: float,
         running += loss.item()
         if step % 50 == 0 or step == steps:
             average = running / ((step - 1) % 50 + 1)
-            log(f"{type(model).__name__} step {step}/{steps} loss {average:.4f} ({time.perf_counter() - start:.0f} s)")
+            log(f"{type(model).__name__}{' (spatial)' if frames != model.frames else ''} step {step}/{steps} "
+                f"loss {average:.4f} ({time.perf_counter() - start:.0f} s)")
             running = 0.0
     model.eval()
 
@@ -98,7 +101,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sequences", type=int, default=400, help="synthetic training sequences (120-300 frames)")
     parser.add_argument("--steps", type=int, default=1500, help="KTPFormer optimiser steps")
     parser.add_argument("--batch", type=int, default=32, help="KTPFormer windows per step")
-    parser.add_argument("--lr", type=float, default=1e-3, help="KTPFormer peak learning rate")
+    parser.add_argument("--lr", type=float, default=4e-3, help="KTPFormer peak learning rate")
+    parser.add_argument("--dim", type=int, default=48, help="KTPFormer token width")
+    parser.add_argument("--depth", type=int, default=3, help="KTPFormer spatial+temporal block pairs")
+    parser.add_argument("--heads", type=int, default=3, help="KTPFormer attention heads")
+    parser.add_argument("--mlp-ratio", type=float, default=2.0, help="KTPFormer feed-forward width / token width")
+    parser.add_argument("--spatial-steps", type=int, default=3000,
+                        help="KTPFormer spatial pretraining steps first: single frames, temporal blocks skipped")
+    parser.add_argument("--spatial-batch", type=int, default=256, help="frames per spatial pretraining step")
     parser.add_argument("--mlp-steps", type=int, default=3000)
     parser.add_argument("--mlp-batch", type=int, default=256)
     parser.add_argument("--eval-sequences", type=int, default=16, help="held-out sequences evaluated at the end")
@@ -116,12 +126,17 @@ def main(argv: list[str] | None = None) -> int:
     trained = {}
     for name, build, file, steps, batch, lr, stream in (
             ("mlp", MLPLifter, "mlp_lifter.pt", args.mlp_steps, args.mlp_batch, 1e-3, 1),
-            ("ktpformer", KTPFormer, "ktpformer.pt", args.steps, args.batch, args.lr, 2)):
+            ("ktpformer", lambda: KTPFormer(dim=args.dim, depth=args.depth, heads=args.heads,
+                                            mlp_ratio=args.mlp_ratio), "ktpformer.pt", args.steps, args.batch, args.lr,
+             2)):
         if name not in wanted:
             continue
         torch.manual_seed(args.seed * 100 + stream)
         trained[name] = model = build()
         wall, cpu = time.perf_counter(), time.process_time()
+        if name == "ktpformer" and args.spatial_steps:
+            train(model, data, args.spatial_steps, args.spatial_batch, lr, args.seed * 100 + 3, log, frames=1,
+                  temporal=False)
         train(model, data, steps, batch, lr, args.seed * 100 + stream, log)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         save(model, args.out / file, seed=args.seed, sequences=args.sequences, steps=steps, batch=batch, lr=lr,
