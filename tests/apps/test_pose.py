@@ -308,3 +308,15 @@ def test_lifter_compiles_and_matches_eager(backend, tmp_path):
     with torch.no_grad():
         expected = module(torch.from_numpy(window)).numpy()
     np.testing.assert_allclose(edgekit.load(artifact).run([window])[0], expected, atol=1e-4)
+
+
+@needs_data
+def test_app_bench_rows_time_the_whole_pipeline(tmp_path, monkeypatch):
+    from edgekit.apps.pose import bench
+
+    monkeypatch.setenv("EDGEKIT_WEIGHTS", str(SHARED / "weights"))
+    monkeypatch.setattr(bench, "WARMUP", 1)
+    monkeypatch.setattr(bench, "APP_FRAMES", 2)
+    rows = bench.app_rows(VIDEO, tmp_path, lambda _: None, backends=("eager",))
+    assert [r["impl"] for r in rows] == ["eager", "eager 1 thread"]
+    assert all(r["fps"] > 0 and r["shape"][0][0] == 2 and r["persons_per_frame"] >= 1 for r in rows)
