@@ -1,9 +1,9 @@
 """The two networks of the chimp app, small enough for edge devices and static-shaped for torch.export.
 
-Detector: a shared per-frame CNN over a clip of FRAMES frames (oldest first), fused across time by a
-temporal 1x1 conv over the stacked features, then CenterNet-style heads at stride 4 for the newest
-frame: centre heatmap, box (sub-cell offset, log size) and an L2-normalised appearance embedding.
-frames=1 is the same detector without temporal fusion.
+Detector: a shared per-frame CNN over a clip of FRAMES frames (oldest first); the newest frame's features
+plus a temporal 3x3 conv over the whole clip's stacked features (the fusion), then CenterNet-style heads at
+stride 4 for the newest frame: centre heatmap, box (sub-cell offset, log size) and an L2-normalised
+appearance embedding. frames=1 is the same detector without the temporal branch.
 
 BehaviorHead: multi-label behavior logits from each track's last TRACK_LEN steps, each step the detector
 embedding plus box geometry (see step_features), by transformer self-attention over the steps
@@ -58,10 +58,15 @@ class Detector(nn.Module):
         super().__init__()
         self.frames = frames
         self.backbone = Backbone(width)
-        # The temporal fusion: a 1x1 conv across the stacked per-frame features (a temporal conv of length
-        # `frames`), then spatial mixing.
-        self.fuse = nn.Sequential(nn.Conv2d(frames * width, hidden, 1, bias=False), nn.BatchNorm2d(hidden),
-                                  nn.ReLU(inplace=True), conv(hidden, hidden))
+        # The newest frame's features enter by a 1x1 conv: with frames=1 this is the whole detector.
+        self.current = nn.Conv2d(width, hidden, 1, bias=False)
+        # Temporal fusion: a 3x3 conv over the whole clip's stacked features (3x3 so it can follow an animal
+        # that moved up to a cell between frames), added to the newest frame's path. Zero-initialised, so
+        # training starts from the single-frame detector and the clip only adds what helps.
+        self.temporal = nn.Conv2d(frames * width, hidden, 3, padding=1, bias=False) if frames > 1 else None
+        if self.temporal is not None:
+            nn.init.zeros_(self.temporal.weight)
+        self.fuse = nn.Sequential(nn.BatchNorm2d(hidden), nn.ReLU(inplace=True), conv(hidden, hidden))
         self.heat = nn.Sequential(conv(hidden, hidden), nn.Conv2d(hidden, 1, 1))
         self.box = nn.Sequential(conv(hidden, hidden), nn.Conv2d(hidden, 4, 1))
         self.embed = nn.Sequential(conv(hidden, hidden), nn.Conv2d(hidden, EMBED_DIM, 1))
@@ -72,8 +77,11 @@ class Detector(nn.Module):
         (dx, dy, log w, log h) in stride units, embedding (1, EMBED_DIM, h, w) of unit length."""
         n, t, c, h, w = clip.shape
         features = self.backbone(clip.reshape(n * t, c, h, w))
-        features = features.reshape(n, t * features.shape[1], features.shape[2], features.shape[3])
-        fused = self.fuse(features)
+        features = features.reshape(n, t, features.shape[1], features.shape[2], features.shape[3])
+        mixed = self.current(features[:, -1])
+        if self.temporal is not None:
+            mixed = mixed + self.temporal(features.reshape(n, t * features.shape[2], *features.shape[3:]))
+        fused = self.fuse(mixed)
         return torch.sigmoid(self.heat(fused)), self.box(fused), F.normalize(self.embed(fused), dim=1)
 
 

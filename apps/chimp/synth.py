@@ -4,8 +4,8 @@ Each agent is a dark, fur-textured articulated body (torso, head with a face pat
 whose pose and motion follow a behavior state machine: resting (still, folded), moving (quadruped gait
 towards a goal), climbing (upright, vertical motion, alternating arms), playing (fast, erratic, flailing)
 and grooming (two agents drift together and stay close and slow). Agents overlap in depth order, ropes
-occlude them, the camera shakes, blurs and adds noise. Everything is drawn from one numpy Generator, so a
-seed fixes the whole data set.
+occlude them, the camera shakes, blurs and adds noise, and now and then spoils a single frame (heavy blur,
+an exposure dip). Everything is drawn from one numpy Generator, so a seed fixes the whole data set.
 """
 from __future__ import annotations
 
@@ -21,8 +21,10 @@ BEHAVIORS = ("moving", "resting", "climbing", "playing", "grooming")
 STATE_LABELS = {"moving": ("moving",), "resting": ("resting",), "climbing": ("climbing",),
                 "playing": ("playing", "moving"), "grooming": ("grooming",)}
 STATE_WEIGHTS = {"moving": 0.3, "resting": 0.25, "climbing": 0.15, "playing": 0.15, "grooming": 0.15}
+VERSION = 2        # of the renderer: a cached training set from another version is rendered again
 MIN_VISIBLE = 0.25  # agents less visible than this are not annotated (as annotators skip them)
 MARGIN = 24         # background border that camera shake may reveal
+GLITCH_RATE = 0.12  # frames the camera spoils for a moment (see _glitch): what a clip's other frames fix
 
 
 @dataclass
@@ -55,7 +57,8 @@ def write_dataset(out: Path, videos: int, seed: int, frames: int = 64, size: tup
     """Render `videos` clips of `frames` frames (width, height = size) under out/ and write
     out/annotations.json. Returns the annotation path."""
     rng = np.random.default_rng(seed)
-    coco = {"info": {"description": f"edgekit synthetic chimpanzees, seed {seed}"},
+    coco = {"info": {"description": f"edgekit synthetic chimpanzees, seed {seed}", "version": VERSION,
+                     "seed": seed, "videos": videos, "frames": frames},
             "videos": [], "images": [], "annotations": [],
             "categories": [{"id": 1, "name": "chimpanzee"}],
             "behavior_categories": [{"id": i, "name": n} for i, n in enumerate(BEHAVIORS)]}
@@ -292,10 +295,26 @@ def _draw_ropes(frame, owner, ropes) -> np.ndarray:
 
 
 def _camera(rng, frame, sigma) -> np.ndarray:
-    if rng.random() < 0.15:  # motion blur along a random direction
+    if rng.random() < GLITCH_RATE:
+        frame, sigma = _glitch(rng, frame, sigma)
+    elif rng.random() < 0.15:  # motion blur along a random direction
         k = int(rng.integers(3, 8))
         kernel = np.zeros((k, k), np.float32)
         cv2.line(kernel, (0, int(rng.integers(k))), (k - 1, int(rng.integers(k))), 1.0, 1)
         frame = cv2.filter2D(frame, -1, kernel / kernel.sum())
     frame = frame + rng.normal(0, sigma, frame.shape)
     return np.clip(frame, 0, 255).astype(np.uint8)
+
+
+def _glitch(rng, frame, sigma) -> tuple[np.ndarray, float]:
+    """One badly exposed frame as real enclosure footage has them: a bump's heavy motion blur, an exposure
+    dip with amplified sensor noise, or a focus hunt."""
+    kind = rng.integers(3)
+    if kind == 0:
+        k = int(rng.integers(11, 20))
+        kernel = np.zeros((k, k), np.float32)
+        cv2.line(kernel, (0, int(rng.integers(k))), (k - 1, int(rng.integers(k))), 1.0, 1)
+        return cv2.filter2D(frame, -1, kernel / kernel.sum()), sigma
+    if kind == 1:
+        return frame * rng.uniform(0.3, 0.55), sigma + rng.uniform(8, 16)
+    return cv2.GaussianBlur(frame, (0, 0), rng.uniform(2.5, 4.0)), sigma

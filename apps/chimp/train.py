@@ -1,6 +1,6 @@
 """Train the chimp detector (heatmap, box, embedding) and then its behavior head on ChimpACT-format data.
 
-    python -m edgekit.apps.chimp.train --data DIR --out weights.pt [--frames 3] [--steps 500] [--seed 0]
+    python -m edgekit.apps.chimp.train --data DIR --out weights.pt [--frames 3] [--steps 2000] [--seed 0]
 
 Without --data it trains on synthetic videos in --synth-dir, rendering them first (synth.py, --seed) when
 that folder has no annotations.json. Detector losses: CenterNet's focal loss on the heatmap, L1 on box
@@ -11,6 +11,7 @@ builds while it tracks the training videos with the frozen detector.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from dataclasses import dataclass
@@ -177,15 +178,24 @@ def train_behavior(model, x, y, steps, batch, rng, log) -> None:
     model.eval()
 
 
+def _rendered(root: Path, videos: int, seed: int) -> bool:
+    """Whether root holds the synthetic training set these arguments and this renderer would write."""
+    try:
+        info = json.loads((root / data.ANNOTATIONS).read_text())["info"]
+    except (OSError, ValueError, KeyError):
+        return False
+    return (info.get("version"), info.get("seed"), info.get("videos")) == (synth.VERSION, seed, videos)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", help="ChimpACT-format folder; default: render synthetic videos into --synth-dir")
     p.add_argument("--synth-dir", default="out/chimp-train", help="where synthetic training videos go")
-    p.add_argument("--videos", type=int, default=24, help="synthetic training videos")
+    p.add_argument("--videos", type=int, default=48, help="synthetic training videos")
     p.add_argument("--out", required=True, help="weights file to write (.pt)")
     p.add_argument("--init", help="weights to fine-tune from")
     p.add_argument("--frames", type=int, default=3, help="clip length; 1 = no temporal fusion")
-    p.add_argument("--steps", type=int, default=500, help="detector steps (0: train the behavior head only)")
+    p.add_argument("--steps", type=int, default=2000, help="detector steps (0: train the behavior head only)")
     p.add_argument("--behavior-steps", type=int, default=800)
     p.add_argument("--batch", type=int, default=6, help="clip pairs per detector step")
     p.add_argument("--seed", type=int, default=0)
@@ -200,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{time.time() - start:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
     root = Path(args.data) if args.data else Path(args.synth_dir)
-    if not args.data and not (root / data.ANNOTATIONS).is_file():
+    if not args.data and not _rendered(root, args.videos, args.seed):
         log(f"rendering {args.videos} synthetic videos (seed {args.seed}) into {root}")
         synth.write_dataset(root, args.videos, args.seed)
     dataset = data.load(root)
@@ -217,7 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m edgekit.apps.chimp.train " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.init:  # the whole recipe: how the starting weights were made, then this run
         command = torch.load(args.init, weights_only=True).get("trained_by", args.init) + " && " + command
-    torch.save(model.state(trained_by=command, seed=args.seed), args.out)
+    partial = Path(args.out).with_suffix(".partial")
+    torch.save(model.state(trained_by=command, seed=args.seed), partial)
+    partial.replace(args.out)
     log(f"wrote {args.out}")
     return 0
 

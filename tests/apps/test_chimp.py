@@ -12,7 +12,7 @@ import edgekit
 from edgekit.apps.chimp import data, demo, synth
 from edgekit.apps.chimp import eval as chimp_eval
 from edgekit.apps.chimp.app import TrackResult, decode
-from edgekit.apps.chimp.model import INPUT_HW, STRIDE, ChimpModel
+from edgekit.apps.chimp.model import INPUT_HW, STRIDE, ChimpModel, Detector
 from edgekit.apps.chimp.runners import build_app
 from edgekit.apps.chimp.tracker import Tracker, TrackerConfig
 from edgekit.cli import main as edgekit_main
@@ -188,6 +188,21 @@ def test_networks_export_with_static_shapes(shipped):
             for got, want in zip(torch.utils._pytree.tree_leaves(program.module()(*examples[name])),
                                  torch.utils._pytree.tree_leaves(module(*examples[name]))):
                 torch.testing.assert_close(got, want)
+
+
+def test_fusion_starts_from_the_single_frame_detector_and_the_shipped_one_uses_the_clip(shipped):
+    """A new fused detector ignores the past frames (its temporal branch starts at zero), so training starts
+    from the single-frame detector; the shipped fused weights have learned to use them."""
+    torch.manual_seed(0)
+    fresh = Detector(3).eval()
+    clip = torch.rand(1, 3, 3, *INPUT_HW)
+    other = clip.clone()
+    other[:, :-1] = torch.rand(1, 2, 3, *INPUT_HW)  # same newest frame, different past
+    with torch.no_grad():
+        for a, b in zip(fresh(clip), fresh(other)):
+            torch.testing.assert_close(a, b)
+        assert shipped.detector.frames == 3
+        assert (shipped.detector(clip)[0] - shipped.detector(other)[0]).abs().max() > 1e-2
 
 
 def test_shipped_weights_track_held_out_synthetic_videos(tiny, shipped):
