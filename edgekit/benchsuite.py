@@ -30,6 +30,7 @@ class ModelCase:
     module: object
     inputs: tuple
     calibration: list | None = None             # enables the int8 rows
+    quant_options: dict = field(default_factory=dict)  # int8 compile options, e.g. an app's task metric and max_drop
     peers: dict[str, Callable[[], object]] = field(default_factory=dict)   # extra peers, e.g. authors' ONNX
     work_unit: tuple[str, float] | None = None  # ("MP", megapixels per run) -> also report ms per unit
     options: dict = field(default_factory=dict)  # compile options, e.g. the model's verify tolerance
@@ -87,7 +88,8 @@ def bench_model(case: ModelCase, workdir: Path, iters: int, progress) -> list[di
     sizes = {}
     for peer, fn in case.peers.items():
         timings[(peer, "fp32")] = _time(fn, 2, iters)
-    variants = [("fp32", {})] + ([("int8", {"quantize": "int8", "calibration": case.calibration})]
+    variants = [("fp32", {})] + ([("int8", {"quantize": "int8", "calibration": case.calibration,
+                                            **case.quant_options})]
                                  if case.calibration else [])
     for backend in ("executorch", "onnxruntime", "tvm"):
         for precision, options in variants:

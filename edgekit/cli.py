@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quantize", choices=["int8", "int8-weight-only", "int4-weight-only"],
                    help="int8: static post-training (needs --calibration); *-weight-only: Linear weights")
     p.add_argument("--calibration", help="directory of samples: .npy per sample (one input) or .npz with "
-                                         "input0, input1, ...; the last quarter is held out for the accuracy figure")
+                                         "input0, input1, ...; the last quarter is held out for the accuracy figure. "
+                                         "Without it an app model uses its own recipe (superres: Set14 tiles, PSNR)")
     p.add_argument("--max-drop", type=float, help="fail if the accuracy metric drops more than this (without a "
                                                   "task metric: 1 - cosine similarity to fp32)")
     p.add_argument("--auto-fallback", action="store_true", help="keep the most sensitive layers in float until "
@@ -169,11 +170,15 @@ def cmd_compile(args) -> int:
     model, example_inputs, options = resolve_model(args.model)
     tolerance = {k: v for k, v in options.items() if k in ("atol", "rtol")}
     tolerance.update({k: getattr(args, k) for k in ("atol", "rtol") if getattr(args, k) is not None})
+    # an app model's int8 recipe (its calibration data, task metric and budget) when no --calibration is given
+    recipe = options["int8"]() if args.quantize == "int8" and args.calibration is None and "int8" in options else {}
     out = compile_model(model, example_inputs, target=args.target, backend=args.backend, output=args.output,
                         name=args.name or (args.model if example_inputs is not None else None),
                         force=args.force, check=args.check, progress=True, **tolerance,
-                        quantize=args.quantize, calibration=args.calibration, max_drop=args.max_drop,
-                        auto_fallback=args.auto_fallback)
+                        quantize=args.quantize, calibration=recipe.get("calibration", args.calibration),
+                        max_drop=recipe.get("max_drop") if args.max_drop is None else args.max_drop,
+                        auto_fallback=args.auto_fallback or recipe.get("auto_fallback", False),
+                        task_metric=recipe.get("task_metric"))
     from .artifact import read_manifest
 
     v = read_manifest(out).verify

@@ -108,3 +108,71 @@ def test_calibration_directory_via_cli(cli, tmp_path):
     code, _, err = cli("compile", "--model", spec, "--backend", "onnxruntime", "--output", tmp_path / "p",
                        "--quantize", "int8", "--calibration", tmp_path / "nowhere")
     assert code == 2 and "calibration directory not found" in err
+
+
+class _Chain(torch.nn.Module):
+    """fc1 and fc3 each have an output channel ~1000x the rest (fragile alone); fc2 and fc4 are healthy."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = torch.nn.Linear(16, 32), torch.nn.Linear(32, 32)
+        self.fc3, self.fc4 = torch.nn.Linear(32, 32), torch.nn.Linear(32, 8)
+        with torch.no_grad():
+            self.fc1.weight[0] *= 1000.0
+            self.fc3.weight[5] *= 1000.0
+
+    def forward(self, x):
+        return self.fc4(torch.tanh(self.fc3(torch.tanh(self.fc2(torch.tanh(self.fc1(x)))))))
+
+
+def test_fallback_returns_exactly_the_fragile_layers_to_float():
+    from edgekit.compile.quantize import Int8Static, QuantPlan
+    from edgekit.compile.quantize.choose import choose_float_layers, simulated_score
+    from edgekit.compile.source import from_module
+
+    torch.manual_seed(0)
+    source = from_module(_Chain().eval(), (torch.randn(4, 16),), "chain")
+    samples = [[x.numpy() for x in s] for s in fragile.calibration(16)]
+    plan = QuantPlan(Int8Static(), samples[:12], samples[12:], max_drop=0.01, auto_fallback=True)
+    assert simulated_score(source, plan).drop > 0.01
+    for layer in ("fc1", "fc3"):   # either fragile layer alone in int8 breaks the budget
+        assert simulated_score(source, plan, only=frozenset([layer])).drop > 0.01
+    chosen = choose_float_layers(source, plan)
+    assert chosen == {"fc1", "fc3"}
+    assert simulated_score(source, plan, skip=chosen).drop <= 0.01
+
+
+def test_functionally_called_linears_are_not_int8_candidates():
+    from edgekit.compile.quantize.fakequant import candidate_layers
+
+    class WithAttention(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = torch.nn.MultiheadAttention(8, 2, batch_first=True)
+            self.proj = torch.nn.Linear(8, 4)
+
+        def forward(self, x):
+            return self.proj(self.attn(x, x, x, need_weights=False)[0])
+
+    # MultiheadAttention reads out_proj's weights inside a functional call: wrapping it would break the model
+    assert candidate_layers(WithAttention().eval(), (torch.randn(1, 5, 8),)) == ["proj"]
+
+
+def test_task_metric_reuses_the_outputs_of_one_run_per_sample():
+    from edgekit.compile.quantize.gate import score
+
+    calls = {"fp32": 0, "int8": 0}
+
+    def runner(kind, gain):
+        def run(inputs):
+            calls[kind] += 1
+            return [inputs[0] * gain]
+        return run
+
+    def mean_output(run, samples):
+        return float(np.mean([run(s)[0].mean() for s in samples]))
+
+    held = [[np.full((2, 2), float(i + 1), np.float32)] for i in range(3)]
+    result = score(runner("fp32", 1.0), runner("int8", 0.5), held, mean_output)
+    assert calls == {"fp32": 3, "int8": 3}
+    assert result.fp32 == pytest.approx(2.0) and result.quantized == pytest.approx(1.0) and result.drop > 0

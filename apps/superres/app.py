@@ -16,8 +16,8 @@ import torch
 import edgekit
 from edgekit.errors import EdgekitError
 
-from .eval import calibration_tiles
 from .model import example_inputs, from_pretrained, resolve_weights
+from .quantize import int8_options
 
 SRFn = Callable[[np.ndarray], np.ndarray]
 BACKENDS = ("eager", "onnxruntime", "executorch", "tvm")
@@ -41,7 +41,8 @@ def build_sr(backend: str, scale: int, weights=None, tile: int = 128, target: st
     """The SR callable for a backend. Compiled artifacts are cached per (backend, target, precision,
     scale, tile, weights digest), so a second eval or run reuses them instead of recompiling.
 
-    calibration: HR image folder whose LR tiles calibrate `quantize="int8"`; keep it apart from eval data.
+    calibration: HR image folder whose LR tiles calibrate `quantize="int8"` and whose HR crops score it (PSNR-Y
+    gate, quantize.py); keep it apart from eval data.
     """
     if backend not in BACKENDS:
         raise EdgekitError(f"Unknown backend {backend!r}. Choose one of: {', '.join(BACKENDS)}.")
@@ -55,13 +56,13 @@ def build_sr(backend: str, scale: int, weights=None, tile: int = 128, target: st
     if backend == "eager":
         return eager_fn(module)
     from edgekit.compile import compile_model  # late: importing the compilers costs seconds
+    from edgekit.compile.quantize import CONFIGS
 
     name = f"cfsr_x{scale}"
-    precision = f"{quantize}-{Path(calibration).name}" if quantize else "fp32"
+    precision = f"{quantize}v{CONFIGS[quantize].version}-{Path(calibration).name}" if quantize else "fp32"
     art = Path(cache_dir or DEFAULT_CACHE) / f"{name}_{backend}_{target}_{precision}_t{tile}_{_digest(path)}"
     if not (art / "manifest.json").is_file():
-        options = {"quantize": quantize, "calibration": calibration_tiles(calibration, scale, tile)} \
-            if quantize else {}
+        options = int8_options(calibration, scale, tile) if quantize else {}
         compile_model(module, example_inputs(tile, tile), target=target, backend=backend, output=art,
                       name=name, force=True, **options)
     return artifact_fn(art)

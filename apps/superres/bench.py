@@ -1,14 +1,12 @@
-"""`make bench` cases: CFSR x4 on one 128x128 tile, fp32 and int8 (calibrated on Set14 tiles), beside the
-authors' own ONNX export in ONNX Runtime."""
+"""`make bench` cases: CFSR x4 on one 128x128 tile, fp32 and int8 (the app's recipe: calibrated on Set14 tiles,
+PSNR-gated), beside the authors' own ONNX export in ONNX Runtime."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-import torch
-
-from .eval import calibration_tiles
 from .model import example_inputs, from_pretrained, resolve_weights
+from .quantize import int8_options
 
 TILE = 128
 
@@ -21,8 +19,10 @@ def cases() -> list:
         return []
     inputs = example_inputs(TILE, TILE)
     data = Path(os.environ.get("EDGEKIT_DATA", "")) / "sr" / "Set14"
-    calibration = [(torch.from_numpy(t),) for t in calibration_tiles(data, 4, TILE)] if data.is_dir() else None
-    return [ModelCase("cfsr_x4", from_pretrained(weights, 4), inputs, calibration=calibration,
+    int8 = int8_options(data, 4, TILE) if data.is_dir() else {}
+    calibration = int8.pop("calibration", None)
+    int8.pop("quantize", None)
+    return [ModelCase("cfsr_x4", from_pretrained(weights, 4), inputs, calibration=calibration, quant_options=int8,
                       peers=_authors_onnx(weights.parent / "CFSRx4.onnx", inputs),
                       work_unit=("MP_out", (TILE * 4) ** 2 / 1e6))]
 

@@ -102,18 +102,3 @@ def evaluate(upscale: Callable[[np.ndarray], np.ndarray], data: str | Path, scal
         bicubic, _ = psnr_ssim_y(imresize(lr, scale), hr, scale)
         scores.append(ImageScore(path.stem, psnr, ssim, bicubic))
     return scores
-
-
-def calibration_tiles(data: str | Path, scale: int, size: int, per_image: int = 4) -> list[np.ndarray]:
-    """1 x 3 x size x size float32 LR tiles (MATLAB-downscaled, like the eval inputs) for int8 calibration,
-    cut at evenly spaced positions along each image's diagonal."""
-    tiles = []
-    for path in dataset_images(data):
-        lr = imresize(read_rgb(path), 1 / scale)
-        h, w = lr.shape[:2]
-        if min(h, w) < size:
-            continue
-        for t in np.linspace(0, 1, per_image):
-            y, x = int(t * (h - size)), int(t * (w - size))
-            tiles.append(lr[y:y + size, x:x + size].transpose(2, 0, 1)[None].astype(np.float32) / 255.0)
-    return tiles

@@ -21,17 +21,21 @@ RGB_MEAN = (0.4488, 0.4371, 0.4040)  # DIV2K mean, subtracted on input and added
 
 
 class LayerNorm2d(nn.Module):
-    """LayerNorm over the channel axis of an NCHW tensor, written out so every exporter sees plain ops."""
+    """LayerNorm over the channel axis of an NCHW tensor, written out so every exporter sees plain ops.
+
+    The channel means are 1x1 convolutions with weights 1/C: XNNPACK has no reduction over channels, and
+    `mean(1)` left 50 ops outside the ExecuTorch delegate, splitting the graph into 51 parts."""
 
     def __init__(self, channels: int, eps: float = 1e-6):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(channels))
         self.bias = nn.Parameter(torch.zeros(channels))
+        self.register_buffer("average", torch.full((1, channels, 1, 1), 1.0 / channels), persistent=False)
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        centred = x - x.mean(1, keepdim=True)
-        var = centred.pow(2).mean(1, keepdim=True)
+        centred = x - nn.functional.conv2d(x, self.average)
+        var = nn.functional.conv2d(centred * centred, self.average)
         x = centred / torch.sqrt(var + self.eps)
         return self.weight[:, None, None] * x + self.bias[:, None, None]
 
@@ -180,5 +184,17 @@ DEFAULT_COMPILE = "x4"  # `make compile MODEL=superres`
 
 def compile_models() -> dict:
     """`edgekit compile --model superres.NAME`: {name: builder() -> (module, example_inputs, compile options)};
-    one 64x64 tile, weights from $EDGEKIT_WEIGHTS."""
-    return {f"x{s}": (lambda s=s: (from_pretrained(scale=s), example_inputs(), {})) for s in SCALES}
+    one 64x64 tile, weights from $EDGEKIT_WEIGHTS. Option "int8" is the app's quantization recipe
+    (quantize.int8_options), used by `--quantize int8` without --calibration: Set14 tiles from $EDGEKIT_DATA."""
+    return {f"x{s}": (lambda s=s: (from_pretrained(scale=s), example_inputs(), {"int8": lambda: _int8(s)}))
+            for s in SCALES}
+
+
+def _int8(scale: int) -> dict:
+    from .quantize import int8_options
+
+    root = os.environ.get("EDGEKIT_DATA")
+    if not root or not (Path(root) / "sr" / "Set14").is_dir():
+        raise EdgekitError("int8 CFSR calibrates on Set14 HR images: set EDGEKIT_DATA to the folder holding "
+                           "sr/Set14, or pass --calibration DIR with .npy LR tiles (then without a PSNR gate).")
+    return int8_options(Path(root) / "sr" / "Set14", scale, example_inputs()[0].shape[-1])

@@ -42,6 +42,9 @@ class QuantPlan:
     auto_fallback: bool = False
     task_metric: TaskMetric | None = None
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="edgekit-quant-")))
+    simulator: object = None        # fakequant.Simulator, calibrated on first use
+    fp32_outputs: dict = field(default_factory=dict)   # eager fp32 on the held-out samples, computed once
+    layers: list[str] | None = None  # the int8 candidates, computed once
 
 
 def quantize_(model, config) -> list[str]:
@@ -62,33 +65,46 @@ def apply(source: TorchSource, plan: QuantPlan, backend: str, skip: frozenset[st
     return transform(source, plan, skip)
 
 
-def simulate(source: TorchSource, plan: QuantPlan, skip: frozenset[str], only: frozenset[str] | None = None):
-    """A torch module that computes like the quantized artifact (fake-quant), for choosing float layers fast."""
-    if isinstance(plan.config, Int8Static):
-        from .pt2e import quantize_pt2e
+def simulator(source: TorchSource, plan: QuantPlan):
+    """The calibrated int8 simulation of the model (built once per plan: one calibration pass)."""
+    from .fakequant import Simulator
 
-        return quantize_pt2e(source.module, source.example_inputs, _tensors(plan.calibration),
-                             per_channel=plan.config.per_channel, skip=skip, only=only)
+    if plan.simulator is None:
+        plan.simulator = Simulator(source.module, candidate_layers(source, plan), _tensors(plan.calibration),
+                                   per_channel=plan.config.per_channel, percentile=plan.config.percentile)
+    return plan.simulator
+
+
+def simulate(source: TorchSource, plan: QuantPlan, skip: frozenset[str], only: frozenset[str] | None = None):
+    """A torch module that computes like the quantized artifact (fake-quant), for choosing float layers fast.
+    Layers in int8: `only` if given, else every candidate not in `skip`."""
+    layers = frozenset(candidate_layers(source, plan))
+    int8 = (only if only is not None else layers) - skip
+    if isinstance(plan.config, Int8Static):
+        return simulator(source, plan).with_int8(int8)
     from .weight_only import quantize_linears
 
     model = copy.deepcopy(source.module)
-    layers = candidate_layers(source, plan)
-    quantize_linears(model, plan.config, skip=frozenset(layers) - only if only is not None else skip)
+    quantize_linears(model, plan.config, skip=layers - int8)
     return model
 
 
 def candidate_layers(source: TorchSource, plan: QuantPlan) -> list[str]:
     from torch import nn
 
-    from .pt2e import quantizable_layers
+    from .fakequant import candidate_layers as conv_and_linear
 
     if isinstance(plan.config, Int8Static):
-        return quantizable_layers(source.module)
+        if plan.layers is None:   # found by running the model once
+            plan.layers = conv_and_linear(source.module, source.example_inputs)
+        return plan.layers
     return [n for n, m in source.module.named_modules() if type(m) is nn.Linear]
 
 
 def manifest_record(plan: QuantPlan, backend: str, skip: frozenset[str]) -> dict:
-    compute = {"executorch": "int8 XNNPACK kernels", "onnxruntime": "int8 QLinear/QDQ kernels",
+    compute = {"executorch": "conv/linear layers on int8 XNNPACK kernels; other ops fp32",
+               "onnxruntime": "conv/linear layers as QLinearConv/QLinearMatMul (u8 activations, s8 weights); "
+                              "other ops fp32",
                "tvm": "int8 weights and activations stored as QDQ; TVM dequantizes and computes in fp32 "
                       "(no int8 kernels in this TVM build's CPU path)"}
     record = {**describe(plan.config), "float_layers": sorted(skip), "calibration_samples": len(plan.calibration),
@@ -106,9 +122,17 @@ def _tensors(samples: list[list[np.ndarray]]) -> list[tuple]:
     return [tuple(torch.from_numpy(x) for x in s) for s in samples]
 
 
+def _int8_layers(source: TorchSource, plan: QuantPlan, skip: frozenset[str]) -> frozenset[str]:
+    return frozenset(candidate_layers(source, plan)) - skip
+
+
 @register(Int8Static, ("executorch",))
 def _int8_pt2e(source: TorchSource, plan: QuantPlan, skip: frozenset[str]) -> TorchSource:
-    module = simulate(source, plan, skip)
+    from .pt2e import quantize_pt2e
+
+    module = quantize_pt2e(source.module, source.example_inputs, _tensors(plan.calibration),
+                           _int8_layers(source, plan, skip), simulator(source, plan).ranges(),
+                           per_channel=plan.config.per_channel)
     return TorchSource(module, source.example_inputs, source.name)
 
 
@@ -120,7 +144,8 @@ def _int8_qdq(source: TorchSource, plan: QuantPlan, skip: frozenset[str]) -> Fil
     fp32 = plan.workdir / "fp32.onnx"
     export_onnx(source, fp32)
     qdq = plan.workdir / f"{source.name}.int8.onnx"
-    quantize_qdq(fp32, qdq, plan.calibration, per_channel=plan.config.per_channel, skip=skip)
+    quantize_qdq(fp32, qdq, plan.calibration, _int8_layers(source, plan, skip), simulator(source, plan).ranges(),
+                 per_channel=plan.config.per_channel)
     return FileSource(qdq, "onnx", source.name, [t.detach().numpy() for t in source.example_inputs])
 
 

@@ -2,12 +2,16 @@
 much they cost alone (sensitivity) and return the most sensitive ones to float until the drop fits."""
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+
 import numpy as np
 
 from edgekit.errors import EdgekitError
 
 from ..source import TorchSource
 from . import QuantPlan, candidate_layers, simulate
+from .configs import describe
 from .gate import Score, score, sensitivity_report
 
 
@@ -21,38 +25,90 @@ def torch_runner(module):
     return run
 
 
+def fp32_runner(source: TorchSource, plan: QuantPlan):
+    """Eager fp32 on the held-out samples, computed once per plan (every score compares against it)."""
+    run = torch_runner(source.module)
+    cache = plan.fp32_outputs
+
+    def cached(inputs: list[np.ndarray]) -> list[np.ndarray]:
+        key = tuple(id(x) for x in inputs)
+        if key not in cache:
+            cache[key] = (inputs, run(inputs))   # inputs kept alive so their ids stay unique
+        return cache[key][1]
+    return cached
+
+
 def simulated_score(source: TorchSource, plan: QuantPlan, skip=frozenset(), only=None) -> Score:
-    return score(torch_runner(source.module), torch_runner(simulate(source, plan, skip, only)),
+    return score(fp32_runner(source, plan), torch_runner(simulate(source, plan, skip, only)),
                  plan.held_out, plan.task_metric)
 
 
+# Per-layer ranking runs the model once per layer per sample: a few samples rank well enough, and every
+# figure that decides (the fallback set, the shipped score) is measured on the whole held-out split.
+RANKING_SAMPLES = 8
+
+
 def sensitivity(source: TorchSource, plan: QuantPlan) -> list[tuple[str, float]]:
-    rows = [(layer, simulated_score(source, plan, only=frozenset([layer])).drop)
+    """(layer, metric drop with only that layer in int8), worst first, on the first RANKING_SAMPLES held-out."""
+    ranking = dataclasses.replace(plan, held_out=plan.held_out[:RANKING_SAMPLES])
+    rows = [(layer, simulated_score(source, ranking, only=frozenset([layer])).drop)
             for layer in candidate_layers(source, plan)]
     return sorted(rows, key=lambda r: r[1], reverse=True)
 
 
 def choose_float_layers(source: TorchSource, plan: QuantPlan) -> frozenset[str]:
+    """Remembered per (model, samples, config, budget) in this process: compiling one model for several
+    backends measures once."""
     if plan.max_drop is None:
         return frozenset()
+    key = _fingerprint(source, plan)
+    if key not in _CHOSEN:
+        _CHOSEN[key] = _choose(source, plan)
+    return _CHOSEN[key]
+
+
+_CHOSEN: dict[str, frozenset[str]] = {}
+
+
+def _choose(source: TorchSource, plan: QuantPlan) -> frozenset[str]:
     whole = simulated_score(source, plan)
     if whole.drop <= plan.max_drop:
         return frozenset()
     rows = sensitivity(source, plan)
     if not plan.auto_fallback:
         raise EdgekitError(sensitivity_report(rows, whole.drop, plan.max_drop, whole.metric))
-    skip: set[str] = set()
-    for layer, _ in rows:
-        skip.add(layer)
-        if simulated_score(source, plan, frozenset(skip)).drop <= plan.max_drop:
-            return frozenset(skip)
-    raise EdgekitError(f"{whole.metric} drop stays above {plan.max_drop:g} even with every layer in float; "
-                       "the loss is not in the quantized layers. Raise --max-drop or compile without --quantize.")
+    ranked = [layer for layer, _ in rows]
+
+    def fits(k: int) -> bool:
+        return simulated_score(source, plan, frozenset(ranked[:k])).drop <= plan.max_drop
+
+    if not fits(len(ranked)):
+        raise EdgekitError(f"{whole.metric} drop stays above {plan.max_drop:g} even with every layer in float; "
+                           "the loss is not in the quantized layers. Raise --max-drop or compile without --quantize.")
+    # the fewest worst-ranked layers in float that fit: bisection (the drop falls as layers return to float);
+    # the answer is itself measured, so a non-monotone step can cost a layer more, never the budget
+    lo, hi = 0, len(ranked)   # fits(hi) holds, fits(0) does not
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if fits(mid) else (mid, hi)
+    return frozenset(ranked[:hi])
+
+
+def _fingerprint(source: TorchSource, plan: QuantPlan) -> str:
+    h = hashlib.sha256(repr((describe(plan.config), plan.max_drop, plan.auto_fallback,
+                             getattr(plan.task_metric, "metric_name", plan.task_metric))).encode())
+    for name, t in source.module.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    for sample in plan.calibration + plan.held_out:
+        for x in sample:
+            h.update(np.ascontiguousarray(x).tobytes())
+    return h.hexdigest()
 
 
 def check_final(source: TorchSource, plan: QuantPlan, run_artifact) -> Score:
     """The figure that ships: the real artifact on the held-out samples against fp32 eager."""
-    final = score(torch_runner(source.module), run_artifact, plan.held_out, plan.task_metric)
+    final = score(fp32_runner(source, plan), run_artifact, plan.held_out, plan.task_metric)
     if plan.max_drop is not None and final.drop > plan.max_drop:
         raise EdgekitError(sensitivity_report(sensitivity(source, plan), final.drop, plan.max_drop, final.metric)
                            + "\n(measured on the compiled artifact; nothing was written)")

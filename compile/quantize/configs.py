@@ -8,9 +8,12 @@ from edgekit.errors import EdgekitError
 
 @dataclass(frozen=True)
 class Int8Static:
-    """Post-training static int8: per-channel symmetric weights, per-tensor activations from calibration."""
+    """Post-training static int8 of conv / linear layers: per-channel symmetric weights, per-tensor asymmetric
+    activations whose range keeps `percentile` % of the calibration values (None: min/max); other ops float.
+    v2: conv/linear only (v1 also quantized adds and muls) and percentile ranges (v1: min/max)."""
     per_channel: bool = True
-    version: int = 1
+    percentile: float | None = 99.99
+    version: int = 2
     name: str = "int8"
 
 

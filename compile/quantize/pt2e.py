@@ -1,43 +1,73 @@
 """int8 static PTQ in PyTorch 2 export form (prepare_pt2e / convert_pt2e) with XNNPACK's quantizer.
 
-The converted module carries quantize/dequantize pairs that ExecuTorch's XNNPACK partitioner folds into
-int8 kernels; run eagerly it simulates int8, which is what the per-layer sensitivity analysis uses.
+Only the conv / linear layers are annotated (input, per-channel weight, output): XNNPACK runs them as int8
+kernels and everything between them (norms, GELU, residual adds) stays float, which is where per-tensor int8
+loses the most (residual streams carry channel outliers) for the least speed. Activation ranges are those the
+simulator calibrated (fakequant.py), written into the observers, so the artifact matches the simulation.
 """
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 
 from ..export import quiet_torch_logs
+from .fakequant import Range
 
 
-def quantizable_layers(module: torch.nn.Module) -> list[str]:
-    """Layers the XNNPACK quantizer annotates (conv / linear), by module name, in definition order."""
-    kinds = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.Linear)
-    return [name for name, m in module.named_modules() if isinstance(m, kinds) and name]
-
-
-def quantize_pt2e(module, example_inputs: tuple, calibration: list[tuple], *, per_channel: bool = True,
-                  skip: frozenset[str] = frozenset(), only: frozenset[str] | None = None):
-    """int8 everywhere except `skip` (or, with `only`, just those layers); returns the converted GraphModule."""
+def quantize_pt2e(module, example_inputs: tuple, calibration: list[tuple], layers: frozenset[str],
+                  ranges: dict[str, tuple[Range, Range]], *, per_channel: bool = True):
+    """`layers` in int8, the rest float; returns the converted GraphModule."""
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
                                                                          get_symmetric_quantization_config)
+    from torchao.quantization.pt2e import MinMaxObserver
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantizer import QuantizationConfig
 
-    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=per_channel))
-    quantizer.set_filter_function(_layer_filter(skip, only))
+    base = get_symmetric_quantization_config(is_per_channel=per_channel)
+    act = dataclasses.replace(base.input_activation,
+                              observer_or_fake_quant_ctr=MinMaxObserver.with_args(eps=2**-12))
+    config = QuantizationConfig(act, act, base.weight, base.bias, base.is_qat)
+    quantizer = XNNPACKQuantizer().set_global(config)
+    quantizer.set_filter_function(_layer_filter(layers))
     with torch.no_grad(), quiet_torch_logs():
         graph = torch.export.export(module, example_inputs).module()
         prepared = prepare_pt2e(graph, quantizer)
-        for sample in calibration:
+        for sample in calibration:   # fills the weight observers and any activation not set below
             prepared(*sample)
+        _set_ranges(prepared, layers, ranges)
         return convert_pt2e(prepared)
 
 
-def _layer_filter(skip: frozenset[str], only: frozenset[str] | None):
-    """Node filter by the module that produced it (torch.export keeps the module path in nn_module_stack)."""
-    def owners(node) -> set[str]:
-        return {path for path, _ in node.meta.get("nn_module_stack", {}).values()}
+def _owner(node) -> str | None:
+    """The innermost module a node came from (torch.export keeps the module path in nn_module_stack)."""
+    stack = node.meta.get("nn_module_stack")
+    return list(stack.values())[-1][0] if stack else None
 
-    if only is not None:
-        return lambda node: bool(owners(node) & only)
-    return lambda node: not (owners(node) & skip)
+
+def _layer_filter(layers: frozenset[str]):
+    # the annotator also passes the weight/bias nodes, which carry no module stack
+    return lambda node: node.op != "call_function" or _owner(node) in layers
+
+
+def _set_ranges(prepared, layers: frozenset[str], ranges: dict[str, tuple[Range, Range]]) -> None:
+    """Write the simulator's ranges into the observers on each quantized layer's input and output."""
+    from torchao.quantization.pt2e import MinMaxObserver
+
+    def observer(node):
+        if node.op == "call_module":
+            mod = prepared.get_submodule(node.target)
+            if isinstance(mod, MinMaxObserver):
+                return mod
+        return None
+
+    for node in prepared.graph.nodes:
+        layer = _owner(node) if node.op == "call_function" else None
+        if layer not in layers or not any(observer(u) for u in node.users):
+            continue
+        r_in, r_out = ranges[layer]
+        targets = [(observer(node.args[0]), r_in)] + [(observer(u), r_out) for u in node.users]
+        for obs, r in targets:
+            if obs is not None:
+                obs.min_val.fill_(r.lo)
+                obs.max_val.fill_(r.hi)
