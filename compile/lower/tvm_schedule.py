@@ -29,10 +29,10 @@ _ROWS = 4  # register tile: _ROWS x (2 vectors) accumulators = 8 vector register
 
 def schedule(mod, tvm_target: dict):
     """Legalize, fuse and schedule the relax module for the CPU target `tvm_target` (TVM's JSON-dict form, the
-    one the module is compiled for). Returns (module, pipeline description). CUDA targets come back unchanged:
-    TVM's GPU pipeline schedules them with DLight."""
+    one the module is compiled for). Returns (module, pipeline description). CUDA targets get DLight's GPU rules,
+    as TVM's CUDA pipeline applies them, each guarded (see _Guarded)."""
     if tvm_target["kind"] == "cuda":
-        return mod, "default (DLight GPU schedules)"
+        return _schedule_cuda(mod, tvm.target.Target(tvm_target))
     tvm_target = tvm.target.Target(tvm_target)
     lanes = tvm.target.codegen.llvm_get_vector_width(tvm_target) // 32
     passes = pipeline.library_dispatch_passes(tvm_target) + [
@@ -51,6 +51,38 @@ def schedule(mod, tvm_target: dict):
     scheduled = sum(bool(f.attrs and f.attrs.get("tirx.is_scheduled")) for f in kernels)
     return mod, (f"edgekit CPU rules ({lanes} fp32 lanes): {scheduled}/{len(kernels)} kernels scheduled, "
                  "the rest default loops")
+
+
+def _schedule_cuda(mod, target):
+    from tvm.relax.backend.cuda import pipeline as cuda
+
+    rules = [_Guarded(r) for r in (dlight.gpu.Matmul(), dlight.gpu.GEMV(), dlight.gpu.Reduction(),
+                                   dlight.gpu.GeneralReduction(), dlight.gpu.Fallback())]
+    passes = cuda.library_dispatch_passes(target) + [
+        relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant(),
+        relax.transform.FuseOps(), relax.transform.FuseTIR(), dlight.ApplyDefaultSchedule(*rules)]
+    with target:
+        mod = tvm.transform.Sequential(passes)(mod)
+    declined = [f"{type(r.rule).__name__} failed on {r.failed} kernel(s), the next rule took them"
+                for r in rules if r.failed]
+    return mod, "DLight GPU rules" + (f" ({'; '.join(declined)})" if declined else "")
+
+
+class _Guarded(dlight.ScheduleRule):
+    """A DLight GPU rule that declines a kernel it fails on, so the next rule schedules it. DLight's GEMV rule
+    asserts on loop extents it takes to be constants (`extent.value`) and raises AttributeError on the symbolic
+    FloorDiv / Add extents of strided and depthwise convolutions (Samba-ASR's front end); Reduction or Fallback
+    handle those kernels."""
+
+    def __init__(self, rule):
+        self.rule, self.failed = rule, 0
+
+    def apply(self, func, target, tunable):
+        try:
+            return self.rule.apply(func, target, tunable)
+        except (AttributeError, AssertionError, ScheduleError):
+            self.failed += 1
+            return None
 
 
 def _gelu(bb, call):

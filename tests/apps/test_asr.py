@@ -443,3 +443,19 @@ def test_samba_compiles_for_android_and_matches_eager_under_the_emulator(emulato
                                 output=tmp_path / "samba", atol=1e-3, rtol=1e-3)
     verify = json_module.loads((out / "manifest.json").read_text())["verify"]
     assert verify["status"] == "pass" and "emulator" in verify["where"]
+
+
+def test_samba_compiles_for_jetson_with_tvm(tmp_path):
+    """DLight's GEMV rule fails on the strided front end's symbolic loop extents (AttributeError on FloorDiv);
+    edgekit's guarded GPU rules hand that kernel to the next rule. CUDA code cannot run here: compile only."""
+    import json as json_module
+
+    import edgekit
+    from edgekit.apps.asr.samba import SambaGraph, kernel_scan
+
+    graph = SambaGraph(_tiny_samba(kernel_scan)).eval()
+    audio = 0.1 * torch.randn(1, 16000, generator=torch.Generator().manual_seed(0))
+    out = edgekit.compile_model(graph, (audio,), target="jetson-orin", backend="tvm", output=tmp_path / "samba")
+    manifest = json_module.loads((out / "manifest.json").read_text())
+    assert manifest["backend_info"]["device_code"]["arch"] == "sm_87"
+    assert "GEMV failed on" in manifest["backend_info"]["pipeline"]
