@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="folder for ktpformer.pt and mlp_lifter.pt")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sequences", type=int, default=400, help="synthetic training sequences (120-300 frames)")
-    parser.add_argument("--steps", type=int, default=1500, help="KTPFormer optimiser steps")
+    parser.add_argument("--steps", type=int, default=2500, help="KTPFormer optimiser steps")
     parser.add_argument("--batch", type=int, default=32, help="KTPFormer windows per step")
     parser.add_argument("--lr", type=float, default=4e-3, help="KTPFormer peak learning rate")
     parser.add_argument("--dim", type=int, default=48, help="KTPFormer token width")
