@@ -155,6 +155,11 @@ class StagingDir:
     def __exit__(self, exc_type, exc, tb) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
 
+    def clear(self) -> None:
+        """Empty the staging directory for a rebuild."""
+        for child in self.path.iterdir():
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+
     def seal(self, manifest: Manifest) -> None:
         """Record every payload file's sha256 and write manifest.json (again, after verify adds its result)."""
         manifest.files = {p.relative_to(self.path).as_posix(): sha256_file(p)

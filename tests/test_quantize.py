@@ -176,3 +176,21 @@ def test_task_metric_reuses_the_outputs_of_one_run_per_sample():
     result = score(runner("fp32", 1.0), runner("int8", 0.5), held, mean_output)
     assert calls == {"fp32": 3, "int8": 3}
     assert result.fp32 == pytest.approx(2.0) and result.quantized == pytest.approx(1.0) and result.drop > 0
+
+
+def test_artifact_over_budget_is_rebuilt_with_more_float_layers(tmp_path, monkeypatch):
+    """The simulation that picks float layers can be optimistic about a backend's kernels: with --auto-fallback
+    the artifact's own figure decides, and the compile rebuilds with the next most sensitive layers in float."""
+    from edgekit.compile.quantize import choose
+
+    monkeypatch.setattr(choose, "_CHOSEN", {})
+    monkeypatch.setattr(choose, "_choose", lambda source, plan: frozenset())  # a simulation that sees no loss
+    module, inputs = fragile.build()
+    art = edgekit.compile_model(module, inputs, backend="onnxruntime", output=tmp_path / "a", quantize="int8",
+                                calibration=fragile.calibration(), max_drop=0.01, auto_fallback=True)
+    q = edgekit.load(art).manifest.quantization
+    assert q["float_layers"] == ["fc1"] and q["accuracy"]["drop"] <= 0.01
+    with pytest.raises(EdgekitError, match="accuracy gate failed"):   # without --auto-fallback: no rebuild
+        edgekit.compile_model(module, inputs, backend="onnxruntime", output=tmp_path / "b", quantize="int8",
+                              calibration=fragile.calibration(), max_drop=0.01)
+    assert not (tmp_path / "b").exists()

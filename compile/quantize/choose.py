@@ -49,11 +49,15 @@ RANKING_SAMPLES = 8
 
 
 def sensitivity(source: TorchSource, plan: QuantPlan) -> list[tuple[str, float]]:
-    """(layer, metric drop with only that layer in int8), worst first, on the first RANKING_SAMPLES held-out."""
-    ranking = dataclasses.replace(plan, held_out=plan.held_out[:RANKING_SAMPLES])
-    rows = [(layer, simulated_score(source, ranking, only=frozenset([layer])).drop)
-            for layer in candidate_layers(source, plan)]
-    return sorted(rows, key=lambda r: r[1], reverse=True)
+    """(layer, metric drop with only that layer in int8), worst first, on the first RANKING_SAMPLES held-out;
+    remembered like choose_float_layers."""
+    key = _fingerprint(source, plan)
+    if key not in _RANKED:
+        ranking = dataclasses.replace(plan, held_out=plan.held_out[:RANKING_SAMPLES])
+        rows = [(layer, simulated_score(source, ranking, only=frozenset([layer])).drop)
+                for layer in candidate_layers(source, plan)]
+        _RANKED[key] = sorted(rows, key=lambda r: r[1], reverse=True)
+    return _RANKED[key]
 
 
 def choose_float_layers(source: TorchSource, plan: QuantPlan) -> frozenset[str]:
@@ -67,7 +71,20 @@ def choose_float_layers(source: TorchSource, plan: QuantPlan) -> frozenset[str]:
     return _CHOSEN[key]
 
 
+def more_float_layers(source: TorchSource, plan: QuantPlan, skip: frozenset[str]) -> frozenset[str] | None:
+    """The next longer prefix of the sensitivity ranking than `skip` (twice as many extra layers each time), or
+    None when every layer is already float."""
+    key = _fingerprint(source, plan)
+    ranked = [layer for layer, _ in sensitivity(source, plan)]
+    if len(skip) >= len(ranked):
+        return None
+    extra = max(1, len(skip) - len(_CHOSEN.get(key, frozenset())))  # 1, then 2, 4, ... beyond the first choice
+    wider = frozenset(ranked[:len(skip) + extra]) | skip
+    return wider if wider != skip else None
+
+
 _CHOSEN: dict[str, frozenset[str]] = {}
+_RANKED: dict[str, list[tuple[str, float]]] = {}
 
 
 def _choose(source: TorchSource, plan: QuantPlan) -> frozenset[str]:
@@ -106,10 +123,17 @@ def _fingerprint(source: TorchSource, plan: QuantPlan) -> str:
     return h.hexdigest()
 
 
+class GateFailed(EdgekitError):
+    """The compiled artifact's accuracy figure is over the budget."""
+
+
 def check_final(source: TorchSource, plan: QuantPlan, run_artifact) -> Score:
     """The figure that ships: the real artifact on the held-out samples against fp32 eager."""
     final = score(fp32_runner(source, plan), run_artifact, plan.held_out, plan.task_metric)
     if plan.max_drop is not None and final.drop > plan.max_drop:
-        raise EdgekitError(sensitivity_report(sensitivity(source, plan), final.drop, plan.max_drop, final.metric)
-                           + "\n(measured on the compiled artifact; nothing was written)")
+        hint = ("\n(measured on the compiled artifact, after returning layers to float up to the rebuild limit; "
+                "nothing was written)" if plan.auto_fallback else "\n(measured on the compiled artifact; nothing "
+                "was written)")
+        raise GateFailed(sensitivity_report(sensitivity(source, plan), final.drop, plan.max_drop, final.metric)
+                         + hint)
     return final
