@@ -81,11 +81,12 @@ def bench_model(case: ModelCase, workdir: Path, iters: int, progress) -> list[di
     import torch
 
     from . import load
+    from .errors import EdgekitError
     from .compile import compile_model
 
     shape = [list(t.shape) for t in case.inputs]
     timings = {("eager", "fp32"): _time(lambda: case.module(*case.inputs), 2, iters)}
-    sizes = {}
+    sizes, failures = {}, {}
     for peer, fn in case.peers.items():
         timings[(peer, "fp32")] = _time(fn, 2, iters)
     variants = [("fp32", {})] + ([("int8", {"quantize": "int8", "calibration": case.calibration,
@@ -94,8 +95,12 @@ def bench_model(case: ModelCase, workdir: Path, iters: int, progress) -> list[di
     for backend in ("executorch", "onnxruntime", "tvm"):
         for precision, options in variants:
             progress(f"{case.name}: {backend} {precision}")
-            art = compile_model(case.module, case.inputs, backend=backend, output=workdir / case.name / backend /
-                                precision, force=True, name=case.name, **case.options, **options)
+            try:
+                art = compile_model(case.module, case.inputs, backend=backend, output=workdir / case.name / backend /
+                                    precision, force=True, name=case.name, **case.options, **options)
+            except EdgekitError as exc:  # e.g. an int8 artifact over its accuracy budget: a row that says so
+                failures[(backend, precision)] = str(exc).splitlines()[0]
+                continue
             model = load(art)
             timings[(backend, precision)] = model.benchmark(warmup=2, iters=iters)
             sizes[(backend, precision)] = sum((art / f).stat().st_size for f in model.manifest.files)
@@ -110,6 +115,9 @@ def bench_model(case: ModelCase, workdir: Path, iters: int, progress) -> list[di
             unit, amount = case.work_unit
             row[f"ms_per_{unit}"] = t["p50_ms"] / amount
         rows.append(row)
+    rows += [{"suite": "models", "case": case.name, "impl": impl, "precision": precision, "shape": shape,
+              "p50_ms": None, "p90_ms": None, "min_ms": None, "payload_bytes": None, "peer": None,
+              "ratio_to_best_peer": None, "error": error} for (impl, precision), error in failures.items()]
     return rows
 
 

@@ -36,6 +36,10 @@ def markdown(report: dict) -> str:
     lines += ["| suite | case | impl | precision | shape | p50 ms | per unit or FPS | GFLOP/s or GB/s | % of limit | "
               "payload KiB | time ÷ best peer |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
+        if r.get("error"):
+            lines.append(f"| {r['suite']} | {r['case']} | {r['impl']} | {r['precision']} | {r['shape']} | "
+                         f"failed: {r['error']} | | | | | |")
+            continue
         unit = next(((k, v) for k, v in r.items() if k.startswith("ms_per_")), None)
         per_unit = f"{r['fps']:.1f} FPS" if r.get("fps") else f"{unit[1]:.3g} ms/{unit[0][7:]}" if unit else ""
         rate = r.get("gflops") or r.get("gbs")
@@ -54,7 +58,7 @@ def plot_models(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in rows if r["suite"] == "models"]
+    rows = [r for r in rows if r["suite"] == "models" and r["p50_ms"] is not None]
     cases = sorted({r["case"] for r in rows})
     fig, axes = plt.subplots(len(cases) or 1, 1, figsize=(9, 2.6 * max(1, len(cases))), squeeze=False)
     for ax, case in zip(axes[:, 0], cases):

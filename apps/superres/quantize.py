@@ -13,9 +13,9 @@ import numpy as np
 
 from .eval import dataset_images, imresize, psnr_ssim_y, read_rgb
 
-# Budget on the held-out calibration tiles, half of the 0.10 dB the issue allows on Set5: the tiles are a
-# different image set, so the gate keeps a margin for the difference.
-MAX_DROP_DB = 0.05
+# Budget on the held-out calibration tiles, 40% of the 0.10 dB the issue allows on Set5: measured Set5 drops were
+# 1.5-2.3x the held-out figure (0.045 held-out gave 0.066 on ONNX Runtime, 0.103 on ExecuTorch).
+MAX_DROP_DB = 0.04
 TILES_PER_IMAGE = 8
 
 

@@ -75,7 +75,7 @@ def more_float_layers(source: TorchSource, plan: QuantPlan, skip: frozenset[str]
     """The next longer prefix of the sensitivity ranking than `skip` (twice as many extra layers each time), or
     None when every layer is already float."""
     key = _fingerprint(source, plan)
-    ranked = [layer for layer, _ in sensitivity(source, plan)]
+    ranked = fallback_order(source, plan)
     if len(skip) >= len(ranked):
         return None
     extra = max(1, len(skip) - len(_CHOSEN.get(key, frozenset())))  # 1, then 2, 4, ... beyond the first choice
@@ -87,6 +87,15 @@ _CHOSEN: dict[str, frozenset[str]] = {}
 _RANKED: dict[str, list[tuple[str, float]]] = {}
 
 
+def fallback_order(source: TorchSource, plan: QuantPlan) -> list[str]:
+    """Layers in the order they go back to float: accuracy lost per int8 weight, worst first. Float layers cost
+    payload, so a big layer whose int8 costs little (CFSR's 110k-weight upsampler) stays int8 while small,
+    sensitive ones return to float."""
+    size = {name: m.weight.numel() for name, m in source.module.named_modules() if hasattr(m, "weight")}
+    rows = sensitivity(source, plan)
+    return [layer for layer, _ in sorted(rows, key=lambda r: r[1] / max(size.get(r[0], 1), 1), reverse=True)]
+
+
 def _choose(source: TorchSource, plan: QuantPlan) -> frozenset[str]:
     whole = simulated_score(source, plan)
     if whole.drop <= plan.max_drop:
@@ -94,7 +103,7 @@ def _choose(source: TorchSource, plan: QuantPlan) -> frozenset[str]:
     rows = sensitivity(source, plan)
     if not plan.auto_fallback:
         raise EdgekitError(sensitivity_report(rows, whole.drop, plan.max_drop, whole.metric))
-    ranked = [layer for layer, _ in rows]
+    ranked = fallback_order(source, plan)
 
     def fits(k: int) -> bool:
         return simulated_score(source, plan, frozenset(ranked[:k])).drop <= plan.max_drop
@@ -134,6 +143,7 @@ def check_final(source: TorchSource, plan: QuantPlan, run_artifact) -> Score:
         hint = ("\n(measured on the compiled artifact, after returning layers to float up to the rebuild limit; "
                 "nothing was written)" if plan.auto_fallback else "\n(measured on the compiled artifact; nothing "
                 "was written)")
-        raise GateFailed(sensitivity_report(sensitivity(source, plan), final.drop, plan.max_drop, final.metric)
+        raise GateFailed(sensitivity_report(sensitivity(source, plan), final.drop, plan.max_drop, final.metric,
+                                            plan.auto_fallback)
                          + hint)
     return final

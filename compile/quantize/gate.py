@@ -59,8 +59,10 @@ def _replay(samples: list[list[np.ndarray]], outputs: list[Outputs]):
     return lambda inputs: by_sample[id(inputs[0])]
 
 
-def sensitivity_report(rows: list[tuple[str, float]], drop: float, max_drop: float, metric: str) -> str:
+def sensitivity_report(rows: list[tuple[str, float]], drop: float, max_drop: float, metric: str,
+                       auto_fallback: bool = False) -> str:
     lines = "\n".join(f"  {name:<32} {d:+.4g}" for name, d in rows[:10])
     return (f"int8 accuracy gate failed: {metric} drops by {drop:.4g} (allowed {max_drop:g}).\n"
             f"Per-layer sensitivity ({metric} drop with only that layer in int8), worst first:\n{lines}\n"
-            "Pass --auto-fallback to keep the most sensitive layers in float, or raise --max-drop.")
+            + ("Raise --max-drop, or compile this backend in float." if auto_fallback else
+               "Pass --auto-fallback to keep the most sensitive layers in float, or raise --max-drop."))
