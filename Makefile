@@ -10,9 +10,9 @@ MODEL   ?= examples/conv_attention.py:build
 TARGET  ?= host
 BACKEND ?= tvm
 OUT     ?= out
-# Debian packages: cross compiler + QEMU + debootstrap (aarch64 targets and emulator), PortAudio + a user-space
+# Debian packages: cross compiler + QEMU + debootstrap (aarch64 targets and emulator), espeak-ng + flite (Samba-ASR TTS data, tested), PortAudio + a user-space
 # PulseAudio (microphone capture, tested on a null sink), GL/GLib for OpenCV
-APT_PACKAGES := g++-aarch64-linux-gnu qemu-user-static debootstrap libportaudio2 pulseaudio pulseaudio-utils libasound2-plugins libgl1 libglib2.0-0
+APT_PACKAGES := g++-aarch64-linux-gnu espeak-ng flite qemu-user-static debootstrap libportaudio2 pulseaudio pulseaudio-utils libasound2-plugins libgl1 libglib2.0-0
 
 .PHONY: setup system-deps demo test compile jetson phone emulator bench bench-kernels fuzz soak train-chimp train-pose train-asr clean
 
