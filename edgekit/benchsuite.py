@@ -8,7 +8,6 @@ itself on every backend and returns its rows.
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import platform
 import re
@@ -40,6 +39,40 @@ class ModelCase:
 class AppCase:
     name: str
     run: Callable[[Path, Callable[[str], None]], list[dict]]  # (artifact workdir, progress) -> report rows
+
+
+def app_fps_rows(case: str, frames: list, warmup: int, backends: tuple[str, ...], make_step, progress) -> list[dict]:
+    """Frames per second of an app: `make_step(backend)` -> step(frame) -> items found, timed per frame after
+    `warmup` untimed frames, the same frames for every backend. Peers: eager on the suite's threads and on one
+    thread; each row's mean frame time (1 / FPS) is divided by the faster peer's."""
+    import torch
+
+    threads = torch.get_num_threads()
+    timings, found = {}, {}
+    for impl, backend, torch_threads in [("eager", "eager", threads), ("eager 1 thread", "eager", 1),
+                                         *((b, b, threads) for b in backends if b != "eager")]:
+        progress(f"{case}: {impl}")
+        torch.set_num_threads(torch_threads)
+        try:
+            step = make_step(backend)
+            times, items = [], 0
+            for index, frame in enumerate(frames):
+                start = time.perf_counter()
+                n = step(frame)
+                if index >= warmup:
+                    times.append((time.perf_counter() - start) * 1e3)
+                    items += n
+        finally:
+            torch.set_num_threads(threads)
+        timings[impl], found[impl] = np.asarray(times), items / len(times)
+    best_peer = min(("eager", "eager 1 thread"), key=lambda k: timings[k].mean())
+    shape = [[len(frames) - warmup, *frames[0].shape]]
+    return [{"suite": "app", "case": case, "impl": impl, "precision": "fp32", "shape": shape,
+             "p50_ms": float(np.percentile(t, 50)), "p90_ms": float(np.percentile(t, 90)), "min_ms": float(t.min()),
+             "mean_ms": float(t.mean()), "fps": float(1e3 / t.mean()), "found_per_frame": found[impl],
+             "payload_bytes": None, "peer": f"{best_peer} fp32",
+             "ratio_to_best_peer": float(t.mean() / timings[best_peer].mean())}
+            for impl, t in timings.items()]
 
 
 def machine() -> dict:
@@ -78,8 +111,6 @@ def _time(fn, warmup: int, iters: int) -> dict:
 
 
 def bench_model(case: ModelCase, workdir: Path, iters: int, progress) -> list[dict]:
-    import torch
-
     from . import load
     from .errors import EdgekitError
     from .compile import compile_model

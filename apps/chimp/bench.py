@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 from pathlib import Path
 
-import numpy as np
 
 APP_FRAMES = 60   # timed frames of demo.mp4 per backend
 WARMUP = 10       # untimed frames first: fills the clip and confirms the tracks, so the behavior head runs
@@ -30,12 +28,9 @@ def cases() -> list:
 
 def app_rows(video: Path, workdir: Path, progress, backends: tuple[str, ...] | None = None) -> list[dict]:
     """Frames per second of the app as `edgekit chimp run` times it (app(frame) per frame: no decoding, no
-    drawing), on the same WARMUP + APP_FRAMES frames for every backend. Peers: eager on the suite's threads
-    and on one thread (`chimp run`'s default for eager); each row's mean frame time (1 / FPS) is divided by
-    the faster peer's."""
-    import torch
-
+    drawing); found_per_frame: tracks per frame."""
     from edgekit.apps.video import limit, open_video
+    from edgekit.benchsuite import app_fps_rows
 
     from .model import ChimpModel
     from .runners import BACKENDS, build_app
@@ -46,28 +41,9 @@ def app_rows(video: Path, workdir: Path, progress, backends: tuple[str, ...] | N
     model = ChimpModel.load()
     artifacts = workdir / "chimp_app"
     shutil.rmtree(artifacts, ignore_errors=True)  # compiled in this run, like every other case
-    threads = torch.get_num_threads()
-    timings = {}
-    for impl, backend, torch_threads in [("eager", "eager", threads), ("eager 1 thread", "eager", 1),
-                                         *((b, b, threads) for b in backends or BACKENDS if b != "eager")]:
-        progress(f"chimp_app: {impl}")
-        torch.set_num_threads(torch_threads)
-        try:
-            app = build_app(model, backend, artifacts)
-            times = []
-            for index, frame in enumerate(frames):
-                start = time.perf_counter()
-                app(frame)
-                if index >= WARMUP:
-                    times.append((time.perf_counter() - start) * 1e3)
-        finally:
-            torch.set_num_threads(threads)
-        timings[impl] = np.asarray(times)
-    peers = ("eager", "eager 1 thread")
-    best_peer = min(peers, key=lambda k: timings[k].mean())
-    shape = [[len(frames) - WARMUP, *frames[0].shape]]
-    return [{"suite": "app", "case": "chimp_app", "impl": impl, "precision": "fp32", "shape": shape,
-             "p50_ms": float(np.percentile(t, 50)), "p90_ms": float(np.percentile(t, 90)), "min_ms": float(t.min()),
-             "mean_ms": float(t.mean()), "fps": float(1e3 / t.mean()), "payload_bytes": None,
-             "peer": f"{best_peer} fp32", "ratio_to_best_peer": float(t.mean() / timings[best_peer].mean())}
-            for impl, t in timings.items()]
+
+    def make_step(backend):
+        app = build_app(model, backend, artifacts)
+        return lambda frame: len(app(frame))
+
+    return app_fps_rows("chimp_app", frames, WARMUP, backends or BACKENDS, make_step, progress)

@@ -319,4 +319,4 @@ def test_app_bench_rows_time_the_whole_pipeline(tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "APP_FRAMES", 2)
     rows = bench.app_rows(VIDEO, tmp_path, lambda _: None, backends=("eager",))
     assert [r["impl"] for r in rows] == ["eager", "eager 1 thread"]
-    assert all(r["fps"] > 0 and r["shape"][0][0] == 2 and r["persons_per_frame"] >= 1 for r in rows)
+    assert all(r["fps"] > 0 and r["shape"][0][0] == 2 and r["found_per_frame"] >= 1 for r in rows)
