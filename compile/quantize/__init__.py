@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,7 @@ class QuantPlan:
     simulator: object = None        # fakequant.Simulator, calibrated on first use
     fp32_outputs: dict = field(default_factory=dict)   # eager fp32 on the held-out samples, computed once
     layers: list[str] | None = None  # the int8 candidates, computed once
+    key: str | None = None           # fingerprint(), computed once
 
 
 def quantize_(model, config) -> list[str]:
@@ -66,13 +68,35 @@ def apply(source: TorchSource, plan: QuantPlan, backend: str, skip: frozenset[st
 
 
 def simulator(source: TorchSource, plan: QuantPlan):
-    """The calibrated int8 simulation of the model (built once per plan: one calibration pass)."""
+    """The calibrated int8 simulation of the model: one calibration per model and samples in this process, so
+    compiling for several backends calibrates once."""
     from .fakequant import Simulator
 
     if plan.simulator is None:
-        plan.simulator = Simulator(source.module, candidate_layers(source, plan), _tensors(plan.calibration),
-                                   per_channel=plan.config.per_channel, percentile=plan.config.percentile)
+        key = fingerprint(source, plan)
+        if key not in _SIMULATORS:
+            _SIMULATORS[key] = Simulator(source.module, candidate_layers(source, plan), _tensors(plan.calibration),
+                                         per_channel=plan.config.per_channel, percentile=plan.config.percentile)
+        plan.simulator = _SIMULATORS[key]
     return plan.simulator
+
+
+_SIMULATORS: dict = {}
+
+
+def fingerprint(source: TorchSource, plan: QuantPlan) -> str:
+    """What the quantization choices depend on: config, budget, metric, weights and samples (hashed once)."""
+    if plan.key is None:
+        h = hashlib.sha256(repr((describe(plan.config), plan.max_drop, plan.auto_fallback,
+                                 getattr(plan.task_metric, "metric_name", plan.task_metric))).encode())
+        for name, t in source.module.state_dict().items():
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        for sample in plan.calibration + plan.held_out:
+            for x in sample:
+                h.update(np.ascontiguousarray(x).tobytes())
+        plan.key = h.hexdigest()
+    return plan.key
 
 
 def simulate(source: TorchSource, plan: QuantPlan, skip: frozenset[str], only: frozenset[str] | None = None):

@@ -3,15 +3,13 @@ much they cost alone (sensitivity) and return the most sensitive ones to float u
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 
 import numpy as np
 
 from edgekit.errors import EdgekitError
 
 from ..source import TorchSource
-from . import QuantPlan, candidate_layers, simulate
-from .configs import describe
+from . import QuantPlan, candidate_layers, fingerprint, simulate
 from .gate import Score, score, sensitivity_report
 
 
@@ -51,7 +49,7 @@ RANKING_SAMPLES = 8
 def sensitivity(source: TorchSource, plan: QuantPlan) -> list[tuple[str, float]]:
     """(layer, metric drop with only that layer in int8), worst first, on the first RANKING_SAMPLES held-out;
     remembered like choose_float_layers."""
-    key = _fingerprint(source, plan)
+    key = fingerprint(source, plan)
     if key not in _RANKED:
         ranking = dataclasses.replace(plan, held_out=plan.held_out[:RANKING_SAMPLES])
         rows = [(layer, simulated_score(source, ranking, only=frozenset([layer])).drop)
@@ -65,7 +63,7 @@ def choose_float_layers(source: TorchSource, plan: QuantPlan) -> frozenset[str]:
     backends measures once."""
     if plan.max_drop is None:
         return frozenset()
-    key = _fingerprint(source, plan)
+    key = fingerprint(source, plan)
     if key not in _CHOSEN:
         _CHOSEN[key] = _choose(source, plan)
     return _CHOSEN[key]
@@ -74,7 +72,7 @@ def choose_float_layers(source: TorchSource, plan: QuantPlan) -> frozenset[str]:
 def more_float_layers(source: TorchSource, plan: QuantPlan, skip: frozenset[str]) -> frozenset[str] | None:
     """The next longer prefix of the sensitivity ranking than `skip` (twice as many extra layers each time), or
     None when every layer is already float."""
-    key = _fingerprint(source, plan)
+    key = fingerprint(source, plan)
     ranked = fallback_order(source, plan)
     if len(skip) >= len(ranked):
         return None
@@ -118,18 +116,6 @@ def _choose(source: TorchSource, plan: QuantPlan) -> frozenset[str]:
         mid = (lo + hi) // 2
         lo, hi = (lo, mid) if fits(mid) else (mid, hi)
     return frozenset(ranked[:hi])
-
-
-def _fingerprint(source: TorchSource, plan: QuantPlan) -> str:
-    h = hashlib.sha256(repr((describe(plan.config), plan.max_drop, plan.auto_fallback,
-                             getattr(plan.task_metric, "metric_name", plan.task_metric))).encode())
-    for name, t in source.module.state_dict().items():
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    for sample in plan.calibration + plan.held_out:
-        for x in sample:
-            h.update(np.ascontiguousarray(x).tobytes())
-    return h.hexdigest()
 
 
 class GateFailed(EdgekitError):
