@@ -175,6 +175,7 @@ def bench_kernels(names, progress) -> tuple[list[dict], dict]:
 def run(output: Path, pattern: str | None = None, iters: int = 20) -> dict:
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+    from .errors import EdgekitError
     from .report import write_report
 
     os.environ.setdefault("TVM_NUM_THREADS", str(THREADS))
@@ -193,8 +194,16 @@ def run(output: Path, pattern: str | None = None, iters: int = 20) -> dict:
         for case in model_cases():
             if keep is None or keep.search(case.name):
                 t0 = time.perf_counter()
-                rows += (case.run(output / "artifacts", progress) if isinstance(case, AppCase)
-                         else bench_model(case, output / "artifacts", iters, progress))
+                if isinstance(case, AppCase):
+                    try:
+                        rows += case.run(output / "artifacts", progress)
+                    except EdgekitError as exc:  # a backend the app could not build: a row that says so
+                        rows.append({"suite": "app", "case": case.name, "impl": "all", "precision": "fp32",
+                                     "shape": None, "p50_ms": None, "p90_ms": None, "min_ms": None,
+                                     "payload_bytes": None, "peer": None, "ratio_to_best_peer": None,
+                                     "error": str(exc).splitlines()[0]})
+                else:
+                    rows += bench_model(case, output / "artifacts", iters, progress)
                 seconds[case.name] = round(time.perf_counter() - t0, 1)
         t0 = time.perf_counter()
         kernel_rows, limits = bench_kernels([k for k in KERNEL_BENCHES if keep is None or keep.search(k)],

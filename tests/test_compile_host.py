@@ -123,3 +123,17 @@ def test_executorch_sdpa_forms_the_fused_kernel_cannot_take_stay_exact(tmp_path)
     out, = edgekit.load(art).run([t.numpy() for t in inputs])
     np.testing.assert_allclose(out, Mixed()(*inputs).numpy(), atol=1e-5)
     assert edgekit.load(art).manifest.backend_info["attention"] == "llama.custom_sdpa"
+
+
+def test_tvm_negative_select_index(tmp_path):
+    """x[:, -1] exports as select(x, 1, -1), which TVM 0.27's importer reads out of bounds unless edgekit wraps it."""
+    import torch
+
+    class LastFrame(torch.nn.Module):
+        def forward(self, clip):
+            return clip[:, -1] * 2.0
+
+    clip = torch.randn(1, 3, 4, 5, 6, generator=torch.Generator().manual_seed(0))
+    art = edgekit.compile_model(LastFrame().eval(), (clip,), backend="tvm", output=tmp_path / "last")
+    (got,) = edgekit.load(art).run([clip.numpy()])
+    np.testing.assert_allclose(got, clip[:, -1].numpy() * 2.0, rtol=0, atol=0)

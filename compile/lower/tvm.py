@@ -31,7 +31,8 @@ def import_relax(source: Source, target_dict: dict):
             from edgekit.kernels.scan.torch_op import relax_convert_map
 
             kernels = relax_convert_map(target_dict)
-        return from_exported_program(_decompose_keeping_attention(program), keep_params_as_input=False,
+        program = _wrap_negative_selects(_decompose_keeping_attention(program))
+        return from_exported_program(program, keep_params_as_input=False,
                                      run_ep_decomposition=False, custom_convert_map=kernels)
     import onnx
     from tvm.relax.frontend.onnx import from_onnx
@@ -43,6 +44,22 @@ def import_relax(source: Source, target_dict: dict):
         raise EdgekitError(f"{source.path}: TVM's {source.kind} importer cannot read this model: "
                            f"{str(exc).splitlines()[0]} Use --backend onnxruntime for it, or export the model "
                            "without runtime-specific fused ops.") from None
+
+
+def _wrap_negative_selects(program):
+    """select(x, dim, -k) -> select(x, dim, size - k): TVM 0.27's importer takes the index as is and reads out of
+    bounds (garbage outputs, e.g. the chimp detector's `features[:, -1]`)."""
+    import torch
+
+    changed = False
+    for node in program.graph.nodes:
+        if node.op == "call_function" and node.target is torch.ops.aten.select.int and node.args[2] < 0:
+            x, dim, index = node.args
+            node.args = (x, dim, index + int(x.meta["val"].shape[dim]))
+            changed = True
+    if changed:
+        program.graph_module.recompile()
+    return program
 
 
 def _decompose_keeping_attention(program):
