@@ -54,7 +54,7 @@ def compile_model(model, example_inputs=None, *, target: str = "host", backend: 
                 manifest.verify = verify(staging.path, inputs, expected, atol, rtol, enforce=plan is None)
                 if plan and manifest.verify["status"] == "pass":
                     try:
-                        manifest.quantization["accuracy"] = check_final(source, plan, load(staging.path).run)
+                        accuracy = check_final(source, plan, load(staging.path).run)
                     except GateFailed:
                         # the artifact's kernels round differently from the simulation that chose `skip`:
                         # with --auto-fallback, the next most sensitive layers go back to float and it rebuilds
@@ -64,7 +64,7 @@ def compile_model(model, example_inputs=None, *, target: str = "host", backend: 
                         skip = wider
                         staging.clear()
                         continue
-                    manifest.quantization["accuracy"] = manifest.quantization["accuracy"].as_dict()
+                    manifest.quantization["accuracy"] = accuracy.as_dict()
             staging.seal(manifest)
             break
         return staging.commit()
