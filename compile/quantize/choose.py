@@ -70,8 +70,8 @@ def choose_float_layers(source: TorchSource, plan: QuantPlan) -> frozenset[str]:
 
 
 def more_float_layers(source: TorchSource, plan: QuantPlan, skip: frozenset[str]) -> frozenset[str] | None:
-    """The next longer prefix of the sensitivity ranking than `skip` (twice as many extra layers each time), or
-    None when every layer is already float."""
+    """A longer prefix of fallback_order than `skip` (1, 1, 2, 4 ... more layers on successive calls), or None
+    when every layer is already float."""
     key = fingerprint(source, plan)
     ranked = fallback_order(source, plan)
     if len(skip) >= len(ranked):
