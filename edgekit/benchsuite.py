@@ -41,12 +41,23 @@ class AppCase:
     run: Callable[[Path, Callable[[str], None]], list[dict]]  # (artifact workdir, progress) -> report rows
 
 
-def app_fps_rows(case: str, frames: list, warmup: int, backends: tuple[str, ...], make_step, progress) -> list[dict]:
-    """Frames per second of an app: `make_step(backend)` -> step(frame) -> items found, timed per frame after
-    `warmup` untimed frames, the same frames for every backend. Peers: eager on the suite's threads and on one
-    thread; each row's mean frame time (1 / FPS) is divided by the faster peer's."""
+def app_fps_rows(case: str, video: Path, frames: int, warmup: int, backends: tuple[str, ...], make_step,
+                 workdir: Path, progress) -> list[dict]:
+    """Frames per second of an app on the first `warmup + frames` frames of `video` (none: no rows):
+    `make_step(backend, artifacts)` -> step(frame) -> items found, timed per frame after `warmup` untimed frames,
+    the same frames for every backend, compiled into a fresh workdir/case. Peers: eager on the suite's threads and
+    on one thread; each row's mean frame time (1 / FPS) is divided by the faster peer's."""
+    import shutil
+
     import torch
 
+    from .apps.video import limit, open_video
+
+    frames = list(limit(open_video(str(video))[0], warmup + frames))
+    if len(frames) < warmup + 1:
+        return []
+    artifacts = workdir / case
+    shutil.rmtree(artifacts, ignore_errors=True)  # compiled in this run, like every other case
     threads = torch.get_num_threads()
     timings, found = {}, {}
     for impl, backend, torch_threads in [("eager", "eager", threads), ("eager 1 thread", "eager", 1),
@@ -54,7 +65,7 @@ def app_fps_rows(case: str, frames: list, warmup: int, backends: tuple[str, ...]
         progress(f"{case}: {impl}")
         torch.set_num_threads(torch_threads)
         try:
-            step = make_step(backend)
+            step = make_step(backend, artifacts)
             times, items = [], 0
             for index, frame in enumerate(frames):
                 start = time.perf_counter()

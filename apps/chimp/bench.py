@@ -3,7 +3,6 @@ the whole app (detector + decoding + tracker + behavior head) on demo.mp4 frames
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 
@@ -29,21 +28,15 @@ def cases() -> list:
 def app_rows(video: Path, workdir: Path, progress, backends: tuple[str, ...] | None = None) -> list[dict]:
     """Frames per second of the app as `edgekit chimp run` times it (app(frame) per frame: no decoding, no
     drawing); found_per_frame: tracks per frame."""
-    from edgekit.apps.video import limit, open_video
     from edgekit.benchsuite import app_fps_rows
 
     from .model import ChimpModel
     from .runners import BACKENDS, build_app
 
-    frames = list(limit(open_video(str(video))[0], WARMUP + APP_FRAMES))
-    if len(frames) < WARMUP + 1:
-        return []
     model = ChimpModel.load()
-    artifacts = workdir / "chimp_app"
-    shutil.rmtree(artifacts, ignore_errors=True)  # compiled in this run, like every other case
 
-    def make_step(backend):
+    def make_step(backend, artifacts):
         app = build_app(model, backend, artifacts)
         return lambda frame: len(app(frame))
 
-    return app_fps_rows("chimp_app", frames, WARMUP, backends or BACKENDS, make_step, progress)
+    return app_fps_rows("chimp_app", video, APP_FRAMES, WARMUP, backends or BACKENDS, make_step, workdir, progress)

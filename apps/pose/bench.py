@@ -3,7 +3,6 @@ and the whole app (detector tiles + landmarks + tracking + 3D lifting) on vtest.
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 
@@ -34,20 +33,14 @@ def cases() -> list:
 def app_rows(video: Path, workdir: Path, progress, backends: tuple[str, ...] | None = None) -> list[dict]:
     """Frames per second of the app as `edgekit pose run` times it (2D app + 3D lifter per frame: no decoding, no
     drawing); found_per_frame: persons per frame."""
-    from edgekit.apps.video import limit, open_video
     from edgekit.benchsuite import app_fps_rows
 
     from .app import PoseApp, TrackLifter
     from .model import BACKENDS, BlazePose, lifter_runner, runners
 
-    frames = list(limit(open_video(str(video))[0], WARMUP + APP_FRAMES))
-    if len(frames) < WARMUP + 1:
-        return []
     blazepose = BlazePose.from_pretrained()
-    artifacts = workdir / "pose_app"
-    shutil.rmtree(artifacts, ignore_errors=True)  # compiled in this run, like every other case
 
-    def make_step(backend):
+    def make_step(backend, artifacts):
         app = PoseApp(*runners(blazepose, backend, artifacts), detect_every=DETECT_EVERY, tiles=TILES)
         lift = TrackLifter(*lifter_runner(backend, artifacts))
 
@@ -57,4 +50,4 @@ def app_rows(video: Path, workdir: Path, progress, backends: tuple[str, ...] | N
             return len(people)
         return step
 
-    return app_fps_rows("pose_app", frames, WARMUP, backends or BACKENDS, make_step, progress)
+    return app_fps_rows("pose_app", video, APP_FRAMES, WARMUP, backends or BACKENDS, make_step, workdir, progress)
