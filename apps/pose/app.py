@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 
 from edgekit.apps.pose import skeleton
+from edgekit.errors import EdgekitError
 
 Model = Callable[[np.ndarray], Sequence[np.ndarray]]
 
@@ -26,6 +27,8 @@ NMS_IOU = 0.3
 PRESENCE_THRESHOLD = 0.5
 ROI_SCALE = 1.25  # the ROI is 1.25x the body circle the alignment points describe
 SAME_PERSON_IOU = 0.4
+TILE_OVERLAP = 1.25  # grid tiles are 25% larger than their cell, so a person on a cell border is whole in one
+MAX_AUTO_GRID = 4    # tiles per axis that tiles="auto" uses at most (detector calls grow with rows x cols)
 # Skeleton edges between BlazePose keypoints, for drawing.
 EDGES = ((11, 12), (11, 13), (13, 15), (12, 14), (14, 16), (11, 23), (12, 24), (23, 24), (23, 25), (25, 27),
          (27, 29), (29, 31), (27, 31), (24, 26), (26, 28), (28, 30), (30, 32), (28, 32), (0, 11), (0, 12))
@@ -73,12 +76,15 @@ class PoseApp:
     """Multi-person BlazePose on a stream of RGB frames (uint8, HxWx3).
 
     Persons are tracked by their ROI; the detector runs every `detect_every` frames (and whenever nobody is
-    tracked) to pick up newcomers. `tiles` splits the frame into a grid for detection so small, distant
-    persons reach the detector at a usable scale.
+    tracked) to pick up newcomers. `tiles` is the detector's view of the frame: (rows, cols) splits it into that
+    grid, so small, distant persons reach the detector at a usable scale; "auto" (see `detector_views`) looks at
+    the whole frame, for near persons, plus a grid sized to the frame, for distant ones.
     """
 
     def __init__(self, detector: Model, landmarker: Model, max_persons: int = 8, detect_every: int = 5,
-                 tiles: tuple[int, int] = (1, 1)):
+                 tiles: tuple[int, int] | str = "auto"):
+        if tiles != "auto" and not (len(tiles) == 2 and all(isinstance(n, int) and n > 0 for n in tiles)):
+            raise EdgekitError(f"tiles={tiles!r}: expected \"auto\" or (rows, cols) of positive integers, e.g. (3, 4).")
         self.detector, self.landmarker = detector, landmarker
         self.max_persons, self.detect_every, self.tiles = max_persons, detect_every, tiles
         self.anchors = ssd_anchors()
@@ -102,16 +108,19 @@ class PoseApp:
         return persons
 
     def detect(self, frame: np.ndarray) -> list[Roi]:
-        """Person ROIs found by the detector, over the tile grid."""
+        """Person ROIs found by the detector over its views of the frame; one person seen in several views (tiles
+        overlap, and "auto" adds the whole frame) is merged into one detection by the weighted NMS."""
         height, width = frame.shape[:2]
-        rows, cols = self.tiles
-        tile_h, tile_w = int(np.ceil(height / rows * 1.25)), int(np.ceil(width / cols * 1.25))  # 25% overlap
         found = []
-        for y0 in np.linspace(0, height - min(tile_h, height), rows).astype(int):
-            for x0 in np.linspace(0, width - min(tile_w, width), cols).astype(int):
-                boxes, keypoints, scores = self._detect_tile(frame[y0:y0 + tile_h, x0:x0 + tile_w])
-                offset = np.array([x0, y0], np.float64)
-                found += [(s, b + np.tile(offset, 2), k + offset) for b, k, s in zip(boxes, keypoints, scores)]
+        for x0, y0, x1, y1 in detector_views(height, width, self.tiles):
+            boxes, keypoints, scores = self._detect_tile(frame[y0:y1, x0:x1])
+            if self.tiles == "auto" and (x1 - x0, y1 - y0) != (width, height):
+                # A body larger than its tile is one the tile cuts: the detector then guesses its extent (on
+                # messi5.jpg a 1900 px ROI from a tile showing part of the player); the whole frame shows it whole.
+                keep = roi_sizes(keypoints) <= min(x1 - x0, y1 - y0)
+                boxes, keypoints, scores = boxes[keep], keypoints[keep], scores[keep]
+            offset = np.array([x0, y0], np.float64)
+            found += [(s, b + np.tile(offset, 2), k + offset) for b, k, s in zip(boxes, keypoints, scores)]
         if not found:
             return []
         scores, boxes, keypoints = (np.array(v) for v in zip(*found))
@@ -156,6 +165,35 @@ class TrackLifter:
             joints.append(self.lifter(skeleton.normalize(window)[None])[0][0, -1])
         self.history = history  # a track not seen in this frame has ended
         return joints
+
+
+def roi_sizes(keypoints: np.ndarray) -> np.ndarray:
+    """Side of the ROI Roi.from_alignment makes from each detection's keypoints (N, 4, 2)."""
+    return 2 * np.linalg.norm(keypoints[:, 1] - keypoints[:, 0], axis=-1) * ROI_SCALE
+
+
+def auto_grid(height: int, width: int) -> tuple[int, int]:
+    """The grid tiles="auto" adds to the whole frame: about one detector input (224 px) per cell, so a tile
+    reaches the detector near full resolution (vtest.avi's 768x576: 3x4, tiles of 240x240), at most
+    MAX_AUTO_GRID per axis."""
+    return (min(MAX_AUTO_GRID, max(1, int(np.ceil(height / DETECTOR_SIZE)))),
+            min(MAX_AUTO_GRID, max(1, int(np.ceil(width / DETECTOR_SIZE)))))
+
+
+def detector_views(height: int, width: int, tiles: tuple[int, int] | str) -> list[tuple[int, int, int, int]]:
+    """The frame regions (x0, y0, x1, y1) the detector looks at. (rows, cols): that grid of overlapping tiles,
+    as given; "auto": the whole frame (near persons, which a tile would cut) plus auto_grid's tiles (distant
+    persons, too small for the detector in the whole frame), or the whole frame alone when it is no larger
+    than the detector's input."""
+    if tiles == "auto":
+        grid = auto_grid(height, width)
+        return [(0, 0, width, height)] + ([] if grid == (1, 1) else detector_views(height, width, grid))
+    rows, cols = tiles
+    tile_h = min(height, int(np.ceil(height / rows * TILE_OVERLAP)))
+    tile_w = min(width, int(np.ceil(width / cols * TILE_OVERLAP)))
+    return [(int(x0), int(y0), int(x0) + tile_w, int(y0) + tile_h)
+            for y0 in np.linspace(0, height - tile_h, rows).astype(int)
+            for x0 in np.linspace(0, width - tile_w, cols).astype(int)]
 
 
 def next_roi(person: Person) -> Roi:

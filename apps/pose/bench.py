@@ -1,5 +1,5 @@
 """`make bench` cases: BlazePose's detector and full landmark networks (imported from TFLite), the KTPFormer lifter,
-and the whole app (detector tiles + landmarks + tracking + 3D lifting) on vtest.avi frames, in FPS per backend."""
+and the whole app (detector views + landmarks + tracking + 3D lifting) on vtest.avi frames, in FPS per backend."""
 from __future__ import annotations
 
 import os
@@ -8,7 +8,7 @@ from pathlib import Path
 
 APP_FRAMES = 30    # timed frames of vtest.avi per backend
 WARMUP = 5         # untimed frames first (compiled runners load, tracks start)
-TILES, DETECT_EVERY = (3, 4), 10  # the README's settings for vtest.avi's 70-100 px pedestrians
+DETECT_EVERY = 10  # detector views: the app's default (tiles="auto": whole frame + 3x4 grid on vtest.avi)
 
 
 def cases() -> list:
@@ -41,7 +41,7 @@ def app_rows(video: Path, workdir: Path, progress, backends: tuple[str, ...] | N
     blazepose = BlazePose.from_pretrained()
 
     def make_step(backend, artifacts):
-        app = PoseApp(*runners(blazepose, backend, artifacts), detect_every=DETECT_EVERY, tiles=TILES)
+        app = PoseApp(*runners(blazepose, backend, artifacts), detect_every=DETECT_EVERY)
         lift = TrackLifter(*lifter_runner(backend, artifacts))
 
         def step(frame):

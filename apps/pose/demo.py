@@ -53,17 +53,21 @@ def _common_options(parser: argparse.ArgumentParser) -> None:
                                           "(default: $EDGEKIT_WEIGHTS/mediapipe)")
     parser.add_argument("--artifacts", default="out/pose",
                         help="where compiled backends are written and reused")
-    parser.add_argument("--tiles", default="1x1", type=_tiles,
-                        help="ROWSxCOLS detector grid; more tiles find smaller, distant persons (e.g. 3x4)")
+    parser.add_argument("--tiles", default="auto", type=_tiles,
+                        help="detector view: ROWSxCOLS, a grid of overlapping tiles used as given (more tiles find "
+                             "smaller, distant persons); auto, the whole frame plus a grid of about 224 px cells "
+                             "(3x4 for 768x576), so near and distant persons are both found (default: %(default)s)")
     parser.add_argument("--detect-every", type=int, default=5,
                         help="run the detector every N frames to find new persons (tracked ones need none)")
     parser.add_argument("--max-persons", type=int, default=8)
 
 
-def _tiles(text: str) -> tuple[int, int]:
+def _tiles(text: str) -> tuple[int, int] | str:
+    if text == "auto":
+        return text
     rows, _, cols = text.partition("x")
     if not (rows.isdigit() and cols.isdigit() and int(rows) > 0 and int(cols) > 0):
-        raise argparse.ArgumentTypeError(f"{text!r}: expected ROWSxCOLS, e.g. 3x4")
+        raise argparse.ArgumentTypeError(f"{text!r}: expected auto or ROWSxCOLS, e.g. 3x4")
     return int(rows), int(cols)
 
 

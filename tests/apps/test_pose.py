@@ -70,6 +70,30 @@ def test_letterbox_maps_back_to_the_image():
     np.testing.assert_allclose(corners @ to_image[:, :2].T + to_image[:, 2], [[140, 40], [160, 60]], atol=1.5)
 
 
+def test_auto_views_add_a_detector_sized_grid_to_the_whole_frame():
+    views = pose.detector_views(576, 768, "auto")  # vtest.avi
+    assert views[0] == (0, 0, 768, 576) and len(views) == 13
+    assert {(x1 - x0, y1 - y0) for x0, y0, x1, y1 in views[1:]} == {(240, 240)}  # 3x4 cells, 25% larger
+    assert views[1:] == pose.detector_views(576, 768, (3, 4))
+    assert max(x1 for _, _, x1, _ in views) == 768 and max(y1 for _, _, _, y1 in views) == 576
+    assert pose.detector_views(200, 224, "auto") == [(0, 0, 224, 200)]  # no larger than the input: no grid
+    assert pose.auto_grid(2160, 3840) == (pose.MAX_AUTO_GRID, pose.MAX_AUTO_GRID)
+
+
+def test_explicit_tiles_are_used_as_given():
+    assert pose.detector_views(576, 768, (1, 1)) == [(0, 0, 768, 576)]
+    calls = []
+
+    def detector(image):
+        calls.append(image.shape)
+        return np.zeros((1, 2254, 12), np.float32), np.full((1, 2254, 1), -10, np.float32)
+
+    pose.PoseApp(detector, None, tiles=(2, 3))(np.zeros((576, 768, 3), np.uint8))
+    assert len(calls) == 6
+    with pytest.raises(EdgekitError, match=r'expected "auto" or \(rows, cols\)'):
+        pose.PoseApp(detector, None, tiles=(0, 2))
+
+
 # --- the real models -------------------------------------------------------------------------------------------
 
 needs_data = pytest.mark.skipif(not (WEIGHTS.is_dir() and PHOTO.is_file()), reason=f"no pose weights/data in {SHARED}")
@@ -107,6 +131,23 @@ def test_photo_gives_one_plausible_person(networks, photo):
 
 
 @needs_data
+def test_default_views_find_a_near_person_and_distant_pedestrians(networks):
+    """The whole-frame view finds the large player in basketball1.png (tiles alone cut him and add phantom
+    bodies); the grid finds vtest.avi's 70-100 px pedestrians, which the whole frame alone misses."""
+    image = cv2.cvtColor(cv2.imread(str(SHARED / "data/pose/basketball1.png")), cv2.COLOR_BGR2RGB)
+    persons = pose.PoseApp(*networks)(image)
+    assert len(persons) == 1
+    body_is_plausible(persons[0].keypoints, up=np.array([0.0, -1.0]))
+    assert persons[0].keypoints[[LEFT_ANKLE, RIGHT_ANKLE], 1].min() > 0.8 * image.shape[0]  # head to feet
+    ok, frame = cv2.VideoCapture(str(VIDEO)).read()
+    assert ok
+    pedestrians = pose.PoseApp(*networks)(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+    assert len(pedestrians) >= 2
+    for person in pedestrians:  # each a pedestrian-sized body, not a phantom as big as the frame
+        assert person.roi.size < 300 and 0 <= person.roi.center[0] < 768 and 0 <= person.roi.center[1] < 576
+
+
+@needs_data
 def test_rotated_photo_gives_rotated_keypoints(networks, photo):
     """The ROI's rotation makes the landmark model see an upright body in a 90-degree-turned frame."""
     upright = pose.PoseApp(*networks)(photo)[0].keypoints
@@ -126,8 +167,10 @@ def test_tracking_reuses_the_landmark_roi_without_the_detector(networks, photo):
     counting = lambda x: calls.append(1) or detector(x)  # noqa: E731
     app = pose.PoseApp(counting, landmarker, detect_every=100)
     first = app(photo)[0].keypoints
+    views = len(calls)  # one detector call per view of the frame (tiles="auto": whole frame + grid)
     second = app(photo)
-    assert len(calls) == 1 and len(second) == 1
+    assert views == len(pose.detector_views(*photo.shape[:2], "auto")) and len(calls) == views
+    assert len(second) == 1
     visible = first[:, 2] > 0.9
     assert np.median(np.linalg.norm(second[0].keypoints[visible, :2] - first[visible, :2], axis=1)) < 4
 
@@ -167,7 +210,7 @@ def test_cli_prints_json_and_writes_the_overlay(tmp_path, capsys):
 def test_cli_finds_several_pedestrians_in_the_video(tmp_path, capsys):
     out = tmp_path / "overlay.mp4"
     assert run_cli("pose", "run", str(VIDEO), "-o", str(out), "--json", "--weights", str(WEIGHTS),
-                   "--tiles", "3x4", "--max-frames", "12", "--detect-every", "10") == 0
+                   "--max-frames", "12") == 0  # default detector views: no --tiles needed
     frames = json.loads(capsys.readouterr().out)["frames"]
     assert len(frames) == 12
     assert max(len(f["persons"]) for f in frames) >= 2
