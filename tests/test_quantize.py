@@ -51,6 +51,32 @@ def test_int8_onnxruntime_artifact_holds_int8_ops(tmp_path, zoo_model):
     assert got.shape == expected.shape
 
 
+class _SharedSkip(torch.nn.Module):
+    """CFSR's tail in small: a float op and an unquantized add both read an int8 layer's output, and the add
+    feeds another int8 layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.first = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.body = torch.nn.Conv2d(8, 8, 1)
+        self.last = torch.nn.Conv2d(8, 8, 1)
+
+    def forward(self, x):
+        shallow = self.first(x)
+        return self.last(self.body(torch.sigmoid(shallow) * shallow) + shallow)
+
+
+def test_int8_executorch_lowers_a_skip_shared_by_float_ops(tmp_path):
+    module = _SharedSkip().eval()
+    calib = [(torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(i)),) for i in range(8)]
+    # before: XNNPACK's partition for the add took the shared dequantize: "found dependency cycles"
+    art = edgekit.compile_model(module, calib[0], backend="executorch", output=tmp_path / "q", quantize="int8",
+                                calibration=calib)
+    model = edgekit.load(art)
+    assert model.manifest.quantization["float_layers"] == []
+    assert model.manifest.quantization["accuracy"]["cosine"] > 0.99
+
+
 @pytest.mark.parametrize("config, tol", [(Int8WeightOnly(), 0.02), (Int4WeightOnly(group_size=16), 0.2)])
 def test_weight_only_linear(config, tol):
     torch.manual_seed(0)

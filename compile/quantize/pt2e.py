@@ -36,7 +36,23 @@ def quantize_pt2e(module, example_inputs: tuple, calibration: list[tuple], layer
         for sample in calibration:   # fills the weight observers and any activation not set below
             prepared(*sample)
         _set_ranges(prepared, layers, ranges)
-        return convert_pt2e(prepared)
+        return _private_dequantize(convert_pt2e(prepared))
+
+
+def _private_dequantize(gm):
+    """One dequantize node per user. convert_pt2e copies a shared dequantize only for annotated users, so an
+    unannotated op (CFSR's `conv_after_body(...) + shallow`, both int8 layer outputs, feeding int8 `upsample.0`)
+    shares one with float ops; XNNPACK then claims it for that op's partition, whose path leaves and re-enters
+    the partition ("Invalid partition, found dependency cycles")."""
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or "dequantize" not in str(node.target) or len(node.users) < 2:
+            continue
+        for user in list(node.users)[1:]:
+            with gm.graph.inserting_after(node):
+                copy = gm.graph.node_copy(node)
+            user.replace_input_with(node, copy)
+    gm.recompile()
+    return gm
 
 
 def _owner(node) -> str | None:
