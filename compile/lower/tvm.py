@@ -87,7 +87,9 @@ def lower(source: Source, target: Target, out: Path) -> Lowered:
         executable = tvm.compile(mod, target=tvm.target.Target(target_dict))
     except Exception as exc:  # TVM raises its own error types from C++; surface the first line
         raise EdgekitError(f"TVM could not compile the model for {target.name}: {str(exc).splitlines()[0]}") from None
-    executable.export_library(str(out / "model.so"), fcompile=link_fcompile(target_dict, _fcompile(target)))
+    # LLVM's debug info is a third of an int8 library and nothing at run time
+    executable.export_library(str(out / "model.so"), fcompile=link_fcompile(target_dict, _fcompile(target)),
+                              options=["-Wl,--strip-debug"])
     info = {"target": target_dict, "pipeline": pipeline}
     if target.cuda_arch:
         info["device_code"] = _precompile_cuda(executable, target.cuda_arch, out)
