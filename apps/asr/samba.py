@@ -11,6 +11,7 @@ The scan is `scan=`: the exportable chunked form for training (it has a backward
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -63,6 +64,15 @@ class SambaBlock(MambaBlock):
     """edgekit's Mamba block, with B and C handed to the scan in the grouped layout [batch, 1, N, L]: the same
     arithmetic, and the chunked decomposition then broadcasts explicitly, which ONNX Runtime's shape inference
     accepts for batch 1 (the ungrouped [batch, N, L] form fails there with a Reshape error)."""
+
+    def __init__(self, d_model: int, d_state: int, scan):
+        super().__init__(d_model, d_state, scan=scan)
+        # Mamba's time-step initialisation: softplus(bias) log-uniform in [1e-3, 1e-1], so channels start with
+        # memories of 10-1000 frames (PyTorch's default bias gives softplus ~0.7: every channel forgets within a
+        # frame or two).
+        dt = torch.exp(torch.rand(self.dt_proj.out_features) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
+        with torch.no_grad():
+            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         length = hidden.shape[1]

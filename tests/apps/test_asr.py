@@ -400,6 +400,14 @@ def test_samba_encoder_is_causal():
         torch.testing.assert_close(model(a)[:, :29], model(b)[:, :29])
 
 
+def test_samba_blocks_start_with_mamba_time_steps():
+    """softplus(dt bias) log-uniform in [1e-3, 1e-1] as in Mamba, not PyTorch's default (~0.7 everywhere)."""
+    model = _tiny_samba()
+    for block in model.encoder.blocks:
+        dt = torch.nn.functional.softplus(block.dt_proj.bias.detach())
+        assert 0.99e-3 <= dt.min() and dt.max() <= 0.101 and dt.max() / dt.min() > 10
+
+
 def test_greedy_ctc_merges_repeats_and_drops_blanks():
     from edgekit.apps.asr.samba import ALPHABET, encode_text, greedy_ctc
 
