@@ -87,8 +87,7 @@ _RANKED: dict[str, list[tuple[str, float]]] = {}
 
 def fallback_order(source: TorchSource, plan: QuantPlan) -> list[str]:
     """Layers in the order they go back to float: accuracy lost per int8 weight, worst first. Float layers cost
-    payload, so a big layer whose int8 costs little (CFSR's 110k-weight upsampler) stays int8 while small,
-    sensitive ones return to float."""
+    payload, so a big layer whose int8 costs little stays int8 while small, sensitive ones return to float."""
     size = {name: m.weight.numel() for name, m in source.module.named_modules() if hasattr(m, "weight")}
     rows = sensitivity(source, plan)
     return [layer for layer, _ in sorted(rows, key=lambda r: r[1] / max(size.get(r[0], 1), 1), reverse=True)]
