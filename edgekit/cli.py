@@ -47,8 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", required=True, help="artifact directory to create")
     p.add_argument("--name", help="model name recorded in the manifest (default: from --model)")
     p.add_argument("--force", action="store_true", help="replace --output if it exists")
-    p.add_argument("--no-verify", dest="check", action="store_false",
-                   help="skip running the artifact against the reference")
+    # SUPPRESS: the help would otherwise print the stored value ("default: True") beside a flag that turns it off
+    p.add_argument("--no-verify", dest="check", action="store_false", default=argparse.SUPPRESS,
+                   help="skip running the artifact against the reference (verification runs by default)")
     p.add_argument("--atol", type=float, help="verify: absolute tolerance (default 1e-4, or the app model's own)")
     p.add_argument("--rtol", type=float, help="verify: relative tolerance (default 1e-4, or the app model's own)")
     p.add_argument("--quantize", choices=["int8", "int8-weight-only", "int4-weight-only"],
@@ -174,7 +175,7 @@ def cmd_compile(args) -> int:
     recipe = options["int8"]() if args.quantize == "int8" and args.calibration is None and "int8" in options else {}
     out = compile_model(model, example_inputs, target=args.target, backend=args.backend, output=args.output,
                         name=args.name or (args.model if example_inputs is not None else None),
-                        force=args.force, check=args.check, progress=True, **tolerance,
+                        force=args.force, check=getattr(args, "check", True), progress=True, **tolerance,
                         quantize=args.quantize, calibration=recipe.get("calibration", args.calibration),
                         max_drop=recipe.get("max_drop") if args.max_drop is None else args.max_drop,
                         auto_fallback=args.auto_fallback or recipe.get("auto_fallback", False),
