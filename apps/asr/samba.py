@@ -1,10 +1,12 @@
-"""Samba-ASR, small: a Mamba encoder over log-mel features with a CTC head spelling characters.
+"""Samba-ASR, small: a Mamba encoder over log-mel features with a CTC head spelling characters, and a Mamba
+decoder with the paper's cross-connection.
 
 The paper's encoder (Shakhadri et al. 2025): log-mel features, a convolutional front end, stacked Mamba blocks.
 Every block is causal (a causal depthwise convolution and the selective scan), and the front end normalises
 the log-mel by a fixed floor instead of Whisper's per-clip peak, so the model can run on a stream.
-The paper's Mamba decoder with its cross-connection is not built yet: the CTC head is the first step that fits
-this machine's training budget.
+The decoder's scan runs over the encoder states and then over the transcript's characters, so the state that
+predicts a character has read the utterance (no attention). Trained on this machine's budget it is too weak to
+transcribe alone; decoding is CTC beam search with its scores added (ctc_beam.py, samba_decoder.py).
 
 The scan is `scan=`: the exportable chunked form for training (it has a backward), the edgekit kernel op
 (`torch.ops.edgekit.selective_scan`) for inference, which every backend compiles.
@@ -26,7 +28,7 @@ from edgekit.kernels.scan.mamba_block import MambaBlock
 from .features import HOP, N_FFT, LogMel
 
 ALPHABET = " 'abcdefghijklmnopqrstuvwxyz"  # index 0 is the CTC blank, so labels are 1 + position
-WEIGHTS = Path(__file__).with_name("weights") / "samba_ctc.pt"
+WEIGHTS = Path(__file__).with_name("weights") / "samba.pt"
 SUBSAMPLE = 4  # 100 log-mel frames/s -> 25 encoder frames/s: 1.5-2 frames a character at 170 words/min
 
 
@@ -36,6 +38,8 @@ class SambaDims:
     width: int = 96
     layers: int = 4
     d_state: int = 8
+    decoder_layers: int = 0  # 0: CTC only (the compiled graph is always the encoder and CTC head)
+    decoder_state: int = 16
 
 
 class SambaFrontEnd(LogMel):
@@ -85,6 +89,38 @@ class SambaBlock(MambaBlock):
                       delta_bias=self.dt_proj.bias, delta_softplus=True)
         return hidden + self.out_proj(y.transpose(1, 2))
 
+    def prefill(self, hidden: torch.Tensor) -> tuple[torch.Tensor, BlockState]:
+        """`forward` over (batch, L, width) that also returns the state after the last position, for `step`."""
+        from edgekit.kernels.scan.reference import parallel_scan
+
+        length, taps = hidden.shape[1], self.conv.kernel_size[0] - 1
+        x, z = self.in_proj(self.norm(hidden)).transpose(1, 2).chunk(2, dim=1)
+        window = F.pad(x, (max(0, taps - length), 0))[..., -taps:]  # the conv's last inputs
+        x = F.silu(self.conv(x)[..., :length])
+        dt, B, C = self.x_proj(x.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        delta = (dt @ self.dt_proj.weight.T).transpose(1, 2)
+        y, ssm = parallel_scan(x, delta, -torch.exp(self.A_log), B.transpose(1, 2).unsqueeze(1),
+                               C.transpose(1, 2).unsqueeze(1), D=self.D, z=z, delta_bias=self.dt_proj.bias,
+                               delta_softplus=True, return_last_state=True)
+        return hidden + self.out_proj(y.transpose(1, 2)), (window, ssm)
+
+    def step(self, hidden: torch.Tensor, state: BlockState) -> tuple[torch.Tensor, BlockState]:
+        """One position (batch, width) after `state`: the recurrence `forward` computes for the whole sequence."""
+        from edgekit.kernels.scan.reference import selective_state_update_ref
+
+        window, ssm = state
+        x, z = self.in_proj(self.norm(hidden)).chunk(2, dim=-1)
+        window = torch.cat([window, x[..., None]], dim=-1)
+        x = F.silu((window * self.conv.weight[:, 0]).sum(-1) + self.conv.bias)
+        dt, B, C = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        y, ssm = selective_state_update_ref(ssm, x, dt @ self.dt_proj.weight.T, -torch.exp(self.A_log), B, C,
+                                            D=self.D, z=z, dt_bias=self.dt_proj.bias, dt_softplus=True,
+                                            dtype=torch.float32)
+        return hidden + self.out_proj(y), (window[..., 1:], ssm)
+
+
+BlockState = tuple[torch.Tensor, torch.Tensor]  # the conv's last inputs (batch, d_inner, taps), the scan state
+
 
 class SambaEncoder(nn.Module):
     """log-mel (batch, n_mels, frames) -> (batch, frames / SUBSAMPLE, width)."""
@@ -103,8 +139,63 @@ class SambaEncoder(nn.Module):
         return self.norm(x)
 
 
+class SambaDecoder(nn.Module):
+    """The paper's Mamba decoder with its Mamba cross-connection: one causal scan runs over the projected encoder
+    states and then over the transcript's tokens, so the state that predicts each character has read the whole
+    utterance (the decoder state carries the encoder; no attention). Token 0 begins and ends a transcript, the
+    others are the CTC head's characters."""
+
+    def __init__(self, dims: SambaDims, scan):
+        super().__init__()
+        self.bridge = nn.Linear(dims.width, dims.width)
+        self.embed = nn.Embedding(1 + len(ALPHABET), dims.width)
+        self.blocks = nn.ModuleList(SambaBlock(dims.width, dims.decoder_state, scan=scan)
+                                    for _ in range(dims.decoder_layers))
+        self.norm = nn.RMSNorm(dims.width)
+        self.head = nn.Linear(dims.width, 1 + len(ALPHABET))
+
+    def forward(self, encoded: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """encoded (batch, frames, width), tokens (batch, n) starting with 0 -> next-token logits (batch, n, 29)."""
+        x = torch.cat([self.bridge(encoded), self.embed(tokens)], dim=1)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.norm(x[:, encoded.shape[1]:]))
+
+    def start(self, encoded: torch.Tensor) -> tuple[torch.Tensor, list[BlockState]]:
+        """Scan the encoder states (1, frames, width) and token 0: log-probabilities of the first character
+        (1, 29) and the state after them, for `advance`."""
+        x = torch.cat([self.bridge(encoded), self.embed(torch.zeros(1, 1, dtype=torch.long))], dim=1)
+        states = []
+        for block in self.blocks:
+            x, state = block.prefill(x)
+            states.append(state)
+        return F.log_softmax(self.head(self.norm(x[:, -1])), dim=-1), states
+
+    def advance(self, states: list[BlockState], tokens: torch.Tensor) -> tuple[torch.Tensor, list[BlockState]]:
+        """One token per hypothesis (batch,) after `states` -> next-token log-probabilities (batch, 29), states."""
+        x, after = self.embed(tokens), []
+        for block, state in zip(self.blocks, states):
+            x, state = block.step(x, state)
+            after.append(state)
+        return F.log_softmax(self.head(self.norm(x)), dim=-1), after
+
+    @torch.no_grad()
+    def greedy(self, encoded: torch.Tensor, max_tokens: int) -> str:
+        """Most likely next character until token 0 or `max_tokens`."""
+        log_probs, states = self.start(encoded)
+        tokens = []
+        for _ in range(max_tokens):
+            nxt = int(log_probs[0].argmax())
+            if nxt == 0:
+                break
+            tokens.append(nxt)
+            log_probs, states = self.advance(states, torch.tensor([nxt]))
+        return " ".join("".join(ALPHABET[i - 1] for i in tokens).split())
+
+
 class SambaCTC(nn.Module):
-    """features (batch, frames, n_mels) -> CTC log-probabilities (batch, frames / SUBSAMPLE, 1 + len(ALPHABET))."""
+    """features (batch, frames, n_mels) -> CTC log-probabilities (batch, frames / SUBSAMPLE, 1 + len(ALPHABET)).
+    With `dims.decoder_layers`, also the Mamba decoder (`decoder`), trained jointly with the CTC head."""
 
     def __init__(self, dims: SambaDims = SambaDims(), scan=None):
         super().__init__()
@@ -113,9 +204,10 @@ class SambaCTC(nn.Module):
         self.dims = dims
         self.encoder = SambaEncoder(dims, scan or chunked_scan)
         self.head = nn.Linear(dims.width, 1 + len(ALPHABET))
+        self.decoder = SambaDecoder(dims, scan or chunked_scan) if dims.decoder_layers else None
 
     def set_scan(self, scan) -> SambaCTC:
-        for block in self.encoder.blocks:
+        for block in [*self.encoder.blocks, *(self.decoder.blocks if self.decoder else [])]:
             block.scan = scan
         return self
 
@@ -124,15 +216,17 @@ class SambaCTC(nn.Module):
 
 
 class SambaGraph(nn.Module):
-    """The exported graph: audio (1, samples) at 16 kHz -> CTC log-probabilities (1, frames, classes)."""
+    """The exported graph: audio (1, samples) at 16 kHz -> CTC log-probabilities (1, frames, classes) and the
+    encoder states (1, frames, width) that the decoder reads."""
 
     def __init__(self, model: SambaCTC):
         super().__init__()
         self.front = SambaFrontEnd(model.dims.n_mels)
         self.model = model
 
-    def forward(self, audio: torch.Tensor) -> torch.Tensor:
-        return self.model(self.front(audio).transpose(1, 2))
+    def forward(self, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        encoded = self.model.encoder(self.front(audio))
+        return F.log_softmax(self.model.head(encoded), dim=-1), encoded
 
 
 def encode_text(text: str) -> list[int]:
@@ -144,6 +238,11 @@ def greedy_ctc(log_probs: np.ndarray) -> str:
     best = log_probs.argmax(-1)
     keep = (best != 0) & np.concatenate([[True], best[1:] != best[:-1]])
     return " ".join("".join(ALPHABET[i - 1] for i in best[keep]).split())
+
+
+def max_tokens_for(frames: int) -> int:
+    """Decoder length cap for `frames` log-mel frames: 30 characters a second (fast speech is ~20) and a margin."""
+    return frames * 30 // 100 + 10
 
 
 def save(model: SambaCTC, path: Path, meta: dict) -> None:
@@ -161,6 +260,7 @@ def load(path: Path = WEIGHTS, scan=None) -> SambaCTC:
     saved = torch.load(path, map_location="cpu", weights_only=True)
     model = SambaCTC(SambaDims(**saved["dims"]), scan=scan or kernel_scan)
     model.load_state_dict(saved["state"])
+    model.meta = saved.get("meta", {})
     return model.eval()
 
 
@@ -169,7 +269,9 @@ class SambaRecognizer:
     `window` seconds (audio is padded to it; longer audio: see `vad.windows`)."""
 
     def __init__(self, weights=None, backend: str = "eager", artifacts=None, window: int = 10):
+        from .ctc_beam import BeamOptions
         from .features import SAMPLE_RATE
+        from .samba_decoder import decoder_scorer
         from .recognizer import BACKENDS, DEFAULT_ARTIFACTS, compiled
 
         if backend not in BACKENDS:
@@ -179,7 +281,7 @@ class SambaRecognizer:
         if backend == "eager":
             def run(x: np.ndarray) -> list[np.ndarray]:
                 with torch.inference_mode():
-                    return [graph(torch.from_numpy(x)).numpy()]
+                    return [out.numpy() for out in graph(torch.from_numpy(x))]
             self.graph = run
         else:
             samples = window * SAMPLE_RATE
@@ -187,6 +289,11 @@ class SambaRecognizer:
             self.graph = compiled(graph, (torch.zeros(1, samples),), name, backend,
                                   Path(artifacts) if artifacts else DEFAULT_ARTIFACTS)
         self.samples = None if backend == "eager" else window * SAMPLE_RATE
+        # With a decoder: CTC beam search with its scores added, the settings training chose (ctc_beam.py).
+        self.beam = self.scorer = None
+        if self.model.decoder is not None:
+            self.beam = BeamOptions(**self.model.meta.get("beam", {}))
+            self.scorer = decoder_scorer(self.model, backend, artifacts, self.beam.beam)
 
     def warm_up(self) -> SambaRecognizer:
         self(np.zeros(16000, np.float32))
@@ -194,12 +301,16 @@ class SambaRecognizer:
 
     def __call__(self, audio: np.ndarray, draft: str = "") -> str:
         """`draft` is accepted for the live streamer's sake and not needed: CTC decoding is one pass."""
+        from .ctc_beam import beam_search
         from .features import pad_window
 
-        frames = (len(audio) // HOP + 1) // SUBSAMPLE
+        frames = max((len(audio) // HOP + 1) // SUBSAMPLE, 1)
         x = pad_window(audio, self.samples) if self.samples else audio[None].astype(np.float32)
-        (log_probs,) = self.graph(x)
-        return greedy_ctc(log_probs[0, :max(frames, 1)])
+        log_probs, encoded = self.graph(x)
+        if self.beam is None:
+            return greedy_ctc(log_probs[0, :frames])
+        # the encoder is causal: its states for the audio are the same with or without the window's padding
+        return beam_search(log_probs[0, :frames], self.scorer, encoded[:, :frames], self.beam)
 
 
 def _fingerprint(model: SambaCTC) -> str:

@@ -408,6 +408,129 @@ def test_samba_blocks_start_with_mamba_time_steps():
         assert 0.99e-3 <= dt.min() and dt.max() <= 0.101 and dt.max() / dt.min() > 10
 
 
+def test_samba_decoder_reads_the_encoder_and_is_causal_over_tokens():
+    """The cross-connection: the decoder's scan runs over the encoder states first, so they change every token's
+    prediction; a later token changes nothing before it. Kernel scan (inference) == parallel scan (training)."""
+    from edgekit.apps.asr import samba
+    from edgekit.kernels.scan.reference import parallel_scan
+
+    torch.manual_seed(0)
+    model = samba.SambaCTC(samba.SambaDims(width=32, layers=2, decoder_layers=1), scan=parallel_scan).eval()
+    encoded = torch.randn(1, 30, 32)
+    tokens = torch.tensor([[0, *samba.encode_text("hello")]])
+    with torch.no_grad():
+        logits = model.decoder(encoded, tokens)
+        other_audio = model.decoder(encoded + torch.randn(1, 30, 32), tokens)
+        later_token = model.decoder(encoded, torch.cat([tokens[:, :4], tokens[:, 4:] % 28 + 1], dim=1))
+        served = model.set_scan(samba.kernel_scan).decoder(encoded, tokens)
+    assert logits.shape == (1, 6, 1 + len(samba.ALPHABET))
+    assert (logits - other_audio).abs().amax(-1).min() > 1e-5  # every token's prediction moved
+    torch.testing.assert_close(later_token[:, :4], logits[:, :4])
+    assert (later_token[:, 4:] - logits[:, 4:]).abs().max() > 1e-4
+    torch.testing.assert_close(served, logits, atol=1e-4, rtol=1e-4)
+
+
+def test_decoder_targets_shift_the_transcript_by_one_and_end_with_token_0():
+    from edgekit.apps.asr.samba import encode_text
+    from edgekit.apps.asr.train_samba import decoder_tokens
+
+    texts = [encode_text("ab"), encode_text("c")]
+    inputs, wanted = decoder_tokens(torch.tensor(texts[0] + texts[1]), torch.tensor([2, 1]))
+    assert inputs.tolist() == [[0, *texts[0]], [0, *texts[1], 0]]
+    assert wanted.tolist() == [[*texts[0], 0], [*texts[1], 0, -100]]
+
+
+def test_samba_decoder_steps_match_its_whole_sequence_scan():
+    """Decoding runs the decoder a token at a time from the state after the encoder states (`start`/`advance`);
+    training runs it over the whole sequence: the same next-character distributions."""
+    from edgekit.apps.asr import samba
+    from edgekit.kernels.scan.reference import parallel_scan
+
+    torch.manual_seed(0)
+    model = samba.SambaCTC(samba.SambaDims(width=32, layers=1, decoder_layers=2), scan=parallel_scan).eval()
+    encoded, text = torch.randn(1, 30, 32), samba.encode_text("hello there")
+    with torch.no_grad():
+        whole = torch.log_softmax(model.decoder(encoded, torch.tensor([[0, *text]])), dim=-1)[0]
+        first, states = model.decoder.start(encoded)
+        steps = [first[0]]
+        for token in text:
+            nxt, states = model.decoder.advance(states, torch.tensor([token]))
+            steps.append(nxt[0])
+    torch.testing.assert_close(torch.stack(steps), whole, atol=1e-5, rtol=1e-5)
+
+
+def _one_hot_frames(*rows: dict[str, float]) -> np.ndarray:
+    """CTC log-probabilities, a frame per dict of {character or "_" for blank: probability}, the rest 1e-6."""
+    from edgekit.apps.asr.samba import ALPHABET
+
+    probs = np.full((len(rows), 1 + len(ALPHABET)), 1e-6)
+    for t, row in enumerate(rows):
+        for char, p in row.items():
+            probs[t, 0 if char == "_" else 1 + ALPHABET.index(char)] = p
+    return np.log(probs)
+
+
+def test_ctc_beam_search_sums_the_paths_that_greedy_decoding_misses():
+    """Two frames of blank 0.6 / "a" 0.4: the best single path is blank-blank (0.36), but the three paths that
+    spell "a" sum to 0.64."""
+    from edgekit.apps.asr.ctc_beam import BeamOptions, beam_search
+    from edgekit.apps.asr.samba import greedy_ctc
+
+    log_probs = _one_hot_frames({"_": 0.6, "a": 0.4}, {"_": 0.6, "a": 0.4})
+    assert greedy_ctc(log_probs) == ""
+    assert beam_search(log_probs, options=BeamOptions(weight=0.0, bonus=0.0)) == "a"
+    # a repeat needs a blank between to stay two letters
+    assert beam_search(_one_hot_frames({"l": 1.0}, {"l": 1.0}), options=BeamOptions(weight=0.0, bonus=0.0)) == "l"
+    assert beam_search(_one_hot_frames({"l": 1.0}, {"_": 1.0}, {"l": 1.0}),
+                       options=BeamOptions(weight=0.0, bonus=0.0)) == "ll"
+
+
+def test_decoder_scores_choose_between_sounds_ctc_cannot_tell_apart():
+    """CTC slightly prefers "a" over "b"; a decoder that expects "b" turns the transcript to "b" once its scores
+    are added, and weight 0 leaves CTC's choice."""
+    from edgekit.apps.asr import samba
+    from edgekit.apps.asr.ctc_beam import BeamOptions, beam_search
+    from edgekit.apps.asr.samba_decoder import EagerScorer
+
+    torch.manual_seed(0)
+    decoder = samba.SambaCTC(samba.SambaDims(width=32, layers=1, decoder_layers=1)).decoder.eval()
+    with torch.no_grad():
+        decoder.head.weight.zero_()
+        decoder.head.bias.fill_(-10.0)
+        decoder.head.bias[samba.encode_text("b")[0]] = 0.0
+        decoder.head.bias[0] = 0.0  # and the end of the transcript
+    log_probs = _one_hot_frames({"_": 0.1, "a": 0.47, "b": 0.43}, {"_": 1.0})
+    encoded, scorer = np.random.default_rng(0).standard_normal((1, 2, 32)).astype(np.float32), EagerScorer(decoder)
+    assert beam_search(log_probs, scorer, encoded, BeamOptions(weight=0.0)) == "a"
+    assert beam_search(log_probs, scorer, encoded, BeamOptions(weight=0.5)) == "b"
+
+
+def test_samba_recognizer_fuses_the_decoder_that_training_tuned(tmp_path):
+    """Weights with a decoder are decoded by beam search with the decoder's scores, at the weight training chose;
+    without one, by CTC's best path."""
+    from edgekit.apps.asr import samba
+
+    torch.manual_seed(0)
+    plain = samba.SambaCTC(samba.SambaDims(width=32, layers=2))
+    samba.save(plain, tmp_path / "ctc.pt", {})
+    assert samba.SambaRecognizer(tmp_path / "ctc.pt").beam is None
+
+    model = samba.SambaCTC(samba.SambaDims(width=32, layers=2, decoder_layers=1))
+    with torch.no_grad():  # a decoder that hears nothing but "a"
+        model.decoder.head.weight.zero_()
+        model.decoder.head.bias.fill_(-20.0)
+        model.decoder.head.bias[samba.encode_text("a")[0]] = 0.0
+        model.decoder.head.bias[0] = -1.0
+    samba.save(model, tmp_path / "dec.pt", {"beam": {"beam": 4, "weight": 5.0, "bonus": 0.0, "prune": -20.0}})
+    recognizer = samba.SambaRecognizer(tmp_path / "dec.pt")
+    assert recognizer.beam is not None and recognizer.beam.weight == 5.0
+    audio = 0.1 * np.random.default_rng(0).standard_normal(16000).astype(np.float32)
+    text = recognizer(audio)
+    assert text and set(text) == {"a"}
+    log_probs, _ = recognizer.graph(audio[None])
+    assert set(samba.greedy_ctc(log_probs[0])) - {"a", " "}  # CTC alone says other letters
+
+
 def test_greedy_ctc_merges_repeats_and_drops_blanks():
     from edgekit.apps.asr.samba import ALPHABET, encode_text, greedy_ctc
 
@@ -449,6 +572,43 @@ def test_samba_compiles_for_android_and_matches_eager_under_the_emulator(emulato
     audio = 0.1 * torch.randn(1, 8000, generator=torch.Generator().manual_seed(0))
     out = edgekit.compile_model(graph, (audio,), target="android-arm64", backend="onnxruntime",
                                 output=tmp_path / "samba", atol=1e-3, rtol=1e-3)
+    verify = json_module.loads((out / "manifest.json").read_text())["verify"]
+    assert verify["status"] == "pass" and "emulator" in verify["where"]
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "executorch", "tvm"])
+def test_samba_decoder_step_compiles_and_scores_like_eager(backend, tmp_path):
+    """The decoder as one compiled step graph (a beam of 4): the encoder states one position at a time, then
+    characters; the same next-character log-probabilities as the eager parallel scan and recurrent step."""
+    import edgekit
+    from edgekit.apps.asr import samba
+    from edgekit.apps.asr.samba_decoder import CompiledScorer, EagerScorer, SambaDecoderStep, step_inputs
+
+    torch.manual_seed(0)
+    decoder = samba.SambaCTC(samba.SambaDims(width=32, layers=1, decoder_layers=2)).decoder.eval()
+    out = edgekit.compile_model(SambaDecoderStep(decoder).eval(), step_inputs(decoder, 4), target="host",
+                                backend=backend, output=tmp_path / "step", atol=1e-4, rtol=1e-4)
+    artifact = edgekit.load(out)
+    compiled, eager = CompiledScorer(lambda *xs: artifact.run(list(xs)), decoder, 4), EagerScorer(decoder)
+    encoded = np.random.default_rng(0).standard_normal((1, 20, 32)).astype(np.float32)
+    (first_c, state_c), (first_e, state_e) = compiled.start(encoded), eager.start(encoded)
+    np.testing.assert_allclose(first_c, first_e, atol=1e-4)
+    tokens = samba.encode_text("hello")  # five hypotheses: more than one batch of 4
+    np.testing.assert_allclose(compiled.advance([state_c] * 5, tokens)[0], eager.advance([state_e] * 5, tokens)[0],
+                               atol=1e-4)
+
+
+def test_samba_decoder_step_compiles_for_android_and_matches_eager_under_the_emulator(emulator_sysroot, tmp_path):
+    import json as json_module
+
+    import edgekit
+    from edgekit.apps.asr import samba
+    from edgekit.apps.asr.samba_decoder import SambaDecoderStep, step_inputs
+
+    torch.manual_seed(0)
+    decoder = samba.SambaCTC(samba.SambaDims(width=32, layers=1, decoder_layers=2)).decoder.eval()
+    out = edgekit.compile_model(SambaDecoderStep(decoder).eval(), step_inputs(decoder, 4), target="android-arm64",
+                                backend="onnxruntime", output=tmp_path / "step", atol=1e-4, rtol=1e-4)
     verify = json_module.loads((out / "manifest.json").read_text())["verify"]
     assert verify["status"] == "pass" and "emulator" in verify["where"]
 
