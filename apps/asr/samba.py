@@ -38,7 +38,7 @@ class SambaDims:
     width: int = 96
     layers: int = 4
     d_state: int = 8
-    decoder_layers: int = 0  # 0: CTC only (the compiled graph is always the encoder and CTC head)
+    decoder_layers: int = 0  # 0: CTC only, decoded by its best path
     decoder_state: int = 16
 
 
@@ -195,7 +195,8 @@ class SambaDecoder(nn.Module):
 
 class SambaCTC(nn.Module):
     """features (batch, frames, n_mels) -> CTC log-probabilities (batch, frames / SUBSAMPLE, 1 + len(ALPHABET)).
-    With `dims.decoder_layers`, also the Mamba decoder (`decoder`), trained jointly with the CTC head."""
+    With `dims.decoder_layers`, also the Mamba decoder (`decoder`): trained jointly with the CTC head, or on a
+    fixed encoder (`train_samba --init`, the shipped weights)."""
 
     def __init__(self, dims: SambaDims = SambaDims(), scan=None):
         super().__init__()
