@@ -173,17 +173,18 @@ def graphs(whisper: Whisper, backend: str, artifacts: Path, samples: int) -> tup
     if backend == "eager":
         return eager(modules[0]), eager(modules[1])
     inputs = example_inputs(whisper.dims, CACHE_LEN, samples)
-    tag = f"{samples // SAMPLE_RATE}s-{_fingerprint(whisper)}"
+    tag = f"{samples // SAMPLE_RATE}s-{fingerprint(whisper, whisper_module, features_module)}"
     return (compiled(modules[0], inputs.encoder, f"whisper-tiny.en-encoder-{tag}", backend, artifacts),
             compiled(modules[1], inputs.decoder, f"whisper-tiny.en-decoder-step-{tag}", backend, artifacts))
 
 
-def _fingerprint(whisper: Whisper) -> str:
-    """Short hash of the model code and weights, so a cached artifact of an older version is never reused."""
+def fingerprint(model: torch.nn.Module, *code) -> str:
+    """Short hash of the model's code (`code`: the Python modules that define it) and weights, so a cached artifact
+    of an older version is never reused."""
     digest = hashlib.sha256()
-    for module in (whisper_module, features_module):
+    for module in code:
         digest.update(inspect.getsource(module).encode())
-    for tensor in whisper.state_dict().values():
+    for tensor in model.state_dict().values():
         digest.update(tensor.numpy().tobytes()[:4096])  # a slice of each tensor tells weight sets apart cheaply
     return digest.hexdigest()[:10]
 

@@ -14,6 +14,7 @@ The scan is `scan=`: the exportable chunked form for training (it has a backward
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -173,7 +174,11 @@ class SambaDecoder(nn.Module):
 
     def advance(self, states: list[BlockState], tokens: torch.Tensor) -> tuple[torch.Tensor, list[BlockState]]:
         """One token per hypothesis (batch,) after `states` -> next-token log-probabilities (batch, 29), states."""
-        x, after = self.embed(tokens), []
+        return self.step(self.embed(tokens), states)
+
+    def step(self, x: torch.Tensor, states: list[BlockState]) -> tuple[torch.Tensor, list[BlockState]]:
+        """One position already embedded (batch, width) after `states` -> next-token log-probabilities, states."""
+        after = []
         for block, state in zip(self.blocks, states):
             x, state = block.step(x, state)
             after.append(state)
@@ -273,7 +278,7 @@ class SambaRecognizer:
         from .ctc_beam import BeamOptions
         from .features import SAMPLE_RATE
         from .samba_decoder import decoder_scorer
-        from .recognizer import BACKENDS, DEFAULT_ARTIFACTS, compiled
+        from .recognizer import BACKENDS, DEFAULT_ARTIFACTS, compiled, fingerprint
 
         if backend not in BACKENDS:
             raise EdgekitError(f"unknown backend {backend!r}. Choose one of {', '.join(BACKENDS)}.")
@@ -286,7 +291,7 @@ class SambaRecognizer:
             self.graph = run
         else:
             samples = window * SAMPLE_RATE
-            name = f"samba-ctc-{window}s-{_fingerprint(self.model)}"
+            name = f"samba-ctc-{window}s-{fingerprint(self.model, sys.modules[__name__])}"
             self.graph = compiled(graph, (torch.zeros(1, samples),), name, backend,
                                   Path(artifacts) if artifacts else DEFAULT_ARTIFACTS)
         self.samples = None if backend == "eager" else window * SAMPLE_RATE
@@ -314,12 +319,3 @@ class SambaRecognizer:
         return beam_search(log_probs[0, :frames], self.scorer, encoded[:, :frames], self.beam)
 
 
-def _fingerprint(model: SambaCTC) -> str:
-    import hashlib
-    import inspect
-    import sys
-
-    digest = hashlib.sha256(inspect.getsource(sys.modules[__name__]).encode())
-    for tensor in model.state_dict().values():
-        digest.update(tensor.numpy().tobytes()[:4096])
-    return digest.hexdigest()[:10]

@@ -52,11 +52,8 @@ class SambaDecoderStep(nn.Module):
     def forward(self, frame: torch.Tensor, token: torch.Tensor, *states: torch.Tensor) -> tuple[torch.Tensor, ...]:
         is_frame = (token == NO_TOKEN).to(frame.dtype)[:, None]
         x = self.decoder.bridge(frame) * is_frame + F.embedding(token, self.table)
-        after = []
-        for layer, block in enumerate(self.decoder.blocks):
-            x, (window, ssm) = block.step(x, (states[2 * layer], states[2 * layer + 1]))
-            after += [window, ssm]
-        return (F.log_softmax(self.decoder.head(self.decoder.norm(x)), dim=-1), *after)
+        log_probs, after = self.decoder.step(x, list(zip(states[0::2], states[1::2])))
+        return (log_probs, *(tensor for layer in after for tensor in layer))
 
 
 def step_inputs(decoder: SambaDecoder, batch: int, generator: torch.Generator | None = None) -> tuple:
@@ -86,7 +83,7 @@ class CompiledScorer:
         pad = self.batch - n
         token = np.array(tokens + [NO_TOKEN] * pad, np.int64)
         frame = np.concatenate([frames, np.zeros((pad, self.width), np.float32)])
-        stacked = [np.stack([s[i] for s in states] + [self.zero_states[i]] * pad) for i in range(len(self.zero_states))]
+        stacked = [np.stack([s[i] for s in states] + [zero] * pad) for i, zero in enumerate(self.zero_states)]
         log_probs, *after = self.step(frame, token, *stacked)
         return log_probs[:n], [[a[row] for a in after] for row in range(n)]
 
@@ -111,17 +108,14 @@ def decoder_scorer(model, backend: str, artifacts, batch: int):
     """The scorer beam search uses with `model`'s decoder on `backend` (compiled for this host on first use)."""
     if backend == "eager":
         return EagerScorer(model.decoder)
-    import hashlib
-    import inspect
     import sys
     from pathlib import Path
 
-    from .recognizer import DEFAULT_ARTIFACTS, compiled
-    from .samba import _fingerprint
+    from . import samba
+    from .recognizer import DEFAULT_ARTIFACTS, compiled, fingerprint
 
-    code = hashlib.sha256(inspect.getsource(sys.modules[__name__]).encode()).hexdigest()[:6]
     step = SambaDecoderStep(model.decoder).eval()
     inputs = step_inputs(model.decoder, batch, torch.Generator().manual_seed(0))
-    graph = compiled(step, inputs, f"samba-decoder-step-{batch}-{_fingerprint(model)}{code}", backend,
-                     Path(artifacts) if artifacts else DEFAULT_ARTIFACTS)
+    name = f"samba-decoder-step-{batch}-{fingerprint(model, samba, sys.modules[__name__])}"
+    graph = compiled(step, inputs, name, backend, Path(artifacts) if artifacts else DEFAULT_ARTIFACTS)
     return CompiledScorer(graph, model.decoder, batch)

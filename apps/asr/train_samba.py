@@ -195,7 +195,7 @@ def main(argv=None) -> int:
                    help="time and frequency masks on the training features (off by default: with them this "
                         "model stayed on CTC's blank plateau for the whole budget; see README)")
     p.add_argument("--decoder-layers", type=int, default=SambaDims.decoder_layers,
-                   help="Mamba decoder blocks trained jointly with the CTC head (0: CTC only)")
+                   help="Mamba decoder blocks, trained with the CTC head, or alone with --init (0: CTC only)")
     p.add_argument("--decoder-weight", type=float, default=1.0, help="cross-entropy weight next to CTC's")
     p.add_argument("--init", type=Path, help="start from these weights (a CTC-trained Samba) and train only the "
                                               "decoder: the encoder and CTC head stay as they are")
