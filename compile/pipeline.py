@@ -8,10 +8,11 @@ import numpy as np
 
 from edgekit.artifact import Manifest, StagingDir, TensorSpec
 from edgekit.errors import EdgekitError
-from edgekit.targets import check_backend, get_target, host_arch
+from edgekit import backends
+from edgekit.targets import get_target, host_arch
 
 from . import source as sources
-from .lower import lowerer, versions
+from .lower import versions
 from .quantize import Int8Static, QuantPlan, manifest_record, parse
 from .quantize import apply as apply_quantization
 from .quantize.calibration import load_samples, split
@@ -30,7 +31,7 @@ def compile_model(model, example_inputs=None, *, target: str = "host", backend: 
     quantize: "int8" (static PTQ, needs `calibration`), "int8-weight-only", "int4-weight-only" or a config.
     max_drop / auto_fallback / task_metric: the accuracy gate (see compile/quantize/gate.py)."""
     tgt = get_target(target)
-    check_backend(tgt, backend)
+    lowering = backends.check(tgt, backend)
     source, oracle = _as_source(model, example_inputs, name)
     step = _stepper(progress)
     inputs = _numpy_inputs(source)
@@ -45,7 +46,7 @@ def compile_model(model, example_inputs=None, *, target: str = "host", backend: 
                                                               else "")):
                 skip = choose_float_layers(source, plan)
         for refit in range(MAX_REFITS + 1):
-            manifest, expected = _build(staging, source, oracle, inputs, tgt, backend, plan, skip, step)
+            manifest, expected = _build(staging, source, oracle, inputs, tgt, lowering, plan, skip, step)
             if not check:
                 break
             with step("verifying against the reference" + (" under the aarch64 emulator"
@@ -73,21 +74,22 @@ def compile_model(model, example_inputs=None, *, target: str = "host", backend: 
 MAX_REFITS = 4  # artifact rebuilds with more float layers when the artifact misses the budget the simulation met
 
 
-def _build(staging, source, oracle, inputs, tgt, backend, plan, skip, step) -> tuple[Manifest, list]:
+def _build(staging, source, oracle, inputs, tgt, lowering, plan, skip, step) -> tuple[Manifest, list]:
     """Quantize (keeping `skip` in float), lower and write the manifest; returns it and the reference outputs."""
+    backend = lowering.name
     lowered_source = source
     if plan:
         with step(f"quantizing ({plan.config.name}), {len(skip)} layers in float"):
             lowered_source = apply_quantization(source, plan, backend, skip)
     with step(f"lowering {source.name} with {backend} for {tgt.name}"):
-        lowered = lowerer(backend).lower(lowered_source, tgt, staging.path)
+        lowered = lowering.lower_module().lower(lowered_source, tgt, staging.path, lowering.entry)
     with step("computing reference outputs"):
         expected = reference_outputs(oracle, inputs)
     manifest = Manifest(
         model=source.name, backend=backend, target=tgt.name, arch=tgt.arch,
         inputs=[_spec(f"input{i}", x) for i, x in enumerate(inputs)],
         outputs=[_spec(f"output{i}", y) for i, y in enumerate(expected)],
-        toolchain={**versions("torch"), **lowered.toolchain}, entry=lowered.entry,
+        toolchain=versions("torch", *lowering.toolchain), entry=lowering.entry,
         backend_info=lowered.backend_info, precision=plan.config.name if plan else "fp32",
         quantization=manifest_record(plan, backend, skip) if plan else None,
         verify={"status": "skipped", "reason": "disabled with --no-verify"})

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from . import backends
 from .errors import EdgekitError
 
 APPS = ("superres", "pose", "asr", "chimp")   # each edgekit.apps.<name>.demo registers its own subcommand
@@ -43,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="APP[.NAME] (see `edgekit models`), FILE.py:FUNC (FUNC() "
                                                   "returns (module, example_inputs)), model.onnx or model.tflite")
     p.add_argument("--target", default="host", help="target name (see `edgekit targets`)")
-    p.add_argument("--backend", required=True, help="executorch | tvm | onnxruntime")
+    p.add_argument("--backend", required=True, choices=backends.names(), help="backend (see `edgekit targets`)")
     p.add_argument("--output", "-o", required=True, help="artifact directory to create")
     p.add_argument("--name", help="model name recorded in the manifest (default: from --model)")
     p.add_argument("--force", action="store_true", help="replace --output if it exists")
@@ -88,6 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("artifact", help="artifact directory")
     p.set_defaults(func=cmd_info)
 
+    p = sub.add_parser("paths", help="where edgekit finds data and weights and keeps its caches",
+                       formatter_class=fmt)
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_paths)
+
     p = sub.add_parser("demo", help="compile the bundled model with every backend for host and compare",
                        formatter_class=fmt)
     p.add_argument("--output", default="out/demo", help="where the demo artifacts go")
@@ -113,7 +119,7 @@ def _register_optional(sub, module: str) -> None:
 def cmd_targets(args) -> int:
     from .targets import TARGETS
 
-    rows = [t.as_row() for t in TARGETS.values()]
+    rows = [{**t.as_row(), "backends": ",".join(backends.for_target(t))} for t in TARGETS.values()]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -126,6 +132,19 @@ def cmd_targets(args) -> int:
     for row in rows:
         table.add_row(*[str(v) for v in row.values()])
     Console(width=200).print(table)
+    return 0
+
+
+def cmd_paths(args) -> int:
+    from .paths import table
+
+    rows = table()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    width = max(map(len, rows))
+    for what, row in rows.items():
+        print(f"{what:<{width}}  {row['path']}  (${row['env']})")
     return 0
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .targets import get_target
+from . import backends
 
 
 def run(output: Path) -> int:
@@ -23,7 +23,7 @@ def run(output: Path) -> int:
     table = Table(title="bundled model (Conv2d + LayerNorm + MultiheadAttention + GELU), target host")
     for col in ("backend", "p50 ms", "min ms", "max abs err vs eager", "artifact"):
         table.add_column(col)
-    for backend in get_target("host").backends:
+    for backend in backends.for_target("host"):
         art = compile_model(module, inputs, target="host", backend=backend, output=output / backend, force=True,
                             name="conv_attention", progress=True)
         model = load(art)

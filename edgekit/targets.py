@@ -1,13 +1,11 @@
-"""The target table: plain data, validated up front. Ground layer (imports nothing else of edgekit but errors)."""
+"""The target table: plain data, validated up front. Ground layer (imports nothing else of edgekit but errors).
+Which backends compile for a target is the backend registry's knowledge (edgekit/backends.py)."""
 from __future__ import annotations
 
 import platform
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .errors import EdgekitError
-
-BACKENDS = ("executorch", "tvm", "onnxruntime")
-
 
 @dataclass(frozen=True)
 class Target:
@@ -19,7 +17,6 @@ class Target:
     mattr: tuple[str, ...] = ()
     cuda_arch: str | None = None   # e.g. "sm_87"; None for CPU-only targets
     cross_compiler: str | None = None
-    backends: tuple[str, ...] = BACKENDS
     notes: str = ""
 
     def tvm_host(self) -> dict:
@@ -40,7 +37,7 @@ class Target:
         return {
             "name": self.name, "arch": self.arch, "llvm_triple": self.llvm_triple,
             "mcpu": self.mcpu, "mattr": ",".join(self.mattr), "cuda_arch": self.cuda_arch or "",
-            "cross_compiler": self.cross_compiler or "", "backends": ",".join(self.backends),
+            "cross_compiler": self.cross_compiler or "",
         }
 
 
@@ -67,7 +64,7 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
     Target("rpi5", "Raspberry Pi 5: Cortex-A76", "aarch64", "aarch64-linux-gnu", mcpu="cortex-a76",
            mattr=("+neon", "+dotprod", "+fullfp16"), cross_compiler="aarch64-linux-gnu-g++"),
     Target("cuda-sm90", "x86_64 host + NVIDIA H100 (sm_90)", "x86_64", "x86_64-linux-gnu",
-           cuda_arch="sm_90", backends=("tvm", "onnxruntime")),
+           cuda_arch="sm_90"),
 )}
 
 
@@ -76,11 +73,3 @@ def get_target(name: str) -> Target:
         raise EdgekitError(f"unknown target {name!r}. Valid targets: {', '.join(TARGETS)} "
                            "(run `edgekit targets` to see what each supports).")
     return TARGETS[name]
-
-
-def check_backend(target: Target, backend: str) -> None:
-    if backend not in BACKENDS:
-        raise EdgekitError(f"unknown backend {backend!r}. Valid backends: {', '.join(BACKENDS)}.")
-    if backend not in target.backends:
-        raise EdgekitError(f"backend {backend!r} is not supported for target {target.name!r}; "
-                           f"that target supports: {', '.join(target.backends)}.")

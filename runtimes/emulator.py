@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 import edgekit
+from edgekit import backends, paths
 from edgekit.errors import EdgekitError
 
 from . import executorch_runner
@@ -32,7 +33,7 @@ from . import executorch_runner
 SUITE = "bookworm"  # its python3 is 3.11, the version the aarch64 wheels are picked for
 APT_SOURCES = (Path("/etc/apt/sources.list.d/debian.sources"), Path("/etc/apt/sources.list"))
 DEBIAN_PACKAGES = ("python3", "libstdc++6", "libgomp1")
-WHEELS = ("numpy", "onnxruntime", "apache-tvm", "apache-tvm-ffi", "ml_dtypes")  # at the host venv's versions
+WHEELS = tuple(dict.fromkeys(w for b in backends.REGISTRY.values() for w in b.device_wheels))  # host venv's versions
 RPC_SERVER_WHEELS = {"cloudpickle": "3.1.3"}  # what TVM's RPC server needs beyond the runtime
 PIP_AARCH64 = ("--platform", "manylinux_2_28_aarch64", "--only-binary=:all:", "--python-version", "3.11",
                "--implementation", "cp")
@@ -44,11 +45,12 @@ HOST_TOOLS = {"debootstrap": "debootstrap", "dpkg-deb": "dpkg", "qemu-aarch64-st
               "aarch64-linux-gnu-g++": "g++-aarch64-linux-gnu", "chroot": "coreutils"}
 BINFMT = Path("/proc/sys/fs/binfmt_misc")
 BINFMT_CONF = Path("/usr/lib/binfmt.d/qemu-aarch64.conf")  # shipped by qemu-user-static
+DEVICE_FILES = ("__init__.py", "errors.py", "artifact.py", "targets.py", "backends.py")  # edgekit/ on a device
 SETUP_HINT = "Build it with `edgekit device emulator setup` (or `make emulator`), as root."
 
 
 def emulator_dir() -> Path:
-    return Path(os.environ.get("EDGEKIT_EMULATOR_DIR") or Path.home() / ".cache/edgekit/emulator")
+    return paths.emulator_dir()
 
 
 def sysroot() -> Path:
@@ -332,7 +334,7 @@ def stage_package(dest: Path) -> None:
     edgekit_src = Path(edgekit.__file__).parent
     pkg = dest / "edgekit"
     (pkg / "runtimes").mkdir(parents=True)
-    for name in ("__init__.py", "errors.py", "artifact.py", "targets.py"):
+    for name in DEVICE_FILES:
         shutil.copy2(edgekit_src / name, pkg / name)
     for src in Path(__file__).parent.glob("*.py"):
         shutil.copy2(src, pkg / "runtimes" / src.name)
@@ -346,7 +348,7 @@ def run_artifact(artifact_dir: Path, manifest, inputs: list[np.ndarray], *,
         work = Path(tmp)
         guest = "/" + work.relative_to(root).as_posix()
         shutil.copytree(artifact_dir, work / "artifact")
-        run = _run_executorch if manifest.backend == "executorch" else _run_python
+        run = _run_executorch if backends.get(manifest.backend).emulator == "runner" else _run_python
         return run(root, work, guest, manifest, inputs, benchmark or {})
 
 

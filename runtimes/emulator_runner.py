@@ -8,12 +8,12 @@ edgekit's device-safe files on the path, so the numbers come from the same code 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 from pathlib import Path
 
 import numpy as np
 
+from edgekit import backends
 from edgekit.artifact import load_verified
 from edgekit.runtimes.base import benchmark
 
@@ -29,7 +29,7 @@ def main() -> None:
     args = p.parse_args()
 
     manifest = load_verified(args.artifact)
-    runtime = importlib.import_module(f"edgekit.runtimes.{manifest.backend}")
+    runtime = backends.get(manifest.backend).runtime_module()
     handle = runtime.load(args.artifact, manifest)
     with np.load(args.inputs) as f:
         inputs = [f[f"in{i}"] for i in range(len(f.files))]

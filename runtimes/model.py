@@ -1,12 +1,12 @@
 """`edgekit.load(dir) -> Model`: checks first (schema, target vs this machine, every checksum), then loads."""
 from __future__ import annotations
 
-import importlib
 import threading
 from pathlib import Path
 
 import numpy as np
 
+from edgekit import backends
 from edgekit.artifact import Manifest, TensorSpec, load_verified
 from edgekit.errors import EdgekitError
 from edgekit.targets import host_arch
@@ -37,7 +37,7 @@ class Model:
 
 class _Native:
     def __init__(self, path: Path, manifest: Manifest):
-        self.backend = importlib.import_module(f"edgekit.runtimes.{manifest.backend}")
+        self.backend = backends.get(manifest.backend).runtime_module()
         self.handle = self.backend.load(path, manifest)
 
     def run(self, inputs):

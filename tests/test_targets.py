@@ -1,7 +1,8 @@
 import pytest
 
 from edgekit.errors import EdgekitError
-from edgekit.targets import TARGETS, check_backend, get_target
+from edgekit.backends import check as check_backend
+from edgekit.targets import TARGETS, get_target
 
 
 def test_table_has_the_documented_targets():

@@ -1,21 +1,16 @@
-"""One module per backend; each turns a Source into payload files in a staging directory."""
+"""One module per backend; each turns a Source into payload files in a staging directory:
+`lower(source, target, out_dir, entry) -> Lowered` writes at least `out_dir/entry`, the file its runtime loads.
+
+The backend registry (edgekit/backends.py) names each backend's lowerer module, entry file and toolchain."""
 from __future__ import annotations
 
-import importlib
 import importlib.metadata
 from dataclasses import dataclass, field
 
 
 @dataclass
 class Lowered:
-    entry: str                                   # payload file the runtime loads
-    backend_info: dict = field(default_factory=dict)
-    toolchain: dict = field(default_factory=dict)
-
-
-def lowerer(backend: str):
-    """The backend's module; imported on demand so one backend's heavy deps never load for another."""
-    return importlib.import_module(f"{__name__}.{backend}")
+    backend_info: dict = field(default_factory=dict)   # recorded in the manifest (delegation, device code, ...)
 
 
 def versions(*dists: str) -> dict[str, str]:

@@ -4,14 +4,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgekit.errors import EdgekitError
+from edgekit.backends import is_native
 from edgekit.targets import Target
 
 from ..export import export_torch, portable
 from ..source import Source, TorchSource
-from . import Lowered, executorch_sdpa, versions
+from . import Lowered, executorch_sdpa
 
 
-def lower(source: Source, target: Target, out: Path) -> Lowered:
+def lower(source: Source, target: Target, out: Path, entry: str) -> Lowered:
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.devtools.backend_debug import get_delegation_info
     from executorch.exir import to_edge_transform_and_lower
@@ -22,22 +23,22 @@ def lower(source: Source, target: Target, out: Path) -> Lowered:
     program = portable(export_torch(source))
     attention = None
     if executorch_sdpa.has_sdpa(program):
-        host = target.name == "host"  # the Python runtime: see executorch_sdpa for why devices decompose
+        host = is_native(target)  # the Python runtime: see executorch_sdpa for why devices decompose
         program = executorch_sdpa.use_custom_sdpa(program) if host else program
         attention = executorch_sdpa.CUSTOM if host else executorch_sdpa.DECOMPOSED
     edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
     info = get_delegation_info(edge.exported_program().graph_module)
     program = edge.to_executorch()
-    (out / "model.pte").write_bytes(program.buffer)
+    (out / entry).write_bytes(program.buffer)
     non_delegated = sorted({op for op, n in _non_delegated_ops(info).items() if n})
-    return Lowered("model.pte", {
+    return Lowered({
         "delegate": "XnnpackBackend",
         "delegated_subgraphs": int(info.num_delegated_subgraphs),
         "delegated_ops": int(info.num_delegated_nodes),
         "non_delegated_ops": int(info.num_non_delegated_nodes),
         "non_delegated_op_types": non_delegated,
         **({"attention": attention} if attention else {}),
-    }, versions("executorch", "torch"))
+    })
 
 
 def _non_delegated_ops(info) -> dict[str, int]:

@@ -5,16 +5,17 @@ import shutil
 from pathlib import Path
 
 from edgekit.errors import EdgekitError
-from edgekit.targets import Target, host_arch
+from edgekit.backends import is_native
+from edgekit.targets import Target
 
 from ..export import export_torch, portable, quiet_torch_logs
 from ..source import Source, TorchSource
-from . import Lowered, versions
+from . import Lowered
 
 OPSET = 18
 
 
-def lower(source: Source, target: Target, out: Path) -> Lowered:
+def lower(source: Source, target: Target, out: Path, entry: str) -> Lowered:
     import onnxruntime as ort
 
     raw = out.parent / f"{out.name}.raw.onnx"   # outside the payload dir: only the optimised graph ships
@@ -27,21 +28,20 @@ def lower(source: Source, target: Target, out: Path) -> Lowered:
             raise EdgekitError(f"backend 'onnxruntime' takes PyTorch or ONNX models; for {source.path} use "
                                "--backend tvm, or import it to PyTorch first.")
         # Offline 'extended' fusions are only portable to the machine that ran them; other targets get 'basic'.
-        level = "extended" if target.arch == host_arch() and not target.cuda_arch else "basic"
+        level = "extended" if is_native(target) else "basic"
         options = ort.SessionOptions()
         options.graph_optimization_level = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
                                             "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED}[level]
-        options.optimized_model_filepath = str(out / "model.onnx")
+        options.optimized_model_filepath = str(out / entry)
         try:
             ort.InferenceSession(str(raw), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph types; all mean the graph is unusable
             raise EdgekitError(f"ONNX Runtime rejected the model graph: {str(exc).splitlines()[0]}") from None
     finally:
         raw.unlink(missing_ok=True)
-    return Lowered("model.onnx", {"opset": OPSET, "graph_optimization": level,
+    return Lowered({"opset": OPSET, "graph_optimization": level,
                                   "providers": ["CUDAExecutionProvider", "CPUExecutionProvider"]
-                                  if target.cuda_arch else ["CPUExecutionProvider"]},
-                   versions("onnx", "onnxruntime"))
+                                  if target.cuda_arch else ["CPUExecutionProvider"]})
 
 
 def export_onnx(source: TorchSource, path: Path) -> None:

@@ -12,11 +12,12 @@ import tempfile
 from pathlib import Path
 
 from edgekit.errors import EdgekitError
-from edgekit.targets import Target, host_arch
+from edgekit.backends import is_native, needs_cross_compiler
+from edgekit.targets import Target
 
 from ..export import export_torch, has_edgekit_scan, quiet_torch_logs
 from ..source import Source, TorchSource
-from . import Lowered, versions
+from . import Lowered
 
 
 def import_relax(source: Source, target_dict: dict):
@@ -73,7 +74,7 @@ def _decompose_keeping_attention(program):
         return program.run_decompositions(table)
 
 
-def lower(source: Source, target: Target, out: Path) -> Lowered:
+def lower(source: Source, target: Target, out: Path, entry: str) -> Lowered:
     import tvm
 
     from edgekit.kernels.attention.relax_pass import link_fcompile, use_fused_attention
@@ -88,17 +89,17 @@ def lower(source: Source, target: Target, out: Path) -> Lowered:
     except Exception as exc:  # TVM raises its own error types from C++; surface the first line
         raise EdgekitError(f"TVM could not compile the model for {target.name}: {str(exc).splitlines()[0]}") from None
     # LLVM's debug info is a third of an int8 library and nothing at run time
-    executable.export_library(str(out / "model.so"), fcompile=link_fcompile(target_dict, _fcompile(target)),
+    executable.export_library(str(out / entry), fcompile=link_fcompile(target_dict, _fcompile(target)),
                               options=["-Wl,--strip-debug"])
     info = {"target": target_dict, "pipeline": pipeline}
     if target.cuda_arch:
         info["device_code"] = _precompile_cuda(executable, target.cuda_arch, out)
-    return Lowered("model.so", info, versions("apache-tvm"))
+    return Lowered(info)
 
 
 def tvm_target(target: Target) -> dict:
-    """The TVM target dict; `host` artifacts only run here, so they are compiled for this very CPU."""
-    if target.name != "host":
+    """The TVM target dict; native artifacts only run here, so they are compiled for this very CPU."""
+    if not is_native(target):
         return target.tvm_target()
     from tvm.target import codegen
 
@@ -106,7 +107,7 @@ def tvm_target(target: Target) -> dict:
 
 
 def _fcompile(target: Target):
-    if target.arch == host_arch():
+    if not needs_cross_compiler(target):
         return None
     from tvm.support.cc import cross_compiler
 

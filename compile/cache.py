@@ -1,0 +1,158 @@
+"""The compiled-model cache: compile on first use, reuse after, for every app and the bench.
+
+    path = cache.compiled(module, example_inputs, name="cfsr_x4", backend="tvm", atol=1e-3)
+    model = edgekit.load(path)
+
+The key covers everything that changes the artifact: the model's code (the source files of every nn.Module class in
+it, and of `code` modules the caller names), its weights (every parameter and buffer, all bytes), the files it was
+read from (`files`, e.g. a .tflite), edgekit's compile code (compile/ and kernels/), the backend's toolchain versions,
+the target, the backend, the precision and quantization recipe, the example inputs' shapes and dtypes, and the
+compile options. One location (edgekit.paths.artifact_cache(), or `cache_dir`); concurrent-safe: a per-key lock,
+and compile_model's atomic rename, so two processes compile once and never load half an artifact.
+"""
+from __future__ import annotations
+
+import fcntl
+import functools
+import hashlib
+import importlib.metadata
+import importlib.util
+import inspect
+import json
+from pathlib import Path
+
+import numpy as np
+
+from edgekit import backends, paths
+from edgekit.artifact import MANIFEST
+from edgekit.errors import EdgekitError
+
+KEY_VERSION = 1  # bump when the key's recipe changes
+
+
+def compiled(module, example_inputs: tuple, *, name: str, backend: str, target: str = "host",
+             code: tuple = (), files: tuple = (), recipe: str | None = None, cache_dir=None,
+             progress: bool = False, **options) -> Path:
+    """The artifact directory for this model, compiled now if the cache has none for its key (or a damaged one).
+
+    options: compile_model's keyword options (atol, rtol, quantize, calibration, max_drop, ...). Options that are not
+    plain JSON values (calibration tensors, task-metric callables) must be named by `recipe`, a string that changes
+    whenever they do (e.g. "int8v1-Set14-tile128")."""
+    from edgekit.runtimes.model import load
+
+    from .pipeline import compile_model
+
+    digest = key(module, example_inputs, backend=backend, target=target, code=code, files=files,
+                 recipe=recipe, options=options)
+    root = Path(cache_dir) if cache_dir else paths.artifact_cache()
+    path = root / f"{_safe(name)}-{backend}-{target}-{digest[:16]}"
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f".{path.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (path / MANIFEST).is_file():
+            try:
+                load(path)  # checksums and manifest; a damaged entry is rebuilt below
+                return path
+            except EdgekitError:
+                pass
+        compile_model(module, example_inputs, target=target, backend=backend, output=path, name=name,
+                      force=True, progress=progress, **options)
+    return path
+
+
+def key(module, example_inputs: tuple, *, backend: str, target: str, code: tuple = (), files: tuple = (),
+        recipe: str | None = None, options: dict | None = None) -> str:
+    """The sha256 (hex) that names a cache entry; see the module docstring for what it covers."""
+    h = hashlib.sha256()
+
+    def part(label: str, data: bytes) -> None:
+        h.update(f"{label}:{len(data)}:".encode())
+        h.update(data)
+
+    plain, named = _split_options(options or {})
+    if named and recipe is None:
+        raise TypeError(f"compiled(): options {sorted(named)} are not plain values; name them with recipe=...")
+    part("meta", json.dumps({"version": KEY_VERSION, "backend": backend, "target": target, "recipe": recipe,
+                             "options": plain, "toolchain": toolchain(backend),
+                             "inputs": [[list(x.shape), str(x.dtype)] for x in example_inputs]},
+                            sort_keys=True).encode())
+    part("edgekit", compile_code_digest().encode())
+    for source in sorted(model_sources(module, code)):
+        part("code", Path(source).read_bytes())
+    for item, tensor in module.state_dict().items():
+        part(f"weight:{item}", tensor.detach().cpu().contiguous().numpy().tobytes())
+    for file in files:
+        part("file", Path(file).read_bytes())
+    return h.hexdigest()
+
+
+def model_sources(module, code: tuple = ()) -> set[str]:
+    """Source files of the model's own classes (not torch's: the torch version is in the key) and of `code`."""
+    import torch
+
+    torch_root = str(Path(torch.__file__).parent)
+    found = set()
+    for obj in [type(m) for m in module.modules()] + list(code):
+        try:
+            source = inspect.getsourcefile(obj)
+        except TypeError:  # built-in or dynamically created: covered by its module or the torch version
+            continue
+        if source and not source.startswith(torch_root) and Path(source).is_file():
+            found.add(source)
+    return found
+
+
+def toolchain(backend: str) -> dict[str, str]:
+    import edgekit
+
+    dists = ("torch", *backends.get(backend).toolchain)
+    return {"edgekit": edgekit.__version__, **{d: importlib.metadata.version(d) for d in dists}}
+
+
+@functools.lru_cache(maxsize=1)
+def compile_code_digest() -> str:
+    """Digest of edgekit's compile and kernel code: a change in a lowering or schedule must not reuse old artifacts."""
+    import edgekit.compile
+
+    h = hashlib.sha256()
+    roots = [Path(edgekit.compile.__file__).parent, _kernels_dir()]
+    for root in roots:
+        for file in sorted(root.rglob("*")):
+            if file.suffix in (".py", ".cc", ".cpp") and "__pycache__" not in file.parts:
+                h.update(file.relative_to(root).as_posix().encode())
+                h.update(file.read_bytes())
+    return h.hexdigest()
+
+
+def _kernels_dir() -> Path:
+    spec = importlib.util.find_spec("edgekit.kernels")
+    return Path(spec.submodule_search_locations[0])
+
+
+def _split_options(options: dict) -> tuple[dict, list[str]]:
+    plain, named = {}, []
+    for k, v in sorted(options.items()):
+        try:
+            json.dumps(v)
+            plain[k] = v
+        except TypeError:
+            named.append(k)
+    return plain, named
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in name)[:80]
+
+
+def load(module, example_inputs: tuple, **kwargs):
+    """`edgekit.load(compiled(...))`: the cached artifact as a Model."""
+    from edgekit.runtimes.model import load as load_artifact
+
+    return load_artifact(compiled(module, example_inputs, **kwargs))
+
+
+def numpy_runner(model):
+    """A Model as a `run(*arrays) -> list of arrays` callable, inputs cast to the manifest's dtypes."""
+    dtypes = [np.dtype(s.dtype) for s in model.manifest.inputs]
+    return lambda *xs: model.run([np.ascontiguousarray(x, dtype=d) for x, d in zip(xs, dtypes)])
+
