@@ -88,7 +88,7 @@ fuzz: setup
 # after warm-up and dropped frames per minute -> reports/soak.json
 SOAK_SECONDS ?= 600
 soak: setup
-	$(PY) -m edgekit.soak --seconds $(SOAK_SECONDS) --report reports/soak.json
+	$(PY) -m edgekit.bench.soak --seconds $(SOAK_SECONDS) --report reports/soak.json
 
 clean:
 	rm -rf $(OUT) .pytest_cache

@@ -38,7 +38,7 @@ def compiled(module, example_inputs: tuple, *, name: str, backend: str, target: 
     options: compile_model's keyword options (atol, rtol, quantize, calibration, max_drop, ...). Options that are not
     plain JSON values (calibration tensors, task-metric callables) must be named by `recipe`, a string that changes
     whenever they do (e.g. "int8v1-Set14-tile128")."""
-    from edgekit.runtimes.model import load
+    from edgekit.artifact import load_verified
 
     from .pipeline import compile_model
 
@@ -51,7 +51,7 @@ def compiled(module, example_inputs: tuple, *, name: str, backend: str, target: 
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (path / MANIFEST).is_file():
             try:
-                load(path)  # checksums and manifest; a damaged entry is rebuilt below
+                load_verified(path)  # manifest and every checksum; a damaged entry is rebuilt below
                 return path
             except EdgekitError:
                 pass
@@ -103,19 +103,15 @@ def model_sources(module, code: tuple = ()) -> set[str]:
 
 
 def toolchain(backend: str) -> dict[str, str]:
-    import edgekit
-
-    dists = ("torch", *backends.get(backend).toolchain)
-    return {"edgekit": edgekit.__version__, **{d: importlib.metadata.version(d) for d in dists}}
+    dists = ("edgekit", "torch", *backends.get(backend).toolchain)
+    return {d: importlib.metadata.version(d) for d in dists}
 
 
 @functools.lru_cache(maxsize=1)
 def compile_code_digest() -> str:
     """Digest of edgekit's compile and kernel code: a change in a lowering or schedule must not reuse old artifacts."""
-    import edgekit.compile
-
     h = hashlib.sha256()
-    roots = [Path(edgekit.compile.__file__).parent, _kernels_dir()]
+    roots = [Path(__file__).parent, _package_dir("edgekit.kernels")]
     for root in roots:
         for file in sorted(root.rglob("*")):
             if file.suffix in (".py", ".cc", ".cpp") and "__pycache__" not in file.parts:
@@ -124,8 +120,8 @@ def compile_code_digest() -> str:
     return h.hexdigest()
 
 
-def _kernels_dir() -> Path:
-    spec = importlib.util.find_spec("edgekit.kernels")
+def _package_dir(name: str) -> Path:
+    spec = importlib.util.find_spec(name)  # without importing it (the kernels import torch and TVM)
     return Path(spec.submodule_search_locations[0])
 
 

@@ -1,4 +1,6 @@
-"""`edgekit` command line. Every user error ends in one readable paragraph and a non-zero exit, no traceback."""
+"""`edgekit` command line. Every user error ends in one readable paragraph and a non-zero exit, no traceback.
+
+Apps are not listed here: their subcommands and models come from the app registry (edgekit.apps.registry)."""
 from __future__ import annotations
 
 import argparse
@@ -8,9 +10,10 @@ import sys
 from pathlib import Path
 
 from . import backends
+from .apps import registry
+from .apps.spec import CompileSpec
 from .errors import EdgekitError
 
-APPS = ("superres", "pose", "asr", "chimp")   # each edgekit.apps.<name>.demo registers its own subcommand
 EXIT_USER_ERROR = 2
 
 
@@ -100,13 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=lambda a: importlib.import_module("edgekit.demo").run(Path(a.output)))
 
     _register_optional(sub, "edgekit.device_cli")
-    for app in APPS:
-        _register_optional(sub, f"edgekit.apps.{app}.demo")
+    for app in registry.apps():  # each app registers its own subcommand
+        app.register_cli(sub)
     return parser
 
 
 def _register_optional(sub, module: str) -> None:
-    """Subcommands of parts that may not be installed in a given checkout (apps, device tools)."""
+    """Subcommands of parts that may not be installed in a given checkout (device tools)."""
     try:
         mod = importlib.import_module(module)
     except ModuleNotFoundError as exc:
@@ -148,57 +151,50 @@ def cmd_paths(args) -> int:
     return 0
 
 
-def app_module(app: str):
-    try:
-        return importlib.import_module(f"edgekit.apps.{app}.model")
-    except ModuleNotFoundError:
-        raise EdgekitError(f"--model {app!r}: no such app or file. Apps: {', '.join(APPS)}; or pass FILE.py:FUNC, "
-                           "model.onnx, model.tflite.") from None
-
-
-def app_models(app: str) -> dict:
-    """An app's compilable models: apps/<app>/model.py
-    `compile_models() -> {name: builder}`, builder() -> (module, example_inputs, compile options, e.g. atol/rtol);
-    builders load weights only when called, so listing models stays cheap."""
-    return app_module(app).compile_models()
-
-
-def resolve_model(spec: str):
-    """(model, example_inputs, options) for `edgekit compile --model`: APP or APP.NAME, else the spec (a file)."""
+def resolve_model(spec: str) -> CompileSpec | str:
+    """What `edgekit compile --model` compiles: an app model's CompileSpec for APP or APP.NAME (APP alone: the
+    app's default model), else the spec itself (a file: FILE.py:FUNC, model.onnx, model.tflite)."""
     if spec.endswith((".onnx", ".tflite", ".py")) or ":" in spec or "/" in spec:
-        return spec, None, {}
-    app, _, name = spec.partition(".")
-    models = app_models(app)
-    if not name:  # the app's main model, if it names one (superres -> x4)
-        name = next(iter(models)) if len(models) == 1 else getattr(app_module(app), "DEFAULT_COMPILE", "")
+        return spec
+    app_name, _, name = spec.partition(".")
+    try:
+        app = registry.get(app_name)
+    except registry.UnknownApp as exc:
+        raise EdgekitError(f"--model {app_name!r}: no such app or file. Apps: {', '.join(exc.valid)}; or pass "
+                           "FILE.py:FUNC, model.onnx, model.tflite.") from None
+    models = app.models()
+    name = name or app.default_model_name(models) or ""
     if name not in models:
-        choices = ", ".join(f"{app}.{n}" for n in models)
+        choices = ", ".join(entry.qualified_name for entry in models.values())
         raise EdgekitError(f"--model {spec!r}: choose one of {choices}.")
     return models[name]()
 
 
 def cmd_models(args) -> int:
-    for app in APPS:
-        for name in app_models(app):
-            print(f"{app}.{name}")
+    for app in registry.apps():
+        for entry in app.models().values():
+            print(entry.qualified_name)
     return 0
 
 
 def cmd_compile(args) -> int:
     from .compile import compile_model
 
-    model, example_inputs, options = resolve_model(args.model)
-    tolerance = {k: v for k, v in options.items() if k in ("atol", "rtol")}
+    resolved = resolve_model(args.model)
+    app_model = resolved if isinstance(resolved, CompileSpec) else None
+    tolerance = app_model.tolerance.options() if app_model else {}
     tolerance.update({k: getattr(args, k) for k in ("atol", "rtol") if getattr(args, k) is not None})
     # an app model's int8 recipe (its calibration data, task metric and budget) when no --calibration is given
-    recipe = options["int8"]() if args.quantize == "int8" and args.calibration is None and "int8" in options else {}
+    recipe = (app_model.int8() if args.quantize == "int8" and args.calibration is None and app_model and
+              app_model.int8 else None)
+    model, example_inputs = (app_model.module, app_model.example_inputs) if app_model else (resolved, None)
     out = compile_model(model, example_inputs, target=args.target, backend=args.backend, output=args.output,
-                        name=args.name or (args.model if example_inputs is not None else None),
+                        name=args.name or (args.model if app_model else None),
                         force=args.force, check=getattr(args, "check", True), progress=True, **tolerance,
-                        quantize=args.quantize, calibration=recipe.get("calibration", args.calibration),
-                        max_drop=recipe.get("max_drop") if args.max_drop is None else args.max_drop,
-                        auto_fallback=args.auto_fallback or recipe.get("auto_fallback", False),
-                        task_metric=recipe.get("task_metric"))
+                        quantize=args.quantize, calibration=recipe.calibration if recipe else args.calibration,
+                        max_drop=(recipe.max_drop if recipe else None) if args.max_drop is None else args.max_drop,
+                        auto_fallback=args.auto_fallback or bool(recipe and recipe.auto_fallback),
+                        task_metric=recipe.task_metric if recipe else None)
     from .artifact import read_manifest
 
     v = read_manifest(out).verify
@@ -241,7 +237,7 @@ def _load_npy(path: str):
 
 def cmd_bench(args) -> int:
     if args.suite:
-        from .benchsuite import run
+        from .bench.suite import run
 
         report = run(Path(args.report_dir), args.filter, iters=args.iters)
         print(f"wrote {args.report_dir}/bench.json, bench.md and plots ({len(report['rows'])} rows)")

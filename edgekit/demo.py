@@ -1,13 +1,12 @@
 """`make demo`: compile the bundled model for host with every backend, run it, report latency and error."""
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 
-from . import backends
+from . import backends, paths
 
 
 def run(output: Path) -> int:
@@ -43,7 +42,7 @@ def _superres_sample(output: Path) -> None:
     from .apps.superres.demo import upscale_file
 
     console = Console()
-    weights = Path(os.environ.get("EDGEKIT_WEIGHTS", "")) / "cfsr" / "CFSR_x4.pth"
+    weights = paths.weights("cfsr", "CFSR_x4.pth")
     if not weights.is_file():
         console.print(f"super-resolution sample skipped: no CFSR weights at {weights} (set EDGEKIT_WEIGHTS).")
         return

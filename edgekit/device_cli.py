@@ -23,15 +23,15 @@ def register(subparsers) -> None:
 
 
 def _setup(args: argparse.Namespace) -> None:
-    from edgekit.runtimes import emulator
+    from edgekit.runtimes import emulator_system
 
-    emulator.setup(force=args.force)
+    emulator_system.setup(force=args.force)
 
 
 def _status(args: argparse.Namespace) -> None:
-    from edgekit.runtimes import emulator
+    from edgekit.runtimes import emulator_system
 
-    print(json.dumps(emulator.status(), indent=2))
+    print(json.dumps(emulator_system.status(), indent=2))
 
 
 def _rpc_server(args: argparse.Namespace) -> None:

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgekit import backends
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("EDGEKIT_SHARED", REPO.parent / "shared"))
 MODEL_SPEC = f"{REPO / 'examples' / 'conv_attention.py'}:build"
@@ -23,11 +25,11 @@ def shared() -> Path:
 @pytest.fixture(scope="session")
 def emulator_sysroot() -> Path:
     """The aarch64 emulator, built on first use when missing (minutes; CI runs `make emulator` first)."""
-    from edgekit.runtimes import emulator
+    from edgekit.runtimes import emulator_system
 
-    if not emulator.is_ready():
-        emulator.setup()
-    return emulator.sysroot()
+    if not emulator_system.is_ready():
+        emulator_system.setup()
+    return emulator_system.sysroot()
 
 
 @pytest.fixture(scope="session")
@@ -45,7 +47,7 @@ def host_artifacts(tmp_path_factory, zoo_model) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("host")
     arts = {}
-    for backend in ("executorch", "tvm", "onnxruntime"):
+    for backend in backends.for_target("host"):
         out = root / backend
         assert main(["compile", "--model", MODEL_SPEC, "--backend", backend, "--output", str(out)]) == 0
         arts[backend] = out

@@ -4,10 +4,10 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-
-from edgekit.benchsuite import ModelCase, bench_model
-from edgekit.report import write_report
+from edgekit import backends
+from edgekit.apps.spec import ModelCase, QuantRecipe
+from edgekit.bench.report import write_report
+from edgekit.bench.suite import bench_model
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
 import fragile  # noqa: E402
@@ -16,11 +16,11 @@ import fragile  # noqa: E402
 def test_rows_ratios_and_a_failed_int8_compile(tmp_path):
     module, inputs = fragile.build()
     # an int8 budget of zero drop, without fallback, fails the accuracy gate on every backend
-    case = ModelCase("fragile", module, inputs, calibration=fragile.calibration(), quant_options={"max_drop": 0.0})
+    case = ModelCase("fragile", module, inputs, int8=QuantRecipe(fragile.calibration(), max_drop=0.0))
     rows = bench_model(case, tmp_path / "artifacts", iters=3, progress=lambda msg: None)
     by = {(r["impl"], r["precision"]): r for r in rows}
     assert {("eager", "fp32"), ("executorch", "fp32"), ("onnxruntime", "fp32"), ("tvm", "fp32")} <= set(by)
-    for backend in ("executorch", "onnxruntime", "tvm"):
+    for backend in backends.for_target("host"):
         failed = by[(backend, "int8")]
         assert failed["p50_ms"] is None and "accuracy gate failed" in failed["error"]
         ok = by[(backend, "fp32")]

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 import edgekit
+from edgekit import backends
 from edgekit.artifact import SCHEMA_VERSION
 
-BACKENDS = ("executorch", "tvm", "onnxruntime")
+BACKENDS = backends.for_target("host")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -5,6 +5,7 @@ The first test to need the emulator builds it when missing (minutes; CI runs `ma
 from __future__ import annotations
 
 import json
+import os
 import socket
 from importlib.metadata import version
 
@@ -14,7 +15,7 @@ import pytest
 import edgekit
 from edgekit.cli import main as cli
 from edgekit.errors import EdgekitError
-from edgekit.runtimes import emulator, rpc
+from edgekit.runtimes import emulator, emulator_system, rpc
 
 pytestmark = pytest.mark.emulator
 
@@ -101,9 +102,9 @@ def test_tvm_rpc_loopback(artifacts, spine_model):
 
 def test_setup_again_reuses_the_sysroot(sysroot):
     marker = (sysroot / "etc/debian_version").stat()
-    emulator.setup()
+    emulator_system.setup()
     assert (sysroot / "etc/debian_version").stat().st_ino == marker.st_ino
-    assert emulator.status()["up_to_date"]
+    assert emulator_system.status()["up_to_date"]
 
 
 def test_cli_status_reports_the_pinned_runtimes(sysroot, capsys):
@@ -116,7 +117,7 @@ def test_cli_status_reports_the_pinned_runtimes(sysroot, capsys):
 def test_missing_emulator_names_the_setup_command(tmp_path, monkeypatch):
     monkeypatch.setenv("EDGEKIT_EMULATOR_DIR", str(tmp_path))
     with pytest.raises(EdgekitError, match="edgekit device emulator setup"):
-        emulator.require_sysroot()
+        emulator_system.require_sysroot()
 
 
 def test_stale_emulator_asks_for_a_rebuild(tmp_path, monkeypatch):
@@ -124,13 +125,48 @@ def test_stale_emulator_asks_for_a_rebuild(tmp_path, monkeypatch):
     (tmp_path / "sysroot").mkdir()
     (tmp_path / "stamp.json").write_text('{"base": {}, "payload": {"wheels": {"numpy": "1.0"}}}')
     with pytest.raises(EdgekitError, match="other runtime versions"):
-        emulator.require_sysroot()
+        emulator_system.require_sysroot()
+
+
+def test_symlinked_sysroot_is_refused(tmp_path, monkeypatch, sysroot):
+    """Even one pointing at a good sysroot: artifacts run in it as root, so it must be the user's own directory."""
+    monkeypatch.setenv("EDGEKIT_EMULATOR_DIR", str(tmp_path))
+    (tmp_path / "sysroot").symlink_to(sysroot)
+    (tmp_path / "stamp.json").write_text(json.dumps(emulator_system.wanted()))
+    with pytest.raises(EdgekitError, match=r"(?s)sysroot .*/sysroot: it is a symlink.*edgekit device emulator setup"):
+        emulator_system.require_sysroot()
+    with pytest.raises(EdgekitError, match="is a symlink"):  # and the running side asks the same check
+        emulator.call_functions([])
+
+
+def test_sysroot_of_another_user_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEKIT_EMULATOR_DIR", str(tmp_path))
+    (tmp_path / "sysroot").mkdir()
+    (tmp_path / "stamp.json").write_text(json.dumps(emulator_system.wanted()))
+    assert emulator_system.require_sysroot() == tmp_path / "sysroot"  # the user's own, up to date: accepted
+    me = os.geteuid()
+    monkeypatch.setattr(emulator_system.os, "geteuid", lambda: me + 1)
+    with pytest.raises(EdgekitError, match=rf"(?s)owned by uid {me}, not by the current user.*EDGEKIT_EMULATOR_DIR"):
+        emulator_system.require_sysroot()
+
+
+def test_setup_creates_a_private_emulator_dir(tmp_path, monkeypatch):
+    where = tmp_path / "cache" / "emulator"
+    monkeypatch.setenv("EDGEKIT_EMULATOR_DIR", str(where))
+    monkeypatch.setattr(emulator_system, "_check_host", lambda: None)
+    monkeypatch.setattr(emulator_system, "_setup_locked", lambda force: 0.0)  # the build itself: not here
+    old_umask = os.umask(0o022)
+    try:
+        emulator_system.setup()
+    finally:
+        os.umask(old_umask)
+    assert where.is_dir() and (where.stat().st_mode & 0o777) == 0o700
 
 
 def test_binfmt_not_permitted_is_a_clear_error(monkeypatch, tmp_path):
-    monkeypatch.setattr(emulator, "BINFMT", tmp_path / "no-binfmt_misc")  # mount point missing: mount fails
+    monkeypatch.setattr(emulator_system, "BINFMT", tmp_path / "no-binfmt_misc")  # mount point missing: mount fails
     with pytest.raises(EdgekitError, match="binfmt_misc is not permitted"):
-        emulator._ensure_binfmt()
+        emulator_system.ensure_binfmt()
 
 
 def test_rpc_url_is_checked():

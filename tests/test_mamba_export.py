@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import edgekit
+from edgekit import backends
 from edgekit.kernels.scan.mamba_block import TinyMamba
 from edgekit.kernels.scan.torch_op import selective_scan_op
 
@@ -19,7 +20,7 @@ def mamba():
         return model, (x,), model(x).numpy()
 
 
-@pytest.mark.parametrize("backend", ["executorch", "onnxruntime", "tvm"])
+@pytest.mark.parametrize("backend", backends.names())
 def test_two_layer_mamba_on_every_backend(mamba, backend, tmp_path):
     model, inputs, expected = mamba
     art = edgekit.compile_model(model, inputs, backend=backend, output=tmp_path / backend)

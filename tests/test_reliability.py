@@ -377,7 +377,7 @@ def test_replay_loops_a_recording_for_the_duration():
 def test_soak_driver_reports_memory_and_drops_of_a_short_run(shared, tmp_path):
     report_path = tmp_path / "soak.json"
     env = os.environ | {"EDGEKIT_DATA": str(shared / "data"), "EDGEKIT_WEIGHTS": str(shared / "weights")}
-    run = subprocess.run([sys.executable, "-m", "edgekit.soak", "--apps", "pose", "--seconds", "4", "--warmup", "1",
+    run = subprocess.run([sys.executable, "-m", "edgekit.bench.soak", "--apps", "pose", "--seconds", "4", "--warmup", "1",
                           "--interval", "0.25", "--bucket", "2", "--report", str(report_path)],
                          capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
     report = json.loads(report_path.read_text())

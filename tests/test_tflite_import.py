@@ -10,6 +10,7 @@ import torch
 from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.interpreter import Interpreter
 
+from edgekit import backends
 from edgekit.compile.tflite_import import load_tflite
 from edgekit.errors import EdgekitError
 
@@ -154,7 +155,7 @@ def test_exports_with_the_same_outputs(imported):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ["executorch", "onnxruntime", "tvm"])
+@pytest.mark.parametrize("backend", backends.names())
 def test_compiled_matches_litert(imported, backend, tmp_path):
     import edgekit
 
@@ -166,7 +167,7 @@ def test_compiled_matches_litert(imported, backend, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.emulator
-@pytest.mark.parametrize("backend", ["executorch", "onnxruntime", "tvm"])
+@pytest.mark.parametrize("backend", backends.names())
 def test_arm64_artifact_matches_litert_under_the_emulator(imported, backend, emulator_sysroot, tmp_path):
     import edgekit
 

@@ -2,16 +2,12 @@
 Samba-ASR CTC graph, on every backend (the graphs `edgekit compile --model asr.*` builds)."""
 from __future__ import annotations
 
+from edgekit.apps.spec import ModelCase
+
 LIVE_WINDOW = 10  # seconds; the window `asr live` and the README's RTF figures use
 
 
 def cases() -> list:
-    from edgekit.benchsuite import ModelCase
-
     from .model import compile_models
 
-    cases = []
-    for name, build in compile_models(window=LIVE_WINDOW).items():
-        module, inputs, options = build()
-        cases.append(ModelCase(f"asr_{name}", module, inputs, options=options))
-    return cases
+    return [ModelCase.from_spec(f"asr_{name}", build()) for name, build in compile_models(window=LIVE_WINDOW).items()]

@@ -7,13 +7,13 @@ decoder's per-character cost, which would otherwise favour short transcripts).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from typing import Protocol
 
 import numpy as np
 
-from .samba import ALPHABET
+from .common import ALPHABET
 
 NEG = -np.inf
 

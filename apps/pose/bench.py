@@ -2,9 +2,10 @@
 and the whole app (detector views + landmarks + tracking + 3D lifting) on vtest.avi frames, in FPS per backend."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from edgekit import paths
+from edgekit.apps.spec import AppCase, ModelCase
 
 APP_FRAMES = 30    # timed frames of vtest.avi per backend
 WARMUP = 5         # untimed frames first (compiled runners load, tracks start)
@@ -12,19 +13,16 @@ DETECT_EVERY = 10  # detector views: the app's default (tiles="auto": whole fram
 
 
 def cases() -> list:
-    from edgekit.benchsuite import AppCase, ModelCase
-
     from .model import DETECTOR_FILE, compile_models
 
-    have_blazepose = (Path(os.environ.get("EDGEKIT_WEIGHTS", "")) / "mediapipe" / DETECTOR_FILE).is_file()
+    have_blazepose = paths.weights("mediapipe", DETECTOR_FILE).is_file()
     cases = []
     for name, build in compile_models().items():
         if name != "lifter" and not have_blazepose:
             continue
-        module, inputs, options = build()
         label = "ktpformer_lifter" if name == "lifter" else f"blazepose_{name}"
-        cases.append(ModelCase(label, module, inputs, options=options))
-    video = Path(os.environ.get("EDGEKIT_DATA", "")) / "pose" / "vtest.avi"
+        cases.append(ModelCase.from_spec(label, build()))
+    video = paths.data("pose", "vtest.avi")
     if have_blazepose and video.is_file():
         cases.append(AppCase("pose_app", lambda workdir, progress: app_rows(video, workdir, progress)))
     return cases
@@ -33,7 +31,7 @@ def cases() -> list:
 def app_rows(video: Path, workdir: Path, progress, backends: tuple[str, ...] | None = None) -> list[dict]:
     """Frames per second of the app as `edgekit pose run` times it (2D app + 3D lifter per frame: no decoding, no
     drawing); found_per_frame: persons per frame."""
-    from edgekit.benchsuite import app_fps_rows
+    from edgekit.apps.benchrows import app_fps_rows
 
     from .app import PoseApp, TrackLifter
     from .model import BACKENDS, BlazePose, lifter_runner, runners

@@ -12,6 +12,7 @@ import numpy as np
 
 from edgekit.apps.pose.app import PoseApp, TrackLifter, draw
 from edgekit.apps.pose.model import BACKENDS, BlazePose, lifter_runner, runners
+from edgekit.apps.runners import CACHE_HELP
 from edgekit.apps.video import IMAGE_SUFFIXES, LiveSource, Sink, add_live_arguments, limit, open_video, show
 from edgekit.errors import EdgekitError
 
@@ -41,7 +42,7 @@ def register(subparsers) -> None:
     ev.add_argument("--lifter", help="KTPFormer weights (default: apps/pose/weights/ktpformer.pt)")
     ev.add_argument("--baseline", help="single-frame MLP weights (default: apps/pose/weights/mlp_lifter.pt)")
     ev.add_argument("--backend", default="eager", choices=BACKENDS, help="where KTPFormer runs")
-    ev.add_argument("--artifacts", default="out/pose", help="where compiled backends are written and reused")
+    ev.add_argument("--artifacts", help=CACHE_HELP)
     ev.add_argument("--json", action="store_true", help="print the figures as JSON")
     ev.set_defaults(func=eval_3d_command)
 
@@ -51,8 +52,7 @@ def _common_options(parser: argparse.ArgumentParser) -> None:
                         help="eager runs the imported torch modules; the others compile them for this host once")
     parser.add_argument("--weights", help="folder with pose_detection.tflite and pose_landmark_full.tflite "
                                           "(default: $EDGEKIT_WEIGHTS/mediapipe)")
-    parser.add_argument("--artifacts", default="out/pose",
-                        help="where compiled backends are written and reused")
+    parser.add_argument("--artifacts", help=CACHE_HELP)
     parser.add_argument("--tiles", default="auto", type=_tiles,
                         help="detector view: ROWSxCOLS, a grid of overlapping tiles used as given (more tiles find "
                              "smaller, distant persons); auto, the whole frame plus a grid of about 224 px cells "
@@ -72,7 +72,7 @@ def _tiles(text: str) -> tuple[int, int] | str:
 
 
 def build_app(args) -> PoseApp:
-    detector, landmarker = runners(BlazePose.from_pretrained(args.weights), args.backend, Path(args.artifacts))
+    detector, landmarker = runners(BlazePose.from_pretrained(args.weights), args.backend, args.artifacts)
     return PoseApp(detector, landmarker, max_persons=args.max_persons, detect_every=args.detect_every,
                    tiles=args.tiles)
 
@@ -85,7 +85,7 @@ def run_command(args) -> int:
     if args.output and Path(args.output).suffix.lower() not in (IMAGE_SUFFIXES if is_image else {".mp4", ".avi"}):
         raise EdgekitError(f"-o {args.output}: use {'.png or .jpg' if is_image else '.mp4'} for this input.")
     app = build_app(args)
-    lift = TrackLifter(*lifter_runner(args.backend, Path(args.artifacts), args.lifter))
+    lift = TrackLifter(*lifter_runner(args.backend, args.artifacts, args.lifter))
     frames, fps = (iter([_read_image(source)]), 0.0) if is_image else open_video(str(source))
     writer = Sink(args.output, fps, default_fps=10.0)
     records, elapsed = [], 0.0
@@ -134,7 +134,7 @@ def eval_3d_command(args) -> int:
 
     if args.sequences < 1:
         raise EdgekitError("--sequences must be at least 1.")
-    ktpformer, frames = lifter_runner(args.backend, Path(args.artifacts), args.lifter)
+    ktpformer, frames = lifter_runner(args.backend, args.artifacts, args.lifter)
     mlp = lifting.load(args.baseline or lifting.MLP_WEIGHTS)
     data = pose_eval.held_out(args.sequences, **({} if args.seed is None else {"seed": args.seed}))
     if args.backend == "eager":

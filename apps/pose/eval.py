@@ -11,6 +11,7 @@ import torch
 
 from edgekit.apps.pose import motion
 from edgekit.apps.pose.skeleton import normalize
+from edgekit.apps.runners import eager
 
 EVAL_SEED = 20_240_917  # a generator stream of its own: training (seed 0, ...) never sees these sequences
 Lift = Callable[[np.ndarray], np.ndarray]  # (B, T, 17, 2) normalised windows -> (B, T, 17, 3)
@@ -39,10 +40,8 @@ def lift_sequence(lift: Lift, frames: int, points_2d: np.ndarray, batch: int = 2
 
 
 def torch_lift(model: torch.nn.Module) -> Lift:
-    def lift(x: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return model(torch.from_numpy(x)).numpy()
-    return lift
+    run = eager(model)
+    return lambda x: run(x)[0]
 
 
 def mpjpe(predicted: np.ndarray, truth: np.ndarray) -> float:

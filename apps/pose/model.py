@@ -1,29 +1,29 @@
 """BlazePose's two networks (MediaPipe's TFLite files) imported as torch modules, and the 3D lifter."""
 
-import hashlib
-import os
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from edgekit import paths
 from edgekit.apps.pose import lifter as lifting
 from edgekit.apps.pose.skeleton import NUM_JOINTS
+from edgekit.apps.runners import BACKENDS, Runner, check_backend, runner
 from edgekit.compile.tflite_import import load_tflite
+from edgekit.apps.spec import CompileSpec, Tolerance
 from edgekit.errors import EdgekitError
 
+__all__ = ["BACKENDS", "BlazePose", "Network", "Runner", "VERIFY_TOLERANCE", "compile_models", "lifter_network",
+           "lifter_runner", "runners"]
 DETECTOR_FILE = "pose_detection.tflite"
 LANDMARK_FILE = "pose_landmark_full.tflite"
-BACKENDS = ("eager", "executorch", "onnxruntime", "tvm")
-Runner = Callable[..., list[np.ndarray]]
 
 
 @dataclass
 class Network:
     module: torch.nn.Module
     example_inputs: tuple[torch.Tensor, ...]
+    files: tuple[Path, ...] = field(default=())  # what it was read from (a .tflite): part of the cache key
 
 
 @dataclass
@@ -33,18 +33,14 @@ class BlazePose:
 
     @classmethod
     def from_pretrained(cls, weights_dir: str | Path | None = None) -> "BlazePose":
-        """Load both .tflite files from weights_dir (default: $EDGEKIT_WEIGHTS/mediapipe)."""
-        if weights_dir is None:
-            if "EDGEKIT_WEIGHTS" not in os.environ:
-                raise EdgekitError("BlazePose weights not located. Set EDGEKIT_WEIGHTS to the folder holding "
-                                   "mediapipe/ or pass --weights DIR.")
-            weights_dir = Path(os.environ["EDGEKIT_WEIGHTS"]) / "mediapipe"
-        weights_dir = Path(weights_dir)
+        """Load both .tflite files from weights_dir (default: $EDGEKIT_WEIGHTS/mediapipe, edgekit.paths)."""
+        weights_dir = Path(weights_dir) if weights_dir is not None else paths.weights("mediapipe")
         missing = [f for f in (DETECTOR_FILE, LANDMARK_FILE) if not (weights_dir / f).is_file()]
         if missing:
             raise EdgekitError(f"{', '.join(missing)} not found in {weights_dir}. Point --weights (or "
                                "EDGEKIT_WEIGHTS/mediapipe) at MediaPipe's pose .tflite files.")
-        return cls(*(Network(*load_tflite(weights_dir / f)) for f in (DETECTOR_FILE, LANDMARK_FILE)))
+        return cls(*(Network(*load_tflite(weights_dir / f), files=(weights_dir / f,))
+                     for f in (DETECTOR_FILE, LANDMARK_FILE)))
 
 
 # On random inputs the segmentation head's logits reach ~1e3 and move by ~0.3 with the kernels' summation order,
@@ -54,14 +50,14 @@ VERIFY_TOLERANCE = {"atol": 1.0, "rtol": 1e-3}
 
 
 def compile_models(weights_dir: str | Path | None = None) -> dict:
-    """`edgekit compile --model pose.NAME`: {name: builder() -> (module, example_inputs, compile options)}."""
-    def build(part: str):
+    """`edgekit compile --model pose.NAME`: {name: builder() -> CompileSpec}."""
+    def build(part: str) -> CompileSpec:
         network = getattr(BlazePose.from_pretrained(weights_dir), part)
-        return network.module, network.example_inputs, VERIFY_TOLERANCE
+        return CompileSpec(network.module, network.example_inputs, Tolerance(**VERIFY_TOLERANCE))
 
-    def build_lifter():
+    def build_lifter() -> CompileSpec:
         network = lifter_network()
-        return network.module, network.example_inputs, {}
+        return CompileSpec(network.module, network.example_inputs)
 
     return {"detector": lambda: build("detector"), "landmark": lambda: build("landmarker"), "lifter": build_lifter}
 
@@ -73,49 +69,27 @@ def lifter_network(weights: str | Path | None = None) -> Network:
     return Network(model, (example,))
 
 
-def lifter_runner(backend: str, artifacts: Path, weights: str | Path | None = None) -> tuple[Runner, int]:
+def lifter_runner(backend: str, artifacts=None, weights: str | Path | None = None) -> tuple[Runner, int]:
     """(lifter, window frames): the lifter as a numpy callable on `backend`. Eager runs attention through
-    edgekit.kernels.attention; compiled artifacts are named by a hash of the weights, so retrained weights get
-    a new artifact instead of a stale one."""
-    if backend not in BACKENDS:
-        raise EdgekitError(f"unknown backend {backend!r}. Choose one of {', '.join(BACKENDS)}.")
+    edgekit.kernels.attention; compiled artifacts come from the compiled-model cache in `artifacts` (None:
+    edgekit.paths.artifact_cache()), keyed by the weights, so retrained weights get a new artifact."""
+    check_backend(backend)
     network = lifter_network(weights)
-    frames = network.module.frames
     if backend == "eager":
         lifting.use_kernel(network.module)
-        return eager(network), frames
     path = Path(weights) if weights else lifting.KTPFORMER_WEIGHTS
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
-    return compiled(network, f"{path.stem}-{digest}", backend, artifacts, tolerance={}), frames
+    return run_network(network, path.stem, backend, artifacts, tolerance={}), network.module.frames
 
 
-def runners(model: BlazePose, backend: str, artifacts: Path) -> tuple[Runner, Runner]:
-    """(detector, landmarker) as numpy-in, numpy-out callables on `backend` (see BACKENDS)."""
-    if backend not in BACKENDS:
-        raise EdgekitError(f"unknown backend {backend!r}. Choose one of {', '.join(BACKENDS)}.")
-    if backend == "eager":
-        return eager(model.detector), eager(model.landmarker)
-    return (compiled(model.detector, "pose_detection", backend, artifacts),
-            compiled(model.landmarker, "pose_landmark_full", backend, artifacts))
+def runners(model: BlazePose, backend: str, artifacts=None) -> tuple[Runner, Runner]:
+    """(detector, landmarker) as numpy-in, numpy-out callables on `backend` (see BACKENDS); compiled ones cached in
+    `artifacts` (None: edgekit.paths.artifact_cache()), keyed by the .tflite files' bytes and the imported weights."""
+    check_backend(backend)
+    return (run_network(model.detector, "pose_detection", backend, artifacts),
+            run_network(model.landmarker, "pose_landmark_full", backend, artifacts))
 
 
-def eager(network: Network) -> Runner:
-    def run(*inputs: np.ndarray) -> list[np.ndarray]:
-        with torch.no_grad():
-            outputs = network.module(*(torch.from_numpy(x.astype(np.float32)) for x in inputs))
-        # a lone tensor (the lifter) is one output, not a sequence of batch rows
-        return [y.numpy() for y in ((outputs,) if isinstance(outputs, torch.Tensor) else outputs)]
-    return run
-
-
-def compiled(network: Network, name: str, backend: str, artifacts: Path, tolerance: dict | None = None) -> Runner:
-    """Compile for this host on first use (artifacts/<name>-<backend>), then run the artifact."""
-    import edgekit
-    from edgekit.artifact import MANIFEST
-
-    path = artifacts / f"{name}-{backend}"
-    if not (path / MANIFEST).is_file():
-        edgekit.compile_model(network.module, network.example_inputs, target="host", backend=backend, output=path,
-                              name=name, **(VERIFY_TOLERANCE if tolerance is None else tolerance))
-    model = edgekit.load(path)
-    return lambda *inputs: model.run([x.astype(np.float32) for x in inputs])
+def run_network(network: Network, name: str, backend: str, artifacts=None, tolerance: dict | None = None) -> Runner:
+    """One network on `backend`, verified within VERIFY_TOLERANCE (or `tolerance`) when compiled."""
+    return runner(network.module, network.example_inputs, name, backend, cache_dir=artifacts, files=network.files,
+                  **(VERIFY_TOLERANCE if tolerance is None else tolerance))

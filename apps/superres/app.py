@@ -5,71 +5,48 @@ h x w; compiled artifacts accept only their compiled tile, so `fixed_tile=True` 
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Callable, Iterator
 
 import cv2
 import numpy as np
-import torch
 
-import edgekit
+from edgekit.apps.runners import BACKENDS, CACHE_HELP, check_backend, runner
 from edgekit.errors import EdgekitError
 
 from .model import example_inputs, from_pretrained, resolve_weights
 from .quantize import int8_options
 
+__all__ = ["BACKENDS", "CACHE_HELP", "SRFn", "build_sr", "check_tiling", "upscale_image", "upscale_rgb"]
 SRFn = Callable[[np.ndarray], np.ndarray]
-BACKENDS = ("eager", "onnxruntime", "executorch", "tvm")
-DEFAULT_CACHE = Path.home() / ".cache" / "edgekit" / "artifacts"
-
-
-def eager_fn(module: torch.nn.Module) -> SRFn:
-    def run(x: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return module(torch.from_numpy(x)).numpy()
-    return run
-
-
-def artifact_fn(artifact_dir: Path) -> SRFn:
-    model = edgekit.load(artifact_dir)
-    return lambda x: model.run([x])[0]
 
 
 def build_sr(backend: str, scale: int, weights=None, tile: int = 128, target: str = "host",
              quantize: str | None = None, calibration=None, cache_dir=None) -> SRFn:
-    """The SR callable for a backend. Compiled artifacts are cached per (backend, target, precision,
-    scale, tile, weights digest), so a second eval or run reuses them instead of recompiling.
+    """The SR callable for a backend. Compiled artifacts come from edgekit's compiled-model cache (`cache_dir`,
+    None: edgekit.paths.artifact_cache()), keyed by the weights, code, backend, target, precision and tile, so a
+    second eval or run reuses them instead of recompiling.
 
     calibration: HR image folder whose LR tiles calibrate `quantize="int8"` and whose HR crops score it (PSNR-Y
     gate, quantize.py); keep it apart from eval data.
     """
-    if backend not in BACKENDS:
-        raise EdgekitError(f"Unknown backend {backend!r}. Choose one of: {', '.join(BACKENDS)}.")
+    check_backend(backend)
     if quantize and backend == "eager":
         raise EdgekitError("--quantize needs a compiled backend. Pass --backend executorch, onnxruntime or tvm.")
     if quantize and not calibration:
         raise EdgekitError("--quantize int8 needs calibration images. Pass --calibration DIR (e.g. Set14) or set "
                            "EDGEKIT_DATA.")
-    path = resolve_weights(weights, scale)
-    module = from_pretrained(path, scale)
-    if backend == "eager":
-        return eager_fn(module)
-    from edgekit.compile import compile_model  # late: importing the compilers costs seconds
-    from edgekit.compile.quantize import CONFIGS
+    module = from_pretrained(resolve_weights(weights, scale), scale)
+    options = {}
+    if quantize:
+        from edgekit.compile.quantize import CONFIGS  # late: importing the quantizers costs seconds
 
-    name = f"cfsr_x{scale}"
-    precision = f"{quantize}v{CONFIGS[quantize].version}-{Path(calibration).name}" if quantize else "fp32"
-    art = Path(cache_dir or DEFAULT_CACHE) / f"{name}_{backend}_{target}_{precision}_t{tile}_{_digest(path)}"
-    if not (art / "manifest.json").is_file():
-        options = int8_options(calibration, scale, tile) if quantize else {}
-        compile_model(module, example_inputs(tile, tile), target=target, backend=backend, output=art,
-                      name=name, force=True, **options)
-    return artifact_fn(art)
-
-
-def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+        # calibration tiles and the PSNR task metric are not plain values: the recipe names them for the cache key
+        options = {"recipe": f"{quantize}v{CONFIGS[quantize].version}-{Path(calibration).name}-t{tile}",
+                   **int8_options(calibration, scale, tile)}
+    run = runner(module, example_inputs(tile, tile), f"cfsr_x{scale}", backend, target=target, cache_dir=cache_dir,
+                 **options)
+    return lambda x: run(x)[0]
 
 
 def check_tiling(tile: int, overlap: int) -> None:

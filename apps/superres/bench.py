@@ -2,8 +2,10 @@
 PSNR-gated), beside the authors' own ONNX export in ONNX Runtime."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from edgekit import paths
+from edgekit.apps.spec import ModelCase, QuantRecipe
 
 from .model import example_inputs, from_pretrained, resolve_weights
 from .quantize import int8_options
@@ -12,17 +14,17 @@ TILE = 128
 
 
 def cases() -> list:
-    from edgekit.benchsuite import ModelCase
-
     weights = resolve_weights(None, 4)
     if not weights.is_file():
         return []
     inputs = example_inputs(TILE, TILE)
-    data = Path(os.environ.get("EDGEKIT_DATA", "")) / "sr" / "Set14"
-    int8 = int8_options(data, 4, TILE) if data.is_dir() else {}
-    calibration = int8.pop("calibration", None)
-    int8.pop("quantize", None)
-    return [ModelCase("cfsr_x4", from_pretrained(weights, 4), inputs, calibration=calibration, quant_options=int8,
+    data = paths.data("sr", "Set14")
+    int8 = None
+    if data.is_dir():
+        options = int8_options(data, 4, TILE)
+        int8 = QuantRecipe(options["calibration"], metric=options["task_metric"], max_drop=options["max_drop"],
+                           auto_fallback=options["auto_fallback"])
+    return [ModelCase("cfsr_x4", from_pretrained(weights, 4), inputs, int8=int8,
                       peers=_authors_onnx(weights.parent / "CFSRx4.onnx", inputs),
                       work_unit=("MP_out", (TILE * 4) ** 2 / 1e6))]
 

@@ -3,17 +3,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from edgekit import paths
 from edgekit.apps.video import LiveSource, Sink, add_live_arguments, show
 from edgekit.errors import EdgekitError
 
-from .app import BACKENDS, DEFAULT_CACHE, build_sr, check_tiling, upscale_image, upscale_rgb
+from .app import BACKENDS, CACHE_HELP, build_sr, check_tiling, upscale_image, upscale_rgb
 from .eval import evaluate
 from .model import SCALES, check_scale
 
@@ -57,12 +57,13 @@ def _model_args(parser: argparse.ArgumentParser, tile: int, overlap: int) -> Non
     parser.add_argument("--target", default="host", help="compile target for compiled backends")
     parser.add_argument("--tile", type=int, default=tile, help="LR tile size (compiled artifacts' input shape)")
     parser.add_argument("--overlap", type=int, default=overlap, help="LR context pixels around each tile")
-    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="compiled artifact cache")
+    parser.add_argument("--cache", type=Path, help=CACHE_HELP)
 
 
 def _default_data(name: str) -> str | None:
-    root = os.environ.get("EDGEKIT_DATA")
-    return str(Path(root) / "sr" / name) if root else None
+    """$EDGEKIT_DATA/sr/NAME (edgekit.paths) when that folder exists; None makes the command ask for the flag."""
+    folder = paths.data("sr", name)
+    return str(folder) if folder.is_dir() else None
 
 
 def _sr_from_args(args: argparse.Namespace, quantize: str | None = None, calibration: str | None = None):
@@ -100,7 +101,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def upscale_file(src, dst, scale: int = 4, backend: str = "eager", weights=None, tile: int = 128,
-                 overlap: int = 16, target: str = "host", cache=DEFAULT_CACHE) -> Path:
+                 overlap: int = 16, target: str = "host", cache=None) -> Path:
     """Read `src`, super-resolve it, write `dst` (format from its suffix); the `run` command and `make demo`."""
     args = argparse.Namespace(scale=scale, backend=backend, weights=weights, tile=tile, overlap=overlap,
                               target=target, cache=cache)

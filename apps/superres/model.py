@@ -13,7 +13,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from edgekit import paths
+from edgekit.apps.spec import CompileSpec, QuantRecipe
 from edgekit.errors import EdgekitError
+
+from .quantize import int8_options
 
 SCALES = (2, 3, 4)
 CHANNELS = 48
@@ -130,14 +134,9 @@ class CFSR(nn.Module):
 
 
 def resolve_weights(weights: str | os.PathLike | None, scale: int) -> Path:
-    """The given path, else $EDGEKIT_WEIGHTS/cfsr/CFSR_x{scale}.pth."""
-    if weights:
-        return Path(weights)
-    root = os.environ.get("EDGEKIT_WEIGHTS")
-    if not root:
-        raise EdgekitError("No CFSR weights given. Pass --weights PATH or set EDGEKIT_WEIGHTS to the folder "
-                           "holding cfsr/CFSR_x{2,3,4}.pth.")
-    return Path(root) / "cfsr" / f"CFSR_x{scale}.pth"
+    """The given path, else $EDGEKIT_WEIGHTS/cfsr/CFSR_x{scale}.pth (edgekit.paths; a missing file is reported by
+    from_pretrained, naming --weights and EDGEKIT_WEIGHTS)."""
+    return Path(weights) if weights else paths.weights("cfsr", f"CFSR_x{scale}.pth")
 
 
 def check_scale(scale: int) -> None:
@@ -179,22 +178,23 @@ def example_inputs(height: int = 64, width: int = 64) -> tuple[torch.Tensor]:
     return (torch.rand(1, 3, height, width),)
 
 
-DEFAULT_COMPILE = "x4"  # `make compile MODEL=superres`
-
-
 def compile_models() -> dict:
-    """`edgekit compile --model superres.NAME`: {name: builder() -> (module, example_inputs, compile options)};
-    one 64x64 tile, weights from $EDGEKIT_WEIGHTS. Option "int8" is the app's quantization recipe
-    (quantize.int8_options), used by `--quantize int8` without --calibration: Set14 tiles from $EDGEKIT_DATA."""
-    return {f"x{s}": (lambda s=s: (from_pretrained(scale=s), example_inputs(), {"int8": lambda: _int8(s)}))
+    """`edgekit compile --model superres.NAME` (the default, x4, is named in spec.py): {name: builder() ->
+    CompileSpec}; one 64x64 tile, weights from $EDGEKIT_WEIGHTS. Its int8 recipe (quantize.int8_options), used by
+    `--quantize int8` without --calibration: Set14 tiles from $EDGEKIT_DATA, PSNR-Y gated."""
+    def recipe(scale: int) -> QuantRecipe:
+        options = _int8(scale)
+        return QuantRecipe(options["calibration"], metric=options["task_metric"], max_drop=options["max_drop"],
+                           auto_fallback=options["auto_fallback"])
+
+    return {f"x{s}": (lambda s=s: CompileSpec(from_pretrained(scale=s), example_inputs(), int8=lambda: recipe(s)))
             for s in SCALES}
 
 
 def _int8(scale: int) -> dict:
-    from .quantize import int8_options
-
-    root = os.environ.get("EDGEKIT_DATA")
-    if not root or not (Path(root) / "sr" / "Set14").is_dir():
-        raise EdgekitError("int8 CFSR calibrates on Set14 HR images: set EDGEKIT_DATA to the folder holding "
-                           "sr/Set14, or pass --calibration DIR with .npy LR tiles (then without a PSNR gate).")
-    return int8_options(Path(root) / "sr" / "Set14", scale, example_inputs()[0].shape[-1])
+    set14 = paths.data("sr", "Set14")
+    if not set14.is_dir():
+        raise EdgekitError(f"int8 CFSR calibrates on Set14 HR images, not found at {set14}: set EDGEKIT_DATA to the "
+                           "folder holding sr/Set14, or pass --calibration DIR with .npy LR tiles (then without a "
+                           "PSNR gate).")
+    return int8_options(set14, scale, example_inputs()[0].shape[-1])

@@ -1,43 +1,29 @@
-"""Compile the attention kernels with TVM for each target, caching built libraries on disk.
+"""Compile the attention kernels with TVM for a target, caching built libraries on disk (edgekit.kernels.cache).
 
 Lengths are symbolic in the TIR, so one library serves every shape: the cache key holds only
 the target, the head dim (TIR-only builds) and a hash of the kernel sources.
+
+Device targets are passed in as TVM target dicts with their cross compiler: the kernels keep no target table
+of their own (the project's is edgekit/targets.py: `get_target(name).tvm_target()`, `.cross_compiler`).
 """
 
 import functools
 import hashlib
 import json
-import os
 import platform
 import shutil
-import tempfile
 from pathlib import Path
 
 import tvm
 from tvm.support import cc
 
+from ..cache import library
 from . import tir_kernel
 
 _HERE = Path(__file__).parent
 MICROKERNEL = _HERE / "microkernel_avx512.cc"
 SPLIT_SYMBOL = "attention_split_f32"
 MICROKERNEL_FLAGS = ["-O3", "-std=c++17", "-mavx512f", "-mavx512dq", "-mfma"]
-
-AARCH64 = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a78ae", "mattr": ["+neon"]}
-CROSS_TARGETS = {
-    "aarch64": AARCH64,
-    "cuda-sm87": {"kind": "cuda", "arch": "sm_87", "host": AARCH64},  # Jetson Orin
-    "cuda-sm90": {"kind": "cuda", "arch": "sm_90", "host": {"kind": "llvm", "mtriple": "x86_64-linux-gnu"}},
-}
-CROSS_CC = {"aarch64": "aarch64-linux-gnu-g++", "cuda-sm87": "aarch64-linux-gnu-g++", "cuda-sm90": "g++"}
-
-
-def cache_dir() -> Path:
-    """EDGEKIT_KERNEL_CACHE, else $XDG_CACHE_HOME/edgekit/kernels (default ~/.cache/edgekit/kernels)."""
-    if "EDGEKIT_KERNEL_CACHE" in os.environ:
-        return Path(os.environ["EDGEKIT_KERNEL_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edgekit" / "kernels"
-
 
 def host_has_avx512() -> bool:
     if platform.machine() != "x86_64":
@@ -66,18 +52,6 @@ def _key(*parts) -> str:
     return digest.hexdigest()[:20]
 
 
-def _cached(name: str, export) -> Path:
-    """Path of library `name` in the cache, calling export(path) first if it is missing."""
-    path = cache_dir() / f"{name}.so"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-            staged = Path(tmp) / path.name
-            export(staged)
-            os.replace(staged, path)  # atomic: concurrent builders never see half a library
-    return path
-
-
 def microkernel_fcompile(compiler="g++"):
     """An export_library fcompile that compiles and links the AVX-512 micro-kernel in."""
     if isinstance(compiler, str) and shutil.which(compiler) is None:
@@ -97,15 +71,16 @@ def build_host_library(head_dim: int) -> Path:
     else:
         mod, fcompile = tir_module(target, head_dim), None
         name = f"attention-host-d{head_dim}-" + _key(target, head_dim)
-    return _cached(name, lambda path: tvm.compile(mod, target=target).export_library(str(path), fcompile=fcompile))
+    return library(f"{name}.so",
+                   lambda path: tvm.compile(mod, target=target).export_library(str(path), fcompile=fcompile))
 
 
-def build_cross_library(target_name: str, head_dim: int, dtype: str = "float32") -> Path:
-    """A device library (see CROSS_TARGETS) built from the portable TIR; needs the cross compiler."""
-    target = CROSS_TARGETS[target_name]
-    fcompile = cc.cross_compiler(CROSS_CC[target_name])
-    name = f"attention-{target_name}-d{head_dim}-{dtype}-" + _key(target, head_dim, dtype)
-    return _cached(name, lambda path: tvm.compile(tir_module(target, head_dim, dtype), target=target)
+def build_cross_library(target: dict, compiler: str | None, head_dim: int, dtype: str = "float32") -> Path:
+    """A device library for `target` (a TVM target dict; a CUDA dict carries its CPU as "host") built from the
+    portable TIR and linked with `compiler` (None: TVM's default host compiler). Building needs that compiler."""
+    fcompile = cc.cross_compiler(compiler) if compiler else None
+    name = f"attention-{target['kind']}-d{head_dim}-{dtype}-" + _key(target, head_dim, dtype)
+    return library(f"{name}.so", lambda path: tvm.compile(tir_module(target, head_dim, dtype), target=target)
                    .export_library(str(path), fcompile=fcompile))
 
 

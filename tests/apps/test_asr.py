@@ -147,7 +147,7 @@ def test_decoder_step_ignores_cache_slots_after_offset(recognizer):
 def test_cached_decoder_with_the_kernel_matches_the_step_graph(recognizer):
     """The eager decoder (fused kernel, several tokens a call, cache written in place) against the exported step
     graph (torch SDPA with a mask, one token a call), including a rejected draft overwritten in the cache."""
-    from edgekit.apps.asr.recognizer import StepDecoder
+    from edgekit.apps.asr.app import StepDecoder
     from edgekit.apps.asr.whisper import CachedDecoder
 
     rng = np.random.default_rng(1)
@@ -509,11 +509,12 @@ def test_samba_recognizer_fuses_the_decoder_that_training_tuned(tmp_path):
     """Weights with a decoder are decoded by beam search with the decoder's scores, at the weight training chose;
     without one, by CTC's best path."""
     from edgekit.apps.asr import samba
+    from edgekit.apps.asr.recognizer import SambaRecognizer
 
     torch.manual_seed(0)
     plain = samba.SambaCTC(samba.SambaDims(width=32, layers=2))
     samba.save(plain, tmp_path / "ctc.pt", {})
-    assert samba.SambaRecognizer(tmp_path / "ctc.pt").beam is None
+    assert SambaRecognizer(tmp_path / "ctc.pt").beam is None
 
     model = samba.SambaCTC(samba.SambaDims(width=32, layers=2, decoder_layers=1))
     with torch.no_grad():  # a decoder that hears nothing but "a"
@@ -522,7 +523,7 @@ def test_samba_recognizer_fuses_the_decoder_that_training_tuned(tmp_path):
         model.decoder.head.bias[samba.encode_text("a")[0]] = 0.0
         model.decoder.head.bias[0] = -1.0
     samba.save(model, tmp_path / "dec.pt", {"beam": {"beam": 4, "weight": 5.0, "bonus": 0.0, "prune": -20.0}})
-    recognizer = samba.SambaRecognizer(tmp_path / "dec.pt")
+    recognizer = SambaRecognizer(tmp_path / "dec.pt")
     assert recognizer.beam is not None and recognizer.beam.weight == 5.0
     audio = 0.1 * np.random.default_rng(0).standard_normal(16000).astype(np.float32)
     text = recognizer(audio)

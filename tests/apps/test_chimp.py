@@ -292,7 +292,7 @@ def test_compile_cli_builds_the_behavior_head(tmp_path, shipped):
 def test_bench_reports_app_fps_per_backend(tiny, tmp_path):
     """`make bench`'s app rows: one per backend and peer, FPS = 1000 / mean frame ms, divided by the faster peer."""
     from edgekit.apps.chimp.bench import WARMUP, app_rows
-    from edgekit.report import markdown
+    from edgekit.bench.report import markdown
 
     count = _as_video(tiny, tmp_path / "clip.mp4")
     rows = app_rows(tmp_path / "clip.mp4", tmp_path, lambda _msg: None, backends=("onnxruntime",))

@@ -342,9 +342,11 @@ def test_lifter_compiles_and_matches_eager(backend, tmp_path):
     import edgekit
     from edgekit.apps.pose.model import compile_models
 
-    module, inputs, options = compile_models()["lifter"]()
+    spec = compile_models()["lifter"]()
+    module, inputs = spec.module, spec.example_inputs
+    # verify: the artifact within 1e-4 of eager on the example
     artifact = edgekit.compile_model(module, inputs, target="host", backend=backend, output=tmp_path / "lifter",
-                                     **options)  # verify: the artifact within 1e-4 of eager on the example
+                                     **spec.tolerance.options())
     window = skeleton.normalize(motion.make_sequence(np.random.default_rng(8), frames=27).joints_2d)[None]
     import torch
 

@@ -13,7 +13,12 @@ from tvm import relax
 
 from edgekit.kernels.attention import api, bench, build, relax_pass, tir_kernel
 from edgekit.kernels.attention.reference import attention_reference, visible_keys
+from edgekit.targets import TARGETS, get_target
 
+# The project's targets (edgekit/targets.py) the kernels cross-build for: every aarch64 target users compile for
+# (android-arm64, jetson-orin's CUDA + Cortex-A78AE, rpi5) and the x86_64 + H100 CUDA target.
+BUILD_TARGETS = sorted(n for n, t in TARGETS.items() if t.arch == "aarch64" or t.cuda_arch)
+CUDA_TARGETS = sorted(n for n, t in TARGETS.items() if t.cuda_arch)
 ELF_MACHINE = {"aarch64-linux-gnu": 183, "x86_64-linux-gnu": 62}  # ELF e_machine field
 RTOL, ATOL = 1e-4, 1e-5  # fp32 accumulation over up to 4097 keys; the errors seen are ~1e-6
 
@@ -198,34 +203,24 @@ def test_missing_compiler_is_reported():
         build.microkernel_fcompile("no-such-compiler")
 
 
-def test_disk_cache_builds_once(tmp_path, monkeypatch):
-    monkeypatch.setenv("EDGEKIT_KERNEL_CACHE", str(tmp_path))
-    calls = []
-
-    def export(path):
-        calls.append(path)
-        path.write_bytes(b"lib")
-
-    first = build._cached("demo", export)
-    assert build._cached("demo", export) == first
-    assert len(calls) == 1 and first.read_bytes() == b"lib" and first.parent == tmp_path
-
-
-@pytest.mark.parametrize("target_name", sorted(build.CROSS_TARGETS))
+@pytest.mark.parametrize("target_name", BUILD_TARGETS)
 def test_cross_builds(target_name, tmp_path, monkeypatch):
     """aarch64 NEON and CUDA libraries build from the same TIR (running them needs the device)."""
-    compiler = build.CROSS_CC[target_name]
-    if shutil.which(compiler) is None:
-        pytest.skip(f"cross compiler {compiler} not installed")
-    if target_name.startswith("cuda") and shutil.which("nvcc") is None:
+    target = get_target(target_name)
+    spec = target.tvm_target()
+    compiler = target.cross_compiler  # None: the host's own compiler (TVM's default, g++)
+    if shutil.which(compiler or "g++") is None:
+        pytest.skip(f"compiler {compiler or 'g++'} not installed")
+    if target.cuda_arch and shutil.which("nvcc") is None:
         pytest.skip("nvcc not installed")
     monkeypatch.setenv("EDGEKIT_KERNEL_CACHE", str(tmp_path))
-    data = build.build_cross_library(target_name, 64).read_bytes()
-    spec = build.CROSS_TARGETS[target_name]
+    path = build.build_cross_library(spec, compiler, 64)
+    assert path.parent == tmp_path
+    data = path.read_bytes()
     host_triple = spec.get("host", spec)["mtriple"]
     assert data[:4] == b"\x7fELF" and int.from_bytes(data[18:20], "little") == ELF_MACHINE[host_triple]
     assert tir_kernel.TILE_SYMBOL.encode() not in data  # the portable TIR, not the x86 micro-kernel
-    if target_name.startswith("cuda"):
+    if target.cuda_arch:
         assert b"attention_f32_kernel" in data  # the device kernel is embedded
 
 
@@ -309,10 +304,10 @@ def test_relax_float16_attention_runs_on_host(tmp_path):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
-@pytest.mark.parametrize("target_name", ["cuda-sm87", "cuda-sm90"])
+@pytest.mark.parametrize("target_name", CUDA_TARGETS)
 def test_relax_rewrite_builds_for_cuda(target_name, dtype, tmp_path):
     """The rewritten model compiles for CUDA, and nvcc turns its device code into a cubin."""
-    target = build.CROSS_TARGETS[target_name]
+    target = get_target(target_name).tvm_target()
     mod = relax_pass.use_fused_attention(_relax_attention_module(64, 64, "BottomRight", dtype=dtype), target)
     assert "R.call_tir" in _ops(mod)
     (source,) = _cuda_sources(tvm.compile(mod, target=tvm.target.Target(target)).mod)
@@ -325,10 +320,10 @@ def test_relax_rewrite_builds_for_cuda(target_name, dtype, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
 
 
-# The NEON build (portable TIR for aarch64) run under the emulator: one guest process per head dim.
-AARCH64_SWEEP = {
+# The NEON build (portable TIR for aarch64) for android-arm64 run under the emulator: one guest process per head dim.
+NEON_SWEEP = {
     d: [(1, 2, 2, n, n, {"causal": c}) for n in (1, 7, 113, 1023) for c in (False, True)] for d in (32, 80, 128)}
-AARCH64_SWEEP[64] = [
+NEON_SWEEP[64] = [
     *[(1, 1, 1, n, n, {"causal": c}) for n in (1, 7, 113, 1023, 1024, 4097) for c in (False, True)],
     *[(1, 2, 2, n, n, {"causal": True, "window": w}) for n in (113, 1024) for w in (1, 100)],
     (2, 8, 2, 113, 113, {"causal": True}),                     # grouped-query
@@ -340,9 +335,10 @@ AARCH64_SWEEP[64] = [
 def test_aarch64_build_under_emulator(emulator_sysroot):
     from edgekit.runtimes import emulator
 
+    target = get_target("android-arm64")
     calls, cases = [], []
-    for head_dim, sweep in AARCH64_SWEEP.items():
-        library = build.build_cross_library("aarch64", head_dim)
+    for head_dim, sweep in NEON_SWEEP.items():
+        library = build.build_cross_library(target.tvm_target(), target.cross_compiler, head_dim)
         for i, (b, h, hkv, lq, lk, mask) in enumerate(sweep):
             q, k, v = _inputs(b, h, hkv, lq, lk, head_dim, seed=i)
             flags = [int(mask["causal"]), mask.get("window", 0), head_dim**-0.5]

@@ -15,12 +15,23 @@ from edgekit.kernels.scan.mamba_block import TinyMamba
 from edgekit.kernels.scan.reference import (parallel_scan, selective_scan_ref,
                                             selective_state_update_ref)
 from edgekit.kernels.scan.ssd import ssd_chunked, ssd_scan
+from edgekit.targets import TARGETS, get_target
 
 LENGTHS = (1, 7, 372, 784, 1134, 4096)
 STATES = (16, 64, 128)
 FLAGS = list(itertools.product((False, True), repeat=4))  # has D, z, delta_bias, softplus
 # fp32 recurrence over up to 4096 steps; errors seen are ~1e-7 of the output scale.
 RTOL, ATOL_OF_SCALE = 1e-4, 1e-5
+# The project's targets (edgekit/targets.py): every aarch64 target users compile for, and those with a CUDA GPU.
+ARM64_TARGETS = sorted(n for n, t in TARGETS.items() if t.arch == "aarch64")
+CUDA_TARGETS = sorted(n for n, t in TARGETS.items() if t.cuda_arch)
+ELF_MACHINE = {"aarch64": 183, "x86_64": 62}  # ELF e_machine field
+
+
+def _cpu_target(name):
+    """The TVM target of `name`'s CPU: its target dict, or for a GPU target the CPU it carries as host."""
+    target = get_target(name).tvm_target()
+    return target.get("host", target)
 
 
 def _scan_inputs(batch, dim, length, n, groups=None, flags=(True, True, True, True), seed=0):
@@ -187,16 +198,35 @@ def test_host_build_is_cached_on_disk(tmp_path, monkeypatch):
     build.host_kernel.cache_clear()
 
 
+@pytest.mark.parametrize("target_name", sorted({*ARM64_TARGETS, *CUDA_TARGETS}))
+def test_cross_library_builds_into_the_kernel_cache(target_name, tmp_path, monkeypatch):
+    """A device library for each project target, linked by its cross compiler (None: the host's) and cached."""
+    target = get_target(target_name)
+    spec = target.tvm_target()
+    if shutil.which(target.cross_compiler or "g++") is None:
+        pytest.skip(f"compiler {target.cross_compiler or 'g++'} not installed")
+    if target.cuda_arch and shutil.which("nvcc") is None:
+        pytest.skip("nvcc not installed")
+    monkeypatch.setenv("EDGEKIT_KERNEL_CACHE", str(tmp_path))
+    path = build.cross_library("scan", tir_scan.Options(16), spec, target.cross_compiler)
+    assert path.parent == tmp_path and path.name.startswith("scan-")
+    data = path.read_bytes()
+    assert data[:4] == b"\x7fELF" and int.from_bytes(data[18:20], "little") == ELF_MACHINE[target.arch]
+    monkeypatch.setattr(build, "build", lambda *a: pytest.fail("rebuilt despite the disk cache"))
+    assert build.cross_library("scan", tir_scan.Options(16), spec, target.cross_compiler) == path
+
+
+@pytest.mark.parametrize("target_name", ARM64_TARGETS)
 @pytest.mark.parametrize("kernel", ["scan", "state_update"])
-def test_neon_build_uses_vector_fma(kernel):
-    module = build.build(kernel, tir_scan.Options(16, True, True, True, True), build.AARCH64_NEON)
+def test_neon_build_uses_vector_fma(kernel, target_name):
+    module = build.build(kernel, tir_scan.Options(16, True, True, True, True), _cpu_target(target_name))
     assert "fmla\tv" in module.mod.inspect_source("asm")
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed")
-@pytest.mark.parametrize("target", [build.CUDA_ORIN, build.CUDA_HOPPER], ids=["sm_87", "sm_90"])
-def test_cuda_build(target):
-    module = build.build("scan", tir_scan.Options(16, True, True, True, True), target)
+@pytest.mark.parametrize("target_name", CUDA_TARGETS)
+def test_cuda_build(target_name):
+    module = build.build("scan", tir_scan.Options(16, True, True, True, True), get_target(target_name).tvm_target())
     cuda = [m for m in module.mod.imports if m.kind == "cuda"]
     assert cuda and "selective_scan_kernel" in cuda[0].inspect_source()
 
@@ -204,9 +234,10 @@ def test_cuda_build(target):
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed")
 @pytest.mark.parametrize("kernel", ["scan", "state_update"])
-@pytest.mark.parametrize("target", [build.CUDA_ORIN, build.CUDA_HOPPER], ids=["sm_87", "sm_90"])
-def test_cuda_source_compiles_to_cubin(kernel, target, tmp_path):
+@pytest.mark.parametrize("target_name", CUDA_TARGETS)
+def test_cuda_source_compiles_to_cubin(kernel, target_name, tmp_path):
     """The CUDA module carries source that is compiled when loaded; nvcc proves it compiles."""
+    target = get_target(target_name).tvm_target()
     module = build.build(kernel, tir_scan.Options(16, True, True, True, True), target)
     source = tmp_path / "kernel.cu"
     source.write_text(next(m for m in module.mod.imports if m.kind == "cuda").inspect_source())
@@ -331,15 +362,17 @@ def test_ssd_forms_match_reference(length, chunk):
 
 @pytest.mark.emulator
 def test_neon_build_under_emulator(emulator_sysroot):
-    """The aarch64 NEON scan run under the emulator: every length and state size, options rotating."""
+    """The aarch64 NEON scan for android-arm64 run under the emulator: every length and state size, options
+    rotating."""
     from edgekit.kernels.scan.api import scan_arguments
     from edgekit.runtimes import emulator
 
+    target = get_target("android-arm64")
     calls, cases = [], []
     for length, n, flags, groups in (p.values for p in _sampled_grid()):
         args, opts = _scan_inputs(1, 4, length, n, groups, flags)
         kernel_opts, inputs, outputs = scan_arguments(**args, **opts)
-        library = build.cross_library("scan", kernel_opts, build.AARCH64_NEON, "aarch64-linux-gnu-g++")
+        library = build.cross_library("scan", kernel_opts, target.tvm_target(), target.cross_compiler)
         calls.append((library, tir_scan.FUNC_NAMES["scan"], [t.contiguous().numpy() for t in (*inputs, *outputs)],
                       [len(inputs), len(inputs) + 1]))
         cases.append((selective_scan_ref(**args, **opts, return_last_state=True), n))

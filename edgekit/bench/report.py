@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .. import backends
+
 
 def write_report(report: dict, output: Path) -> None:
     output.mkdir(parents=True, exist_ok=True)
@@ -58,14 +60,14 @@ def plot_models(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    compiled = set(backends.names())  # green: edgekit's artifacts; grey: their peers
     rows = [r for r in rows if r["suite"] == "models" and r["p50_ms"] is not None]
     cases = sorted({r["case"] for r in rows})
     fig, axes = plt.subplots(len(cases) or 1, 1, figsize=(9, 2.6 * max(1, len(cases))), squeeze=False)
     for ax, case in zip(axes[:, 0], cases):
         sub = [r for r in rows if r["case"] == case]
         labels = [f"{r['impl']}\n{r['precision']}" for r in sub]
-        ax.barh(labels, [r["p50_ms"] for r in sub], color=["#888" if r["impl"] not in
-                                                           ("executorch", "tvm", "onnxruntime") else "#2a7"
+        ax.barh(labels, [r["p50_ms"] for r in sub], color=["#2a7" if r["impl"] in compiled else "#888"
                                                            for r in sub])
         ax.set_xscale("log")
         ax.set_title(f"{case}: p50 latency (ms, log scale; grey = peers)", fontsize=9)

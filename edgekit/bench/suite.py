@@ -1,9 +1,10 @@
 """`make bench` / `edgekit bench --suite all`: every model on every host backend (fp32 and int8) and the
 kernels, each beside its peers measured in the same run; writes reports/bench.{json,md} and PNG plots.
 
-Cases come from the bundled model and from each app's optional `bench.py` (`cases() -> list[ModelCase |
-AppCase]`): a ModelCase is one network compiled and timed here; an AppCase is a whole app pipeline that times
-itself on every backend and returns its rows.
+Cases come from the bundled model and from every app in the app registry (`AppSpec.bench_cases()`, i.e. the app's
+bench.py: `cases() -> list[ModelCase | AppCase]`, types in edgekit.apps.spec): a ModelCase is one network compiled
+and timed here on every registered backend; an AppCase is a whole app pipeline that times itself on every backend
+and returns its rows.
 """
 from __future__ import annotations
 
@@ -12,78 +13,14 @@ import os
 import platform
 import re
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
-import numpy as np
+from .. import backends
+from ..apps import registry
+from ..apps.spec import AppCase, ModelCase
 
 THREADS = 2
-APP_BENCHES = ("superres", "pose", "asr", "chimp")
 KERNEL_BENCHES = ("attention", "scan")
-
-
-@dataclass
-class ModelCase:
-    name: str
-    module: object
-    inputs: tuple
-    calibration: list | None = None             # enables the int8 rows
-    quant_options: dict = field(default_factory=dict)  # int8 compile options, e.g. an app's task metric and max_drop
-    peers: dict[str, Callable[[], object]] = field(default_factory=dict)   # extra peers, e.g. authors' ONNX
-    work_unit: tuple[str, float] | None = None  # ("MP", megapixels per run) -> also report ms per unit
-    options: dict = field(default_factory=dict)  # compile options, e.g. the model's verify tolerance
-
-
-@dataclass
-class AppCase:
-    name: str
-    run: Callable[[Path, Callable[[str], None]], list[dict]]  # (artifact workdir, progress) -> report rows
-
-
-def app_fps_rows(case: str, video: Path, frames: int, warmup: int, backends: tuple[str, ...], make_step,
-                 workdir: Path, progress) -> list[dict]:
-    """Frames per second of an app on the first `warmup + frames` frames of `video` (none: no rows):
-    `make_step(backend, artifacts)` -> step(frame) -> items found, timed per frame after `warmup` untimed frames,
-    the same frames for every backend, compiled into a fresh workdir/case. Peers: eager on the suite's threads and
-    on one thread; each row's mean frame time (1 / FPS) is divided by the faster peer's."""
-    import shutil
-
-    import torch
-
-    from .apps.video import limit, open_video
-
-    frames = list(limit(open_video(str(video))[0], warmup + frames))
-    if len(frames) < warmup + 1:
-        return []
-    artifacts = workdir / case
-    shutil.rmtree(artifacts, ignore_errors=True)  # compiled in this run, like every other case
-    threads = torch.get_num_threads()
-    timings, found = {}, {}
-    for impl, backend, torch_threads in [("eager", "eager", threads), ("eager 1 thread", "eager", 1),
-                                         *((b, b, threads) for b in backends if b != "eager")]:
-        progress(f"{case}: {impl}")
-        torch.set_num_threads(torch_threads)
-        try:
-            step = make_step(backend, artifacts)
-            times, items = [], 0
-            for index, frame in enumerate(frames):
-                start = time.perf_counter()
-                n = step(frame)
-                if index >= warmup:
-                    times.append((time.perf_counter() - start) * 1e3)
-                    items += n
-        finally:
-            torch.set_num_threads(threads)
-        timings[impl], found[impl] = np.asarray(times), items / len(times)
-    best_peer = min(("eager", "eager 1 thread"), key=lambda k: timings[k].mean())
-    shape = [[len(frames) - warmup, *frames[0].shape]]
-    return [{"suite": "app", "case": case, "impl": impl, "precision": "fp32", "shape": shape,
-             "p50_ms": float(np.percentile(t, 50)), "p90_ms": float(np.percentile(t, 90)), "min_ms": float(t.min()),
-             "mean_ms": float(t.mean()), "fps": float(1e3 / t.mean()), "found_per_frame": found[impl],
-             "payload_bytes": None, "peer": f"{best_peer} fp32",
-             "ratio_to_best_peer": float(t.mean() / timings[best_peer].mean())}
-            for impl, t in timings.items()]
 
 
 def machine() -> dict:
@@ -99,54 +36,55 @@ def machine() -> dict:
 
 
 def model_cases() -> list[ModelCase | AppCase]:
-    from .zoo import conv_attention
+    from ..apps.spec import QuantRecipe
+    from ..zoo import conv_attention
 
     module, inputs = conv_attention()
     import torch
 
     calib = [(torch.randn(*inputs[0].shape, generator=torch.Generator().manual_seed(i)),) for i in range(8)]
-    cases = [ModelCase("conv_attention", module, inputs, calibration=calib)]
-    for app in APP_BENCHES:
-        try:
-            bench = importlib.import_module(f"edgekit.apps.{app}.bench")
-        except ModuleNotFoundError:
-            continue
-        cases.extend(bench.cases())
+    cases = [ModelCase("conv_attention", module, inputs, int8=QuantRecipe(calib))]
+    for app in registry.apps():
+        cases.extend(app.bench_cases())
     return cases
 
 
+def compiled_backends() -> tuple[str, ...]:
+    """The backends a ModelCase is compiled with: every registered backend that builds for this host."""
+    return backends.for_target("host")
+
+
 def _time(fn, warmup: int, iters: int) -> dict:
-    from .runtimes.base import benchmark
+    from ..runtimes.base import benchmark
 
     return benchmark(lambda _x: fn(), [], warmup, iters)
 
 
 def bench_model(case: ModelCase, workdir: Path, iters: int, progress) -> list[dict]:
-    from . import load
-    from .errors import EdgekitError
-    from .compile import compile_model
+    from .. import load
+    from ..compile import compile_model
+    from ..errors import EdgekitError
 
     shape = [list(t.shape) for t in case.inputs]
     timings = {("eager", "fp32"): _time(lambda: case.module(*case.inputs), 2, iters)}
     sizes, failures = {}, {}
     for peer, fn in case.peers.items():
         timings[(peer, "fp32")] = _time(fn, 2, iters)
-    variants = [("fp32", {})] + ([("int8", {"quantize": "int8", "calibration": case.calibration,
-                                            **case.quant_options})]
-                                 if case.calibration else [])
-    for backend in ("executorch", "onnxruntime", "tvm"):
+    variants = [("fp32", {})] + ([("int8", case.int8.options())] if case.int8 else [])
+    compiled = compiled_backends()
+    for backend in compiled:
         for precision, options in variants:
             progress(f"{case.name}: {backend} {precision}")
             try:
                 art = compile_model(case.module, case.inputs, backend=backend, output=workdir / case.name / backend /
-                                    precision, force=True, name=case.name, **case.options, **options)
+                                    precision, force=True, name=case.name, **case.tolerance.options(), **options)
             except EdgekitError as exc:  # e.g. an int8 artifact over its accuracy budget: a row that says so
                 failures[(backend, precision)] = str(exc).splitlines()[0]
                 continue
             model = load(art)
             timings[(backend, precision)] = model.benchmark(warmup=2, iters=iters)
             sizes[(backend, precision)] = sum((art / f).stat().st_size for f in model.manifest.files)
-    peers = {k: v for k, v in timings.items() if k[0] not in ("executorch", "onnxruntime", "tvm")}
+    peers = {k: v for k, v in timings.items() if k[0] not in compiled}
     best_peer = min(peers, key=lambda k: peers[k]["p50_ms"])
     rows = []
     for (impl, precision), t in timings.items():
@@ -186,7 +124,7 @@ def bench_kernels(names, progress) -> tuple[list[dict], dict]:
 def run(output: Path, pattern: str | None = None, iters: int = 20) -> dict:
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from .errors import EdgekitError
+    from ..errors import EdgekitError
     from .report import write_report
 
     os.environ.setdefault("TVM_NUM_THREADS", str(THREADS))

@@ -1,9 +1,10 @@
-"""Soak run of the live demos: `edgekit superres|pose live` on a looped video played at its frame rate and
-`edgekit asr live` on a looped WAV replayed in real time, each in its own process for a fixed time. The driver
+"""Soak run of the live demos: every app whose spec declares a soak (edgekit.apps.spec.SoakSpec; today superres,
+pose and asr) runs `edgekit APP live`, a video app on a looped video played at its frame rate, an audio app on a
+looped WAV replayed in real time, each in its own process for a fixed time. The driver
 samples every process's RSS (psutil), reads the frames (or seconds of audio) each app processed and dropped from its
 --stats file, and reports memory growth after warm-up and drops per minute. `make soak` runs it.
 
-    python -m edgekit.soak --seconds 600 --report reports/soak.json
+    python -m edgekit.bench.soak --seconds 600 --report reports/soak.json
 """
 from __future__ import annotations
 
@@ -20,7 +21,10 @@ from pathlib import Path
 
 import psutil
 
-APPS = ("superres", "asr", "pose")
+from .. import paths
+from ..apps import registry
+from ..apps.spec import SoakSpec
+
 MAX_GROWTH_PCT = 5.0
 STORM_POINTS = 20.0  # a minute whose drop rate exceeds the run's median minute by more than this: a storm
 STARTUP_ALLOWANCE = 900.0  # seconds a process may take beyond --seconds (model load) before it is stopped
@@ -38,17 +42,26 @@ class Run:
     rss: list[tuple[float, int]] = field(default_factory=list)  # (epoch seconds, bytes)
 
 
+def soak_apps() -> dict[str, SoakSpec]:
+    """{app: how it soaks}, for every registered app that declares a soak, in registry order."""
+    return {app.name: app.soak for app in registry.apps() if app.soak is not None}
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    data = Path(os.environ.get("EDGEKIT_DATA", "../shared/data"))
-    video = Path(args.video or data / "pose" / "vtest.avi")
-    audio = Path(args.audio or data / "asr" / "librivox" / "sense_and_sensibility_01_austen_64kb-0870.wav")
-    for path in ((video,) if set(args.apps) & {"superres", "pose"} else ()) + ((audio,) if "asr" in args.apps else ()):
+    apps = soak_apps()
+    args = _parser(apps).parse_args(argv)
+    unknown = [app for app in args.apps if app not in apps]
+    if unknown:
+        raise SystemExit(f"soak: unknown app {unknown[0]!r}; choose from {', '.join(apps)}")
+    video = Path(args.video or paths.data("pose", "vtest.avi"))
+    audio = Path(args.audio or paths.data("asr", "librivox", "sense_and_sensibility_01_austen_64kb-0870.wav"))
+    media = {apps[app].media for app in args.apps}
+    for path in ((video,) if "video" in media else ()) + ((audio,) if "audio" in media else ()):
         if not path.is_file():
             print(f"soak: {path} not found; set EDGEKIT_DATA or pass --video/--audio.", file=sys.stderr)
             return 2
     with tempfile.TemporaryDirectory(prefix="edgekit-soak-") as tmp:
-        runs = [_run_for(app, args, video, audio, Path(tmp)) for app in args.apps]
+        runs = [_run_for(app, apps[app], args, video, audio, Path(tmp)) for app in args.apps]
         groups = [runs] if args.concurrent else [[r] for r in runs]
         host = []  # (1-minute load average, available memory bytes) while the apps run: a busy host explains a lot
         for group in groups:
@@ -71,43 +84,37 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if report["passed"] else 1
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m edgekit.soak", description=__doc__.split("\n\n")[0],
+def _parser(apps: dict[str, SoakSpec]) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m edgekit.bench.soak", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--seconds", type=float, default=600.0, help="live run length of each app")
     p.add_argument("--warmup", type=float, default=60.0, help="seconds after the stream starts before RSS is "
                                                                "taken as the baseline")
-    p.add_argument("--apps", type=lambda s: s.split(","), default=list(APPS), help="comma-separated: "
-                                                                                   + ",".join(APPS))
+    p.add_argument("--apps", type=lambda s: s.split(","), default=list(apps), help="comma-separated: "
+                                                                                   + ",".join(apps))
     p.add_argument("--threads", type=int, default=1, help="PyTorch/OpenMP threads per app process")
     p.add_argument("--concurrent", action=argparse.BooleanOptionalAction, default=True,
                    help="run the apps at the same time (else one after another)")
     p.add_argument("--interval", type=float, default=2.0, help="seconds between RSS samples")
     p.add_argument("--bucket", type=float, default=60.0, help="seconds per row of the drop table")
     p.add_argument("--max-growth", type=float, default=MAX_GROWTH_PCT, help="RSS growth after warm-up that fails")
-    p.add_argument("--video", help="video for superres/pose; unset: $EDGEKIT_DATA/pose/vtest.avi")
-    p.add_argument("--audio", help="WAV for asr; unset: a LibriVox clip under $EDGEKIT_DATA/asr")
+    p.add_argument("--video", help="video for the video apps; unset: $EDGEKIT_DATA/pose/vtest.avi")
+    p.add_argument("--audio", help="WAV for the audio apps (asr); unset: a LibriVox clip under $EDGEKIT_DATA/asr")
     p.add_argument("--report", default="reports/soak.json", help="JSON report to write ('' for none)")
     return p
 
 
-def _run_for(app: str, args, video: Path, audio: Path, tmp: Path) -> Run:
-    if app not in APPS:
-        raise SystemExit(f"soak: unknown app {app!r}; choose from {', '.join(APPS)}")
+def _run_for(app: str, soak: SoakSpec, args, video: Path, audio: Path, tmp: Path) -> Run:
     stats, log = tmp / f"{app}.jsonl", tmp / f"{app}.log"
     base = [sys.executable, "-m", "edgekit.cli", app, "live", "--loop", "--duration", str(args.seconds),
             "--stats", str(stats)]
-    if app == "asr":
+    if soak.media == "audio":
         command = base + ["--source", str(audio), "--threads", str(args.threads), "--json"]
     else:
-        command = base + ["--source", str(video), "--realtime", "--headless", "-o", str(tmp / f"{app}.mp4")]
-    if app == "superres":
-        # Upscaling takes low-resolution input: the 768x576 video itself took 20-40 s a frame here (31 frames in
-        # 10 minutes), too few to show a leak. A quarter-size copy (192x144 -> 768x576 at x4) gives many more.
-        small = _downscaled(video, tmp / "superres-input.mp4", 4)
-        command[command.index(str(video))] = str(small)
-        command += ["--backend", "onnxruntime"]  # the compiled path users deploy
-    return Run(app, command, stats, log)
+        # e.g. super-resolution: low-resolution input, a downscaled copy of the video
+        source = _downscaled(video, tmp / f"{app}-input.mp4", soak.downscale) if soak.downscale > 1 else video
+        command = base + ["--source", str(source), "--realtime", "--headless", "-o", str(tmp / f"{app}.mp4")]
+    return Run(app, command + list(soak.extra_args), stats, log)
 
 
 def _downscaled(video: Path, out: Path, factor: int) -> Path:

@@ -1,0 +1,23 @@
+"""Packages under pyproject's package-dir roots, found by folder (every folder with an __init__.py), so adding a
+package (an app, a backend's module folder) needs no central list. Everything else lives in pyproject.toml."""
+import tomllib
+from pathlib import Path
+
+from setuptools import setup
+
+HERE = Path(__file__).parent
+
+
+def packages() -> list[str]:
+    roots = tomllib.loads((HERE / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    found = []
+    for name, folder in roots.items():
+        for init in sorted((HERE / folder).rglob("__init__.py")):
+            rel = init.parent.relative_to(HERE / folder)
+            if "__pycache__" not in rel.parts and not any(p.startswith(".") for p in rel.parts):
+                found.append(".".join([name, *rel.parts]))
+    return sorted(set(found))
+
+
+if __name__ == "__main__":  # setuptools runs this file as __main__; tests import packages()
+    setup(packages=packages())
