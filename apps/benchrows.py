@@ -6,19 +6,33 @@ from pathlib import Path
 
 import numpy as np
 
+from .runners import BACKENDS
+from .spec import AppCase
 
-def app_fps_rows(case: str, video: Path, frames: int, warmup: int, backends: tuple[str, ...], make_step,
+
+def video_case(case: str, video: Path, frames: int, warmup: int, stepper) -> list[AppCase]:
+    """[the AppCase timing a whole app on `video`], or [] when the file is missing; `stepper()` -> make_step (below),
+    called only when the case runs."""
+    if not video.is_file():
+        return []
+    return [AppCase(case, lambda workdir, progress: app_fps_rows(case, video, frames, warmup, None, stepper(),
+                                                                 workdir, progress))]
+
+
+def app_fps_rows(case: str, video: Path, frames: int, warmup: int, backends: tuple[str, ...] | None, make_step,
                  workdir: Path, progress) -> list[dict]:
     """Frames per second of an app on the first `warmup + frames` frames of `video` (none: no rows):
     `make_step(backend, artifacts)` -> step(frame) -> items found, timed per frame after `warmup` untimed frames,
-    the same frames for every backend, compiled into a fresh workdir/case. Peers: eager on the suite's threads and
-    on one thread; each row's mean frame time (1 / FPS) is divided by the faster peer's."""
+    the same frames for every backend (default: eager and every registered backend), compiled into a fresh
+    workdir/case. Peers: eager on the suite's threads and on one thread; each row's mean frame time (1 / FPS) is
+    divided by the faster peer's."""
     import shutil
 
     import torch
 
     from .video import limit, open_video
 
+    backends = backends or BACKENDS
     frames = list(limit(open_video(str(video))[0], warmup + frames))
     if len(frames) < warmup + 1:
         return []

@@ -23,6 +23,14 @@ CACHE_HELP = ("compiled-model cache (default: $EDGEKIT_ARTIFACT_CACHE, else $EDG
               "~/.cache/edgekit/artifacts on Linux; `edgekit paths` prints it)")
 
 
+def add_backend_arguments(parser, backend_help: str, weights_help: str | None = None) -> None:
+    """--backend (eager or a registered backend), --weights (when the app takes them) and --artifacts."""
+    parser.add_argument("--backend", default="eager", choices=BACKENDS, help=backend_help)
+    if weights_help:
+        parser.add_argument("--weights", help=weights_help)
+    parser.add_argument("--artifacts", help=CACHE_HELP)
+
+
 def check_backend(backend: str) -> None:
     if backend not in BACKENDS:
         raise EdgekitError(f"unknown backend {backend!r}. Choose one of {', '.join(BACKENDS)}.")

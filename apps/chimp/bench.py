@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgekit import paths
-from edgekit.apps.spec import AppCase, ModelCase
+from edgekit.apps.benchrows import app_fps_rows, video_case
+from edgekit.apps.spec import ModelCase
 
 APP_FRAMES = 60   # timed frames of demo.mp4 per backend
 WARMUP = 10       # untimed frames first: fills the clip and confirms the tracks, so the behavior head runs
@@ -14,25 +15,24 @@ WARMUP = 10       # untimed frames first: fills the clip and confirms the tracks
 def cases() -> list:
     from .model import compile_models
 
-    cases = [ModelCase.from_spec(f"chimp_{name}", build()) for name, build in compile_models().items()]
-    video = paths.data("chimp", "demo.mp4")
-    if video.is_file():
-        cases.append(AppCase("chimp_app", lambda workdir, progress: app_rows(video, workdir, progress)))
-    return cases
+    models = [ModelCase.from_spec(f"chimp_{name}", build()) for name, build in compile_models().items()]
+    return models + video_case("chimp_app", paths.data("chimp", "demo.mp4"), APP_FRAMES, WARMUP, stepper)
 
 
-def app_rows(video: Path, workdir: Path, progress, backends: tuple[str, ...] | None = None) -> list[dict]:
-    """Frames per second of the app as `edgekit chimp run` times it (app(frame) per frame: no decoding, no
-    drawing); found_per_frame: tracks per frame."""
-    from edgekit.apps.benchrows import app_fps_rows
-
+def stepper():
+    """make_step(backend, artifacts) -> step(frame) -> tracks, as `edgekit chimp run` times a frame (app(frame): no
+    decoding, no drawing)."""
     from .model import ChimpModel
-    from .runners import BACKENDS, build_app
+    from .runners import build_app
 
     model = ChimpModel.load()
 
     def make_step(backend, artifacts):
         app = build_app(model, backend, artifacts)
         return lambda frame: len(app(frame))
+    return make_step
 
-    return app_fps_rows("chimp_app", video, APP_FRAMES, WARMUP, backends or BACKENDS, make_step, workdir, progress)
+
+def app_rows(video: Path, workdir: Path, progress, backends: tuple[str, ...] | None = None) -> list[dict]:
+    """FPS rows of the whole app on `video`; found_per_frame: tracks per frame."""
+    return app_fps_rows("chimp_app", video, APP_FRAMES, WARMUP, backends, stepper(), workdir, progress)

@@ -4,12 +4,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
-import cv2
 
-from edgekit.apps.video import LiveSource, Sink, add_live_arguments, limit, open_video, show
+from edgekit.apps.video import Sink, add_run_and_live, live_overlay, open_video, run_frames
 from edgekit.errors import EdgekitError
 
 VIDEO_SUFFIXES = {".mp4", ".avi"}
@@ -19,18 +17,10 @@ def register(subparsers) -> None:
     chimp = subparsers.add_parser("chimp", help="chimpanzee tracking and behavior recognition")
     commands = chimp.add_subparsers(dest="chimp_command", metavar="COMMAND", required=True)
 
-    run = commands.add_parser("run", help="tracks and behaviors for every frame of a video, with an overlay")
-    run.add_argument("input", help="video file")
-    run.add_argument("-o", "--output", help="overlay video to write (.mp4)")
-    run.add_argument("--json", action="store_true", help="print the tracks as one JSON object on stdout")
-    run.add_argument("--max-frames", type=int, help="stop after this many frames")
-    _model_options(run)
-    run.set_defaults(func=run_command)
-
-    live = commands.add_parser("live", help="camera (or video file) with overlay and FPS")
-    add_live_arguments(live)
-    _model_options(live)
-    live.set_defaults(func=live_command)
+    add_run_and_live(commands, _model_options, run_command, live_command,
+                     run_help="tracks and behaviors for every frame of a video, with an overlay",
+                     input_help="video file", output_help="overlay video to write (.mp4)",
+                     json_help="print the tracks as one JSON object on stdout")
 
     ev = commands.add_parser("eval", help="HOTA, MOTA, IDF1 and behavior mAP on a ChimpACT-format folder")
     ev.add_argument("--data", required=True, help="folder with annotations.json (e.g. from `edgekit chimp synth`)")
@@ -50,13 +40,11 @@ def register(subparsers) -> None:
 
 
 def _model_options(parser: argparse.ArgumentParser) -> None:
-    from edgekit.apps.runners import BACKENDS, CACHE_HELP
+    from edgekit.apps.runners import add_backend_arguments
 
-    parser.add_argument("--backend", default="eager", choices=BACKENDS,
-                        help="eager runs the torch modules; the others compile them for this host once")
-    parser.add_argument("--weights", help="weights .pt from `make train-chimp` "
-                                          "(default: $EDGEKIT_WEIGHTS/chimp/chimp_fused.pt, else the shipped ones)")
-    parser.add_argument("--artifacts", help=CACHE_HELP)
+    add_backend_arguments(parser, "eager runs the torch modules; the others compile them for this host once",
+                          "weights .pt from `make train-chimp` (default: $EDGEKIT_WEIGHTS/chimp/chimp_fused.pt, "
+                          "else the shipped ones)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads for eager: this model's small convs run fastest on one")
 
@@ -90,15 +78,12 @@ def run_command(args) -> int:
         raise EdgekitError(f"-o {args.output}: write the overlay as .mp4.")
     app = _app_factory(args, args.weights)()
     frames, fps = open_video(str(source))
-    writer = Sink(args.output, fps)
-    records, elapsed = [], 0.0
-    for index, frame in enumerate(limit(frames, args.max_frames)):
-        start = time.perf_counter()
+
+    def step(index, frame):
         tracks = app(frame)
-        elapsed += time.perf_counter() - start
-        records.append({"frame": index, "tracks": [t.as_json() for t in tracks]})
-        writer.write(draw(frame, tracks))
-    writer.close()
+        return {"frame": index, "tracks": [t.as_json() for t in tracks]}, draw(frame, tracks)
+
+    records, elapsed = run_frames(frames, args.max_frames, step, Sink(args.output, fps))
     if not records:
         raise EdgekitError(f"{source}: no frames could be read. Check that the file is a readable video.")
     if args.json:
@@ -112,22 +97,7 @@ def run_command(args) -> int:
 def live_command(args) -> int:
     from edgekit.apps.chimp.app import draw
 
-    if args.headless and not args.output:
-        raise EdgekitError("--headless needs -o out.mp4 for the overlay video.")
-    with LiveSource.from_args(args, "chimp live") as video:  # opened before the model loads: fails fast
-        app = _app_factory(args, args.weights)()
-        last, rate = time.perf_counter(), 0.0
-        with Sink(args.output, video.fps) as writer:
-            for frame in video:
-                overlay = draw(frame, app(frame))
-                now = time.perf_counter()
-                rate = 0.9 * rate + 0.1 / (now - last) if rate else 1 / (now - last)  # smoothed so it is readable
-                last = now
-                cv2.putText(overlay, f"{rate:.1f} FPS", (10, 30), cv2.FONT_HERSHEY_SIMPLEX, 1, (255, 255, 0), 2)
-                writer.write(overlay)
-                if not args.headless and show(overlay, "edgekit chimp"):
-                    break
-    return 0
+    return live_overlay(args, "chimp", lambda: _app_factory(args, args.weights)(), draw)
 
 
 def eval_command(args) -> int:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgekit import paths
-from edgekit.apps.spec import AppCase, ModelCase
+from edgekit.apps.benchrows import app_fps_rows, video_case
+from edgekit.apps.spec import ModelCase
 
 APP_FRAMES = 30    # timed frames of vtest.avi per backend
 WARMUP = 5         # untimed frames first (compiled runners load, tracks start)
@@ -22,19 +23,16 @@ def cases() -> list:
             continue
         label = "ktpformer_lifter" if name == "lifter" else f"blazepose_{name}"
         cases.append(ModelCase.from_spec(label, build()))
-    video = paths.data("pose", "vtest.avi")
-    if have_blazepose and video.is_file():
-        cases.append(AppCase("pose_app", lambda workdir, progress: app_rows(video, workdir, progress)))
+    if have_blazepose:
+        cases += video_case("pose_app", paths.data("pose", "vtest.avi"), APP_FRAMES, WARMUP, stepper)
     return cases
 
 
-def app_rows(video: Path, workdir: Path, progress, backends: tuple[str, ...] | None = None) -> list[dict]:
-    """Frames per second of the app as `edgekit pose run` times it (2D app + 3D lifter per frame: no decoding, no
-    drawing); found_per_frame: persons per frame."""
-    from edgekit.apps.benchrows import app_fps_rows
-
+def stepper():
+    """make_step(backend, artifacts) -> step(frame) -> persons, as `edgekit pose run` times a frame (2D app + 3D
+    lifter: no decoding, no drawing)."""
     from .app import PoseApp, TrackLifter
-    from .model import BACKENDS, BlazePose, lifter_runner, runners
+    from .model import BlazePose, lifter_runner, runners
 
     blazepose = BlazePose.from_pretrained()
 
@@ -47,5 +45,9 @@ def app_rows(video: Path, workdir: Path, progress, backends: tuple[str, ...] | N
             lift(people)
             return len(people)
         return step
+    return make_step
 
-    return app_fps_rows("pose_app", video, APP_FRAMES, WARMUP, backends or BACKENDS, make_step, workdir, progress)
+
+def app_rows(video: Path, workdir: Path, progress, backends: tuple[str, ...] | None = None) -> list[dict]:
+    """FPS rows of the whole app on `video`; found_per_frame: persons per frame."""
+    return app_fps_rows("pose_app", video, APP_FRAMES, WARMUP, backends, stepper(), workdir, progress)

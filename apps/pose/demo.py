@@ -4,16 +4,15 @@ with a skeleton overlay; the 3D lifters measured on held-out synthetic motion.""
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from edgekit.apps.pose.app import PoseApp, TrackLifter, draw
-from edgekit.apps.pose.model import BACKENDS, BlazePose, lifter_runner, runners
-from edgekit.apps.runners import CACHE_HELP
-from edgekit.apps.video import IMAGE_SUFFIXES, LiveSource, Sink, add_live_arguments, limit, open_video, show
+from edgekit.apps.pose.model import BlazePose, lifter_runner, runners
+from edgekit.apps.runners import add_backend_arguments
+from edgekit.apps.video import IMAGE_SUFFIXES, Sink, add_run_and_live, live_overlay, open_video, run_frames
 from edgekit.errors import EdgekitError
 
 
@@ -21,19 +20,13 @@ def register(subparsers) -> None:
     pose = subparsers.add_parser("pose", help="BlazePose 2D keypoints and 3D joints on images, videos, cameras")
     commands = pose.add_subparsers(dest="pose_command", metavar="COMMAND", required=True)
 
-    run = commands.add_parser("run", help="keypoints for every frame of an image or video, with an overlay")
-    run.add_argument("input", help="image or video file")
-    run.add_argument("-o", "--output", help="overlay to write: .png/.jpg for an image, .mp4 for a video")
-    run.add_argument("--json", action="store_true", help="print the keypoints as one JSON object on stdout")
-    run.add_argument("--max-frames", type=int, help="stop after this many video frames")
-    _common_options(run)
+    run = add_run_and_live(commands, _common_options, run_command, live_command,
+                           run_help="keypoints for every frame of an image or video, with an overlay",
+                           input_help="image or video file",
+                           output_help="overlay to write: .png/.jpg for an image, .mp4 for a video",
+                           json_help="print the keypoints as one JSON object on stdout",
+                           frames_help="stop after this many video frames")
     run.add_argument("--lifter", help="3D lifter weights (default: the shipped KTPFormer, apps/pose/weights)")
-    run.set_defaults(func=run_command)
-
-    live = commands.add_parser("live", help="camera (or video file) with overlay and FPS")
-    add_live_arguments(live)
-    _common_options(live)
-    live.set_defaults(func=live_command)
 
     ev = commands.add_parser("eval-3d", help="MPJPE and jitter of the 3D lifters on held-out synthetic motion")
     ev.add_argument("--sequences", type=int, default=48, help="held-out sequences (120-300 frames each)")
@@ -41,18 +34,15 @@ def register(subparsers) -> None:
                                              "disjoint from training)")
     ev.add_argument("--lifter", help="KTPFormer weights (default: apps/pose/weights/ktpformer.pt)")
     ev.add_argument("--baseline", help="single-frame MLP weights (default: apps/pose/weights/mlp_lifter.pt)")
-    ev.add_argument("--backend", default="eager", choices=BACKENDS, help="where KTPFormer runs")
-    ev.add_argument("--artifacts", help=CACHE_HELP)
+    add_backend_arguments(ev, "where KTPFormer runs")
     ev.add_argument("--json", action="store_true", help="print the figures as JSON")
     ev.set_defaults(func=eval_3d_command)
 
 
 def _common_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backend", default="eager", choices=BACKENDS,
-                        help="eager runs the imported torch modules; the others compile them for this host once")
-    parser.add_argument("--weights", help="folder with pose_detection.tflite and pose_landmark_full.tflite "
-                                          "(default: $EDGEKIT_WEIGHTS/mediapipe)")
-    parser.add_argument("--artifacts", help=CACHE_HELP)
+    add_backend_arguments(parser, "eager runs the imported torch modules; the others compile them for this host once",
+                          "folder with pose_detection.tflite and pose_landmark_full.tflite "
+                          "(default: $EDGEKIT_WEIGHTS/mediapipe)")
     parser.add_argument("--tiles", default="auto", type=_tiles,
                         help="detector view: ROWSxCOLS, a grid of overlapping tiles used as given (more tiles find "
                              "smaller, distant persons); auto, the whole frame plus a grid of about 224 px cells "
@@ -87,18 +77,15 @@ def run_command(args) -> int:
     app = build_app(args)
     lift = TrackLifter(*lifter_runner(args.backend, args.artifacts, args.lifter))
     frames, fps = (iter([_read_image(source)]), 0.0) if is_image else open_video(str(source))
-    writer = Sink(args.output, fps, default_fps=10.0)
-    records, elapsed = [], 0.0
-    for index, frame in enumerate(limit(frames, args.max_frames)):
-        start = time.perf_counter()
+
+    def step(index, frame):
         persons = app(frame)
         joints = lift(persons)
-        elapsed += time.perf_counter() - start
-        records.append({"frame": index, "persons": [
-            {"keypoints_2d": _rounded(p.keypoints), "joints_3d": np.round(j, 3).tolist()}
-            for p, j in zip(persons, joints)]})
-        writer.write(draw(frame, persons))
-    writer.close()
+        found = [{"keypoints_2d": _rounded(p.keypoints), "joints_3d": np.round(j, 3).tolist()}
+                 for p, j in zip(persons, joints)]
+        return {"frame": index, "persons": found}, draw(frame, persons)
+
+    records, elapsed = run_frames(frames, args.max_frames, step, Sink(args.output, fps, default_fps=10.0))
     if not records:
         raise EdgekitError(f"{source}: no frames could be read. Check that the file is a readable video.")
     if args.json:
@@ -110,22 +97,7 @@ def run_command(args) -> int:
 
 
 def live_command(args) -> int:
-    if args.headless and not args.output:
-        raise EdgekitError("--headless needs -o out.mp4 for the overlay video.")
-    with LiveSource.from_args(args, "pose live") as video:  # opened before the models load: a bad source fails fast
-        app = build_app(args)
-        last, rate = time.perf_counter(), 0.0
-        with Sink(args.output, video.fps, default_fps=30.0) as writer:
-            for frame in video:
-                overlay = draw(frame, app(frame))
-                now = time.perf_counter()
-                rate = 0.9 * rate + 0.1 / (now - last) if rate else 1 / (now - last)  # smoothed to be readable
-                last = now
-                cv2.putText(overlay, f"{rate:.1f} FPS", (10, 30), cv2.FONT_HERSHEY_SIMPLEX, 1, (255, 255, 0), 2)
-                writer.write(overlay)
-                if not args.headless and show(overlay, "edgekit pose"):
-                    break
-    return 0
+    return live_overlay(args, "pose", lambda: build_app(args), draw, default_fps=30.0)
 
 
 def eval_3d_command(args) -> int:
