@@ -23,11 +23,9 @@ def app_fps_rows(case: str, video: Path, frames: int, warmup: int, backends: tup
                  workdir: Path, progress) -> list[dict]:
     """Frames per second of an app on the first `warmup + frames` frames of `video` (none: no rows):
     `make_step(backend, artifacts)` -> step(frame) -> items found, timed per frame after `warmup` untimed frames,
-    the same frames for every backend (default: eager and every registered backend), compiled into a fresh
-    workdir/case. Peers: eager on the suite's threads and on one thread; each row's mean frame time (1 / FPS) is
+    the same frames for every backend (default: eager and every registered backend), compiled artifacts from the
+    compiled-model cache (`workdir`: another cache folder; None: the shared one). Peers: eager on the suite's threads and on one thread; each row's mean frame time (1 / FPS) is
     divided by the faster peer's."""
-    import shutil
-
     import torch
 
     from .video import limit, open_video
@@ -36,8 +34,7 @@ def app_fps_rows(case: str, video: Path, frames: int, warmup: int, backends: tup
     frames = list(limit(open_video(str(video))[0], warmup + frames))
     if len(frames) < warmup + 1:
         return []
-    artifacts = workdir / case
-    shutil.rmtree(artifacts, ignore_errors=True)  # compiled in this run, like every other case
+    artifacts = workdir  # the compiled-model cache folder (None: the shared one)
     threads = torch.get_num_threads()
     timings, found = {}, {}
     for impl, backend, torch_threads in [("eager", "eager", threads), ("eager 1 thread", "eager", 1),

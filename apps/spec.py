@@ -132,7 +132,7 @@ class ModelCase:
 class AppCase:
     """Bench case: a whole app pipeline that times itself on every backend and returns its report rows."""
     name: str
-    run: Callable[[Path, Callable[[str], None]], list[dict]]  # (artifact workdir, progress) -> report rows
+    run: Callable[[Path | None, Callable[[str], None]], list[dict]]  # (cache folder or None, progress) -> rows
 
 
 @dataclass(frozen=True)

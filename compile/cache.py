@@ -36,8 +36,9 @@ def compiled(module, example_inputs: tuple, *, name: str, backend: str, target: 
     """The artifact directory for this model, compiled now if the cache has none for its key (or a damaged one).
 
     options: compile_model's keyword options (atol, rtol, quantize, calibration, max_drop, ...). Options that are not
-    plain JSON values (calibration tensors, task-metric callables) must be named by `recipe`, a string that changes
-    whenever they do (e.g. "int8v1-Set14-tile128")."""
+    plain JSON values go into the key by content: tensors and arrays by their bytes, callables (a task metric) by
+    their name and their module's source, sequences element by element. `recipe`: an extra string for what the
+    options cannot show (e.g. the calibration folder a metric closes over)."""
     from edgekit.artifact import load_verified
 
     from .pipeline import compile_model
@@ -70,8 +71,8 @@ def key(module, example_inputs: tuple, *, backend: str, target: str, code: tuple
         h.update(data)
 
     plain, named = _split_options(options or {})
-    if named and recipe is None:
-        raise TypeError(f"compiled(): options {sorted(named)} are not plain values; name them with recipe=...")
+    for name in named:
+        _digest_value(part, f"option:{name}", options[name])
     part("meta", json.dumps({"version": KEY_VERSION, "backend": backend, "target": target, "recipe": recipe,
                              "options": plain, "toolchain": toolchain(backend),
                              "inputs": [[list(x.shape), str(x.dtype)] for x in example_inputs]},
@@ -123,6 +124,33 @@ def compile_code_digest() -> str:
 def _package_dir(name: str) -> Path:
     spec = importlib.util.find_spec(name)  # without importing it (the kernels import torch and TVM)
     return Path(spec.submodule_search_locations[0])
+
+
+def _digest_value(part, label: str, value) -> None:
+    """Feed a non-JSON option into the key by content."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        part(label, value.detach().cpu().contiguous().numpy().tobytes() + str(value.dtype).encode())
+    elif isinstance(value, np.ndarray):
+        part(label, np.ascontiguousarray(value).tobytes() + str(value.dtype).encode())
+    elif isinstance(value, (list, tuple)):
+        part(label, f"seq{len(value)}".encode())
+        for i, item in enumerate(value):
+            _digest_value(part, f"{label}[{i}]", item)
+    elif isinstance(value, dict):
+        for k in sorted(value, key=str):
+            _digest_value(part, f"{label}.{k}", value[k])
+    elif callable(value):
+        fn = getattr(value, "fn", value)  # a metric wrapped with its reporting name
+        name = f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', type(fn).__qualname__)}"
+        source = inspect.getsourcefile(fn) if inspect.isfunction(fn) or inspect.ismethod(fn) else None
+        part(label, name.encode() + (Path(source).read_bytes() if source and Path(source).is_file() else b""))
+    else:
+        try:
+            part(label, json.dumps(value, sort_keys=True, default=str).encode())
+        except (TypeError, ValueError):
+            part(label, repr(value).encode())
 
 
 def _split_options(options: dict) -> tuple[dict, list[str]]:

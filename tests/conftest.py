@@ -15,6 +15,14 @@ SHARED = Path(os.environ.get("EDGEKIT_SHARED", REPO.parent / "shared"))
 MODEL_SPEC = f"{REPO / 'examples' / 'conv_attention.py'}:build"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def artifact_cache(tmp_path_factory) -> Path:
+    """The compiled-model cache of this test session: hermetic (no artifact from an earlier run or another checkout
+    is reused) and shared by the session's tests. EDGEKIT_ARTIFACT_CACHE set by the caller wins."""
+    path = Path(os.environ.setdefault("EDGEKIT_ARTIFACT_CACHE", str(tmp_path_factory.mktemp("artifact-cache"))))
+    return path
+
+
 @pytest.fixture(scope="session")
 def shared() -> Path:
     if not SHARED.is_dir():

@@ -60,9 +60,11 @@ def _time(fn, warmup: int, iters: int) -> dict:
     return benchmark(lambda _x: fn(), [], warmup, iters)
 
 
-def bench_model(case: ModelCase, workdir: Path, iters: int, progress) -> list[dict]:
+def bench_model(case: ModelCase, workdir: Path | None, iters: int, progress) -> list[dict]:
+    """Rows of one network on every backend (fp32, and int8 with a recipe) beside its peers; artifacts come from the
+    compiled-model cache (`workdir`: another cache folder; None: the shared one, as the apps use)."""
     from .. import load
-    from ..compile import compile_model
+    from ..compile import cache
     from ..errors import EdgekitError
 
     shape = [list(t.shape) for t in case.inputs]
@@ -76,8 +78,8 @@ def bench_model(case: ModelCase, workdir: Path, iters: int, progress) -> list[di
         for precision, options in variants:
             progress(f"{case.name}: {backend} {precision}")
             try:
-                art = compile_model(case.module, case.inputs, backend=backend, output=workdir / case.name / backend /
-                                    precision, force=True, name=case.name, **case.tolerance.options(), **options)
+                art = cache.compiled(case.module, case.inputs, name=case.name, backend=backend, cache_dir=workdir,
+                                     **case.tolerance.options(), **options)
             except EdgekitError as exc:  # e.g. an int8 artifact over its accuracy budget: a row that says so
                 failures[(backend, precision)] = str(exc).splitlines()[0]
                 continue
@@ -145,14 +147,14 @@ def run(output: Path, pattern: str | None = None, iters: int = 20) -> dict:
                 t0 = time.perf_counter()
                 if isinstance(case, AppCase):
                     try:
-                        rows += case.run(output / "artifacts", progress)
+                        rows += case.run(None, progress)
                     except EdgekitError as exc:  # a backend the app could not build: a row that says so
                         rows.append({"suite": "app", "case": case.name, "impl": "all", "precision": "fp32",
                                      "shape": None, "p50_ms": None, "p90_ms": None, "min_ms": None,
                                      "payload_bytes": None, "peer": None, "ratio_to_best_peer": None,
                                      "error": str(exc).splitlines()[0]})
                 else:
-                    rows += bench_model(case, output / "artifacts", iters, progress)
+                    rows += bench_model(case, None, iters, progress)
                 seconds[case.name] = round(time.perf_counter() - t0, 1)
         t0 = time.perf_counter()
         kernel_rows, limits = bench_kernels([k for k in KERNEL_BENCHES if keep is None or keep.search(k)],

@@ -164,3 +164,27 @@ def test_changed_pose_tflite_misses_the_cache_and_unchanged_hits(tmp_path):
     assert len(after) == 3 and built < after, "a changed .tflite reused the stale artifact"
     assert {p: (p / "manifest.json").stat().st_mtime_ns for p in built} == stamps
     assert any(not np.allclose(got, want, atol=1e-3) for got, want in zip(detector(x), before))
+
+
+def test_key_covers_options_by_content():
+    """Calibration tensors, task metrics and compile options that are not plain JSON change the key by content."""
+    from edgekit.compile.cache import key
+    from edgekit.zoo import conv_attention
+
+    module, inputs = conv_attention()
+    base = dict(backend="onnxruntime", target="host")
+    calib = [(torch.ones(1, 3, 32, 32),)]
+
+    def metric(run, samples):
+        return 0.0
+
+    k0 = key(module, inputs, **base, options={"quantize": "int8", "calibration": calib, "task_metric": metric})
+    same = key(module, inputs, **base, options={"quantize": "int8", "calibration": [(torch.ones(1, 3, 32, 32),)],
+                                                "task_metric": metric})
+    other_data = key(module, inputs, **base, options={"quantize": "int8", "calibration": [(torch.zeros(1, 3, 32, 32),)],
+                                                      "task_metric": metric})
+    other_metric = key(module, inputs, **base, options={"quantize": "int8", "calibration": calib, "task_metric": len})
+    assert k0 == same
+    assert len({k0, other_data, other_metric}) == 3
+    assert key(module, inputs, **base, options={"atol": 1e-3}) != key(module, inputs, **base, options={"atol": 1e-4})
+    assert key(module, inputs, backend="tvm", target="host") != key(module, inputs, **base)
