@@ -80,7 +80,8 @@ train-asr: setup
 	$(PY) -m edgekit.apps.asr.train_samba --data $(OUT)/asr-tts --init $(OUT)/samba-ctc.pt --decoder-layers 2 \
 	  --steps 3000 --out apps/asr/weights/samba.pt
 
-# 10,000 generated cases per fuzz test (CI runs a few hundred)
+# 10,000 generated cases per fuzz test (CI runs a few hundred): manifests (bytes, fields, nested type confusion),
+# inputs, WAV headers, and payloads (.onnx/.pte/.so) mutated with their checksums recomputed
 fuzz: setup
 	EDGEKIT_FUZZ_EXAMPLES=10000 $(PY) -m pytest -q tests/test_reliability.py -k fuzz --hypothesis-show-statistics
 

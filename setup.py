@@ -1,5 +1,5 @@
-"""Packages under pyproject's package-dir roots, found by folder (every folder with an __init__.py), so adding a
-package (an app, a backend's module folder) needs no central list. Everything else lives in pyproject.toml."""
+"""Packages under pyproject's package-dir roots, found by folder, so adding a package (an app, a backend's module
+folder) needs no central list. Everything else lives in pyproject.toml."""
 import tomllib
 from pathlib import Path
 
@@ -12,9 +12,11 @@ def packages() -> list[str]:
     roots = tomllib.loads((HERE / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
     found = []
     for name, folder in roots.items():
-        for init in sorted((HERE / folder).rglob("__init__.py")):
-            rel = init.parent.relative_to(HERE / folder)
+        root = HERE / folder
+        for directory in sorted(d for d in [root, *root.rglob("*")] if d.is_dir()):
+            rel = directory.relative_to(root)
             if "__pycache__" not in rel.parts and not any(p.startswith(".") for p in rel.parts):
+                # data folders (apps/*/weights) too, as setuptools expects of folders holding package data
                 found.append(".".join([name, *rel.parts]))
     return sorted(set(found))
 

@@ -55,7 +55,7 @@ def compiled(module: torch.nn.Module, example_inputs: tuple, name: str, backend:
     and `recipe` go to the cache key (see edgekit.compile.cache.compiled); cache_dir None: paths.artifact_cache()."""
     path = cache.compiled(module, example_inputs, name=name, backend=backend, target=target, code=code,
                           files=files, recipe=recipe, cache_dir=cache_dir, progress=progress, **options)
-    return cache.numpy_runner(load(path))
+    return cache.numpy_runner(load(path, trust=False))  # edgekit's own cache entry (see compile/cache.py)
 
 
 def runner(module: torch.nn.Module, example_inputs: tuple, name: str, backend: str, **compile_options) -> Runner:

@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 
 from edgekit.apps.livestats import StatsLog, add_run_arguments
+from edgekit.apps.media import add_media_arguments, check_frame_size
 from edgekit.errors import EdgekitError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
@@ -27,6 +28,7 @@ def add_live_arguments(parser) -> None:
                         help="play a file source at its frame rate, as a camera would: frames that arrive while "
                              "the app is busy are dropped and counted (cameras and streams always are)")
     add_run_arguments(parser, "video")
+    add_media_arguments(parser)
 
 
 def open_video(source: str | int) -> tuple[Iterator[np.ndarray], float]:
@@ -71,6 +73,12 @@ def open_capture(source: str | int) -> cv2.VideoCapture:
     if not capture.isOpened():
         raise EdgekitError(f"cannot open video source {source!r}. Pass a video file, a stream URL or a camera "
                            "index (is a camera attached, and may this user read /dev/video*?).")
+    try:  # the declared frame size, before any frame is decoded
+        check_frame_size(capture.get(cv2.CAP_PROP_FRAME_WIDTH), capture.get(cv2.CAP_PROP_FRAME_HEIGHT),
+                         f"video source {source!r}")
+    except EdgekitError:
+        capture.release()
+        raise
     return capture
 
 
@@ -331,6 +339,7 @@ def add_run_and_live(commands, options, run, live, *, run_help: str, input_help:
     run_parser.add_argument("-o", "--output", help=output_help)
     run_parser.add_argument("--json", action="store_true", help=json_help)
     run_parser.add_argument("--max-frames", type=int, help=frames_help)
+    add_media_arguments(run_parser)
     options(run_parser)
     run_parser.set_defaults(func=run)
     live_parser = commands.add_parser("live", help="camera (or video file) with overlay and FPS")

@@ -1,7 +1,6 @@
 """The compiled-model cache: compile on first use, reuse after, for every app and the bench.
 
-    path = cache.compiled(module, example_inputs, name="cfsr_x4", backend="tvm", atol=1e-3)
-    model = edgekit.load(path)
+    model = cache.load(module, example_inputs, name="cfsr_x4", backend="tvm", atol=1e-3)
 
 The key covers everything that changes the artifact: the model's code (the source files of every nn.Module class in
 it, and of `code` modules the caller names), its weights (every parameter and buffer, all bytes), the files it was
@@ -78,6 +77,10 @@ def key(module, example_inputs: tuple, *, backend: str, target: str, code: tuple
                              "inputs": [[list(x.shape), str(x.dtype)] for x in example_inputs]},
                             sort_keys=True).encode())
     part("edgekit", compile_code_digest().encode())
+    if backend == "tvm":  # `edgekit tune`'s databases for the target (compile/lower/tvm_schedule.py applies them)
+        from .lower.tvm_schedule import tuning_digest
+
+        part("tuning", tuning_digest(target).encode())
     for source in sorted(model_sources(module, code)):
         part("code", Path(source).read_bytes())
     for item, tensor in module.state_dict().items():
@@ -169,10 +172,11 @@ def _safe(name: str) -> str:
 
 
 def load(module, example_inputs: tuple, **kwargs):
-    """`edgekit.load(compiled(...))`: the cached artifact as a Model."""
+    """`edgekit.load(compiled(...))`: the cached artifact as a Model. Entries are edgekit's own, compiled here into
+    the user's cache: they load without a signature policy (checksums and containment still hold)."""
     from edgekit.runtimes.model import load as load_artifact
 
-    return load_artifact(compiled(module, example_inputs, **kwargs))
+    return load_artifact(compiled(module, example_inputs, **kwargs), trust=False)
 
 
 def numpy_runner(model):

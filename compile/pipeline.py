@@ -8,7 +8,7 @@ import numpy as np
 
 from edgekit.artifact import Manifest, StagingDir, TensorSpec
 from edgekit.errors import EdgekitError
-from edgekit import backends
+from edgekit import backends, trust
 from edgekit.targets import get_target, host_arch
 
 from . import source as sources
@@ -24,15 +24,20 @@ def compile_model(model, example_inputs=None, *, target: str = "host", backend: 
                   name: str | None = None, force: bool = False, check: bool = True,
                   atol: float = 1e-4, rtol: float = 1e-4, progress: bool = False,
                   quantize=None, calibration=None, max_drop: float | None = None, auto_fallback: bool = False,
-                  task_metric=None) -> Path:
+                  task_metric=None, const_inputs=None, sign=None) -> Path:
     """Compile `model` (torch Module + example inputs, or a path to .onnx / .tflite / FILE.py:FUNC) into an
     artifact directory at `output`; returns its path. Nothing is written unless every step succeeds.
 
     quantize: "int8" (static PTQ, needs `calibration`), "int8-weight-only", "int4-weight-only" or a config.
-    max_drop / auto_fallback / task_metric: the accuracy gate (see compile/quantize/gate.py)."""
+    max_drop / auto_fallback / task_metric: the accuracy gate (see compile/quantize/gate.py).
+    sign: an EC private key (PEM path): the staged artifact is signed (model.sig) before it is moved into place.
+    example_inputs for a model file: an .npz path, a dict {input name or inputN: array} or a list of arrays, used
+    for verification and recorded by sha256; const_inputs: {ONNX input name: array or .npy path} folded into the
+    graph as constants (the artifact has one input fewer for each)."""
     tgt = get_target(target)
     lowering = backends.check(tgt, backend)
-    source, oracle = _as_source(model, example_inputs, name)
+    _check_source_kind(model, lowering)
+    source, oracle = _as_source(model, example_inputs, name, const_inputs, lowering)
     step = _stepper(progress)
     inputs = _numpy_inputs(source)
     plan = _plan(source, quantize, calibration, inputs, max_drop, auto_fallback, task_metric)
@@ -52,10 +57,11 @@ def compile_model(model, example_inputs=None, *, target: str = "host", backend: 
             with step("verifying against the reference" + (" under the aarch64 emulator"
                                                             if tgt.arch != host_arch() else "")):
                 # quantized artifacts are judged by the accuracy gate, not by fp32 tolerances
-                manifest.verify = verify(staging.path, inputs, expected, atol, rtol, enforce=plan is None)
+                with _naming_outputs(source):
+                    manifest.verify = verify(staging.path, inputs, expected, atol, rtol, enforce=plan is None)
                 if plan and manifest.verify["status"] == "pass":
                     try:
-                        accuracy = check_final(source, plan, load(staging.path).run)
+                        accuracy = check_final(source, plan, load(staging.path, trust=False).run)
                     except GateFailed:
                         # the artifact's kernels round differently from the simulation that chose `skip`:
                         # with --auto-fallback, the next most sensitive layers go back to float and it rebuilds
@@ -68,6 +74,9 @@ def compile_model(model, example_inputs=None, *, target: str = "host", backend: 
                     manifest.quantization["accuracy"] = accuracy.as_dict()
             staging.seal(manifest)
             break
+        if sign is not None:
+            with step("signing"):
+                trust.sign(staging.path, sign)
         return staging.commit()
 
 
@@ -81,9 +90,9 @@ def _build(staging, source, oracle, inputs, tgt, lowering, plan, skip, step) -> 
     if plan:
         with step(f"quantizing ({plan.config.name}), {len(skip)} layers in float"):
             lowered_source = apply_quantization(source, plan, backend, skip)
-    with step(f"lowering {source.name} with {backend} for {tgt.name}"):
-        lowered = lowering.lower_module().lower(lowered_source, tgt, staging.path, lowering.entry)
-    with step("computing reference outputs"):
+    with step(f"lowering {source.name} with {backend} for {tgt.name}"), _original_path(source):
+        lowered = _lower(lowering, lowered_source, tgt, staging.path)
+    with step("computing reference outputs"), _original_path(oracle):
         expected = reference_outputs(oracle, inputs)
     manifest = Manifest(
         model=source.name, backend=backend, target=tgt.name, arch=tgt.arch,
@@ -92,7 +101,9 @@ def _build(staging, source, oracle, inputs, tgt, lowering, plan, skip, step) -> 
         toolchain=versions("torch", *lowering.toolchain), entry=lowering.entry,
         backend_info=lowered.backend_info, precision=plan.config.name if plan else "fp32",
         quantization=manifest_record(plan, backend, skip) if plan else None,
-        verify={"status": "skipped", "reason": "disabled with --no-verify"})
+        verify={"status": "skipped", "reason": "disabled with --no-verify"},
+        example_inputs=_inputs_record(source, oracle, inputs),
+        const_inputs=getattr(source, "const_inputs", None) or None)
     staging.seal(manifest)
     return manifest, expected
 
@@ -112,11 +123,88 @@ def _plan(source, quantize, calibration, inputs, max_drop, auto_fallback, task_m
     return QuantPlan(config, calib, held, max_drop, auto_fallback, task_metric)
 
 
-def _as_source(model, example_inputs, name):
+def _inputs_record(source, oracle, inputs) -> dict:
+    """Where verification's inputs came from, with their sha256 (of the user's .npz bytes, else of the arrays)."""
+    record = dict(getattr(source, "inputs_record", None) or getattr(oracle, "inputs_record", None) or
+                  {"source": "module", "how": "the example inputs given with the model"})
+    if record.get("source") != "user":
+        record["sha256"] = sources.arrays_digest(inputs)
+    return record
+
+
+def _check_source_kind(model, lowering) -> None:
+    """Refuse a model file the backend cannot take before any import work (a .tflite arrives as torch)."""
+    if not isinstance(model, (str, Path)) or not str(model).endswith(".onnx") or "onnx" in lowering.sources:
+        return
+    takes = [b for b in backends.names() if "onnx" in backends.get(b).sources]
+    raise EdgekitError(f"backend {lowering.name!r} compiles PyTorch models (and .tflite, imported to PyTorch); "
+                       f"{model} is an ONNX model and edgekit has no ONNX->PyTorch converter (none is maintained "
+                       f"in its pinned toolchain). Use --backend {' or '.join(takes)} for it, or compile the "
+                       "PyTorch model the .onnx was exported from.")
+
+
+@contextlib.contextmanager
+def _original_path(source):
+    """Messages name the user's model file, not the private copy with folded inputs that is lowered."""
+    try:
+        yield
+    except EdgekitError as exc:
+        origin = getattr(source, "origin", None)
+        if origin is None or str(source.path) not in str(exc):
+            raise
+        raise EdgekitError(str(exc).replace(str(source.path), str(origin))) from None
+
+
+def _lower(lowering, source, tgt, out):
+    """The backend's lowerer; for an ONNX file, any importer/lowering failure becomes one readable message."""
+    try:
+        return lowering.lower_module().lower(source, tgt, out, lowering.entry)
+    except EdgekitError:
+        raise
+    except Exception as exc:
+        if not (isinstance(source, sources.FileSource) and source.kind == "onnx"):
+            raise
+        from .onnx_model import nodes_named_in
+
+        text = " ".join(str(exc).split())[:300] or type(exc).__name__
+        others = [b for b in backends.names() if b != lowering.name and "onnx" in backends.get(b).sources]
+        nodes = nodes_named_in(source.path, text)
+        at = f" at {', '.join(nodes[:3])}{' ...' if len(nodes) > 3 else ''}" if nodes else ""
+        raise EdgekitError(f"{source.path}: {lowering.name} failed to lower the model for {tgt.name}{at} "
+                           f"({type(exc).__name__}: {text}). Try --backend {' or '.join(others) or 'another'}, "
+                           "or --const-inputs for inputs that set shapes.") from None
+
+
+@contextlib.contextmanager
+def _naming_outputs(source):
+    """A verify failure on an ONNX model says which node computes each output it names."""
+    try:
+        yield
+    except EdgekitError as exc:
+        if not (isinstance(source, sources.FileSource) and source.kind == "onnx" and str(exc).startswith("verify")):
+            raise
+        from .onnx_model import output_producers
+
+        producers = output_producers(source.path)
+        if not producers:
+            raise
+        named = "; ".join(f"output {i} comes from {p}" for i, p in enumerate(producers))
+        raise EdgekitError(f"{exc} ({named}: try another backend for that op.)") from None
+
+
+def _as_source(model, example_inputs, name, const_inputs=None, lowering=None):
     """(what gets lowered, what the artifact is checked against): a .tflite is lowered through PyTorch but
     checked against the TFLite runtime itself, so importer errors cannot hide."""
     if isinstance(model, (str, Path)):
-        source = sources.from_spec(str(model))
+        source = sources.from_spec(str(model), example_inputs, const_inputs)
+        if lowering is not None and isinstance(source, sources.FileSource) and source.kind == "onnx":
+            source = sources.fold_shape_inputs(source, lowering)
+    elif const_inputs:
+        raise EdgekitError("const_inputs folds inputs of an ONNX model file; this model is a torch.nn.Module.")
+    elif isinstance(example_inputs, (str, Path, dict)) or (
+            isinstance(example_inputs, (list, tuple)) and example_inputs
+            and all(isinstance(x, np.ndarray) for x in example_inputs)):
+        source = sources.from_user_arrays(model, example_inputs, name)
     else:
         source = sources.from_module(model, example_inputs, name)
     oracle = source
@@ -126,7 +214,13 @@ def _as_source(model, example_inputs, name):
         from .tflite_import import load_tflite
 
         module, inputs = load_tflite(source.path)
+        if oracle.inputs_record and oracle.inputs_record.get("source") == "user":
+            import torch
+
+            inputs = tuple(torch.from_numpy(np.array(x)) for x in oracle.example_inputs)
         source = sources.from_module(module, inputs, source.name)
+        source.inputs_record = oracle.inputs_record if oracle.inputs_record.get("source") == "user" else {
+            "source": "generated", "how": "edgekit's TFLite importer: seeded uniform [0, 1)"}
         oracle.example_inputs = [t.numpy() for t in inputs]
     if name:
         source.name = name

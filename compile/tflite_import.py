@@ -5,6 +5,7 @@ Covers the ops of the MediaPipe BlazePose detector and landmark models: constant
 Inputs and outputs keep TFLite's shapes (NHWC images); inside, 4-D tensors are NCHW.
 """
 
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -45,14 +46,65 @@ def load_tflite(path: str | Path) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
     path = Path(path)
     if not path.is_file():
         raise EdgekitError(f"TFLite model {path} not found. Pass the path of an existing .tflite file.")
-    model = schema.ModelT.InitFromPackedBuf(path.read_bytes(), 0)
+    model = parse_model(path)
     if len(model.subgraphs) != 1:
         raise EdgekitError(f"{path.name} has {len(model.subgraphs)} subgraphs; only single-graph models import.")
-    graph = _Graph(model, path.name)
+    try:
+        graph = _Graph(model, path.name)
+    except PARSE_ERRORS as exc:  # indices, buffers or options that do not fit together: a damaged or hostile file
+        raise _malformed(path, exc) from None
     module = TFLiteModule(graph.layers, graph.wiring, list(graph.g.inputs), list(graph.g.outputs)).eval()
     generator = torch.Generator().manual_seed(0)
     examples = tuple(torch.rand(tuple(graph.g.tensors[i].shape), generator=generator) for i in graph.g.inputs)
     return module, examples
+
+
+# what the flatbuffers object API raises on bytes that are not a well-formed TFLite model (it does not verify)
+PARSE_ERRORS = (struct.error, IndexError, KeyError, ValueError, TypeError, AttributeError, UnicodeDecodeError,
+                OverflowError, RecursionError, MemoryError)
+MAX_TFLITE_BYTES = 2 ** 31  # flatbuffers' own limit
+
+
+def parse_model(path: str | Path) -> "schema.ModelT":
+    """The TFLite flatbuffer as Python objects, checked in Python before any native code (the TFLite runtime, the
+    importer) reads it; an EdgekitError naming the file for anything that is not a well-formed TFLite model."""
+    path = Path(path)
+    try:
+        if path.stat().st_size > MAX_TFLITE_BYTES:
+            raise EdgekitError(f"{path}: larger than 2 GiB, the TFLite format's limit; not a valid .tflite file.")
+        data = path.read_bytes()
+    except OSError as exc:
+        raise EdgekitError(f"{path}: cannot read the TFLite model ({exc.strerror or exc}).") from None
+    if len(data) < 8 or data[4:8] != b"TFL3":
+        raise EdgekitError(f"{path}: not a TFLite model (no TFL3 file identifier). Pass a .tflite file written by "
+                           "the TFLite converter.")
+    try:
+        model = schema.ModelT.InitFromPackedBuf(data, 0)
+        subgraphs = model.subgraphs or []
+        for g in subgraphs:
+            tensors, buffers = g.tensors or [], model.buffers or []
+            for i in [*(g.inputs if g.inputs is not None else []), *(g.outputs if g.outputs is not None else [])]:
+                tensors[int(i)]  # noqa: B018 - IndexError for an index past the tensor list
+            for t in tensors:
+                buffers[t.buffer]  # noqa: B018
+                if t.shape is not None and (len(t.shape) > 8 or any(int(d) < -1 for d in t.shape)):
+                    raise ValueError(f"tensor {t.name!r} has shape {list(t.shape)}")
+            for op in g.operators or []:
+                model.operatorCodes[op.opcodeIndex]  # noqa: B018
+                for i in [*(op.inputs if op.inputs is not None else []), *(op.outputs if op.outputs is not None else [])]:
+                    if int(i) >= 0:
+                        tensors[int(i)]  # noqa: B018
+    except PARSE_ERRORS as exc:
+        raise _malformed(path, exc) from None
+    if not subgraphs:
+        raise EdgekitError(f"{path}: TFLite model without a graph; not a usable .tflite file.")
+    return model
+
+
+def _malformed(path: Path, exc: BaseException) -> EdgekitError:
+    text = " ".join(str(exc).split())[:200] or type(exc).__name__
+    return EdgekitError(f"{path}: malformed TFLite model ({type(exc).__name__}: {text}). The file is damaged or not "
+                        "a TFLite flatbuffer; export it again with the TFLite converter.")
 
 
 class _Graph:

@@ -21,10 +21,7 @@ def reference_outputs(source, inputs: list[np.ndarray]) -> list[np.ndarray]:
             out = source.module(*source.example_inputs)
         return [t.detach().numpy() for t in _flatten(out)]
     if source.kind == "onnx":
-        import onnxruntime as ort
-
-        session = ort.InferenceSession(str(source.path), providers=["CPUExecutionProvider"])
-        return list(session.run(None, {i.name: x for i, x in zip(session.get_inputs(), inputs)}))
+        return _onnx_reference(source, inputs)
     from ai_edge_litert.interpreter import Interpreter
 
     interp = Interpreter(model_path=str(source.path))
@@ -33,6 +30,28 @@ def reference_outputs(source, inputs: list[np.ndarray]) -> list[np.ndarray]:
         interp.set_tensor(detail["index"], x)
     interp.invoke()
     return [interp.get_tensor(d["index"]) for d in interp.get_output_details()]
+
+
+def _onnx_reference(source, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    """ONNX Runtime on the model file; its failures name the node and op, and say what to try."""
+    import onnxruntime as ort
+
+    from .onnx_model import load, ort_message
+
+    try:
+        session = ort.InferenceSession(str(source.path), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - ORT's Fail/InvalidGraph/NotImplemented all mean the same here
+        raise EdgekitError(f"{source.path}: ONNX Runtime (the reference) cannot load the model: "
+                           f"{ort_message(exc, load(source.path))}. Check the model's opset and custom ops "
+                           "(onnx.checker), or re-export it.") from None
+    try:
+        return list(session.run(None, {i.name: x for i, x in zip(session.get_inputs(), inputs)}))
+    except Exception as exc:  # noqa: BLE001
+        given = ", ".join(f"{i.name}={x.dtype.name}{list(x.shape)}" for i, x in zip(session.get_inputs(), inputs))
+        raise EdgekitError(f"{source.path}: ONNX Runtime (the reference) fails on the example inputs at "
+                           f"{ort_message(exc, load(source.path))} (inputs {given}). Inputs that set shapes, sizes, "
+                           "axes or indices need real values: pass --example-inputs FILE.npz, or fold them with "
+                           "--const-inputs NAME=FILE.npy.") from None
 
 
 def _flatten(out):
@@ -55,15 +74,22 @@ def verify(artifact_dir: Path, inputs: list[np.ndarray], expected: list[np.ndarr
     if device and not has_cuda():
         return {"status": "not-run", "reason": f"needs a CUDA GPU ({device['arch']}); none on this machine",
                 "where": None}
-    model = load(artifact_dir)
-    got = model.run(inputs)
+    model = load(artifact_dir, trust=False)  # its own staged artifact: no policy, no unsigned warning
     where = "emulator (qemu-aarch64)" if manifest.arch != host_arch() else "host"
-    rows = [_compare(i, g, e, atol, rtol) for i, (g, e) in enumerate(zip(got, expected))]
-    result = {"status": "pass", "where": where, "atol": atol, "rtol": rtol, "outputs": rows,
-              "max_abs_err": max(r["max_abs_err"] for r in rows),
-              "max_rel_err": max(r["max_rel_err"] for r in rows)}
+    try:
+        got = model.run(inputs)
+    except EdgekitError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a runtime's own error types (TVM, ORT) from a compiled artifact
+        text = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise EdgekitError(f"verify: the {manifest.backend} artifact fails to run on {where} "
+                           f"({type(exc).__name__}: {text}). Nothing was written. Try another backend.") from None
     if len(got) != len(expected):
         raise EdgekitError(f"verify: the artifact returned {len(got)} outputs, the reference {len(expected)}.")
+    rows = [_compare(i, g, e, atol, rtol) for i, (g, e) in enumerate(zip(got, expected))]
+    result = {"status": "pass", "where": where, "atol": atol, "rtol": rtol, "outputs": rows,
+              "max_abs_err": max((r["max_abs_err"] for r in rows), default=0.0),
+              "max_rel_err": max((r["max_rel_err"] for r in rows), default=0.0)}
     bad = [r for r in rows if not r["ok"]]
     if not enforce:
         result.update(status="pass", note="errors recorded, not enforced (quantized: see quantization.accuracy)")
@@ -81,7 +107,11 @@ def _compare(i: int, got: np.ndarray, expected: np.ndarray, atol: float, rtol: f
         raise EdgekitError(f"verify: output {i} has shape {list(got.shape)}, the reference {list(expected.shape)}.")
     g, e = got.astype(np.float64), expected.astype(np.float64)
     err = np.abs(g - e)
+    # equal infinities and NaNs in the same places agree (inf - inf is nan)
+    err[(g == e) | (np.isnan(g) & np.isnan(e))] = 0.0
+    err[np.isnan(err)] = np.inf
     bad = err > atol + rtol * np.abs(e)
-    scale = float(np.abs(e).max()) or 1.0
+    finite = np.abs(e[np.isfinite(e)])
+    scale = float(finite.max(initial=0.0)) or 1.0  # a zero-size output compares its shape only
     return {"index": i, "n": int(err.size), "n_bad": int(bad.sum()), "ok": not bool(bad.any()),
             "max_abs_err": float(err.max(initial=0.0)), "max_rel_err": float(err.max(initial=0.0) / scale)}

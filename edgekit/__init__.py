@@ -10,10 +10,12 @@ The face imports lazily so device-side modules (artifact, targets, runtimes) loa
 __version__ = "0.1.0"
 
 
-def load(artifact_dir):
+def load(artifact_dir, trust=None, expect_digest=None):
+    """trust: public key path the artifact must be signed by (default: $EDGEKIT_TRUST); expect_digest: manifest.json's
+    sha256. See README, Trust model."""
     from edgekit.runtimes.model import load as _load
 
-    return _load(artifact_dir)
+    return _load(artifact_dir, trust=trust, expect_digest=expect_digest)
 
 
 def compile_model(model, example_inputs=None, **options):

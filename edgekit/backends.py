@@ -1,7 +1,8 @@
 """The backend registry: the one place that says what each backend is. Ground layer (device-safe: no ML imports).
 
 A backend is a lowerer module (`lower(source, target, out) -> Lowered`, in the compile layer) and a runtime module
-(`load(artifact_dir, manifest) -> handle`, `run(handle, inputs) -> outputs`, in the runtimes layer), named here as
+(`load(artifact_dir, manifest, payload) -> handle`, `run(handle, inputs) -> outputs`, in the runtimes layer; `payload`
+maps each file name to the bytes edgekit verified, and the runtime loads those, never the path), named here as
 import paths and imported on demand, so one backend's heavy dependencies never load for another. Everything else
 (CLI choices, targets, apps, bench, emulator, tests) asks this module. Adding a backend is one new lowerer file, one
 new runtime file and one `register(Backend(...))` call.
@@ -19,13 +20,14 @@ from .targets import Target, get_target, host_arch
 class Backend:
     name: str
     lowerer: str                        # module with lower(source, target, out) -> Lowered
-    runtime: str                        # module with load(artifact_dir, manifest) and run(handle, inputs)
+    runtime: str                        # module with load(artifact_dir, manifest, payload) and run(handle, inputs)
     entry: str                          # the payload file the runtime loads
     toolchain: tuple[str, ...]          # distributions whose versions are recorded in the manifest (and cache keys)
     targets: tuple[str, ...] | None = None   # supported target names; None: every target
     sources: tuple[str, ...] = ("torch", "onnx")  # model kinds it lowers (a .tflite arrives as torch)
     emulator: str = "python"            # how an aarch64 artifact runs under the emulator: "python" runtime | "runner"
     device_wheels: tuple[str, ...] = ()  # aarch64 wheels its runtime needs inside the emulator / on a device
+    native_code: bool = False           # the payload is machine code that runs when loaded (unsigned: a warning)
     description: str = ""
 
     def supports(self, target: Target) -> bool:
@@ -92,7 +94,7 @@ register(Backend(
     sources=("torch",), emulator="runner",
     description="torch.export -> XNNPACK delegate -> .pte; no CUDA delegate (runs on the CPU of GPU boards)"))
 register(Backend(
-    "tvm", "edgekit.compile.lower.tvm", "edgekit.runtimes.tvm", "model.so", ("apache-tvm",),
+    "tvm", "edgekit.compile.lower.tvm", "edgekit.runtimes.tvm", "model.so", ("apache-tvm",), native_code=True,
     device_wheels=("numpy", "apache-tvm", "apache-tvm-ffi", "ml_dtypes"),
     description="Relax + edgekit's TensorIR schedules -> model.so (CPU, or CUDA with a precompiled cubin)"))
 register(Backend(

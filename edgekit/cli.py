@@ -24,6 +24,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USER_ERROR
     try:
+        from .apps import media
+
+        media.configure(args)  # --max-pixels / --max-seconds of this command, defaults otherwise
         return int(args.func(args) or 0)
     except EdgekitError as exc:
         print(f"edgekit: error: {exc}", file=sys.stderr)
@@ -31,6 +34,54 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("edgekit: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # only the known classes of known_failure; anything else re-raised
+        message = known_failure(exc, args)
+        if message is None:
+            raise  # a bug in edgekit: the traceback is the report
+        print(f"edgekit: error: {message}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+# Where a runtime or file parser raises its own exception types (or plain RuntimeError / ValueError from native
+# code) on a damaged model or a hostile input: the innermost frame is in one of these modules.
+RUNTIME_LAYERS = ("edgekit.runtimes.", "edgekit.compile.source", "edgekit.compile.tflite_import", "onnxruntime",
+                  "onnx", "tvm", "tvm_ffi", "executorch", "ai_edge_litert", "flatbuffers", "google.protobuf")
+RUNTIME_TYPES = ("onnxruntime.", "onnx.", "tvm.", "tvm_ffi.", "executorch.", "google.protobuf.")
+
+
+def _within(module: str, prefixes: tuple[str, ...]) -> bool:
+    return any(module == p.rstrip(".") or module.startswith(p if p.endswith(".") else p + ".") for p in prefixes)
+
+
+def known_failure(exc: BaseException, args=None) -> str | None:
+    """One readable paragraph for a failure a user causes with a file (no space left, a damaged model the runtime
+    rejects, memory); None for anything else, which is a bug and keeps its traceback."""
+    where = getattr(args, "artifact", None) or getattr(args, "model", None) or "edgekit"
+    if isinstance(exc, MemoryError):
+        return (f"{where}: not enough memory for this model or input. Use smaller inputs, or a machine with "
+                "more memory.")
+    if isinstance(exc, OSError) and (exc.filename or exc.filename2):
+        name = exc.filename2 or exc.filename
+        return (f"{name}: {exc.strerror or exc}. Check the path exists, is a file (not a folder) where a file is "
+                "meant, and that this user may read or write it.")
+    frames = []
+    tb = exc.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame.f_globals.get("__name__", ""))
+        tb = tb.tb_next
+    innermost = frames[-1] if frames else ""
+    from_type = type(exc).__module__.startswith(RUNTIME_TYPES)
+    from_layer = isinstance(exc, (RuntimeError, ValueError)) and _within(innermost, RUNTIME_LAYERS)
+    # a runtime library's own lookups on a model it cannot use (TVM: "Module has no function 'vm_load_executable'")
+    from_library = isinstance(exc, (AttributeError, KeyError, IndexError, TypeError)) and _within(
+        innermost, RUNTIME_TYPES)
+    if not (from_type or from_layer or from_library):
+        return None
+    text = " ".join(str(exc).split())
+    text = text if len(text) <= 400 else text[:400] + " ..."
+    return (f"{where}: the runtime or model parser refused it ({type(exc).__name__}: {text}). The model file is "
+            "damaged, hostile or made for another runtime version: recompile it with this edgekit, or check the "
+            "inputs match `edgekit info`.")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,10 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="APP[.NAME] (see `edgekit models`), FILE.py:FUNC (FUNC() "
                                                   "returns (module, example_inputs)), model.onnx or model.tflite")
     p.add_argument("--target", default="host", help="target name (see `edgekit targets`)")
-    p.add_argument("--backend", required=True, choices=backends.names(), help="backend (see `edgekit targets`)")
+    p.add_argument("--backend", required=True, help=f"{' | '.join(backends.names())} (see `edgekit targets`)")
     p.add_argument("--output", "-o", required=True, help="artifact directory to create")
     p.add_argument("--name", help="model name recorded in the manifest (default: from --model)")
-    p.add_argument("--force", action="store_true", help="replace --output if it exists")
+    p.add_argument("--force", action="store_true", help="replace --output if it is an edgekit artifact (anything "
+                                                        "else there is refused, never deleted)")
+    p.add_argument("--sign", metavar="PRIVATE_KEY", help="sign the artifact with this EC private key (PEM, from "
+                                                         "`edgekit keys generate`) before it is moved into place")
     # SUPPRESS: the help would otherwise print the stored value ("default: True") beside a flag that turns it off
     p.add_argument("--no-verify", dest="check", action="store_false", default=argparse.SUPPRESS,
                    help="skip running the artifact against the reference (verification runs by default)")
@@ -65,7 +119,37 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "task metric: 1 - cosine similarity to fp32)")
     p.add_argument("--auto-fallback", action="store_true", help="keep the most sensitive layers in float until "
                                                                 "the drop is within --max-drop")
+    p.add_argument("--example-inputs", metavar="FILE.npz",
+                   help="the inputs to export and verify on: arrays named by the model's input names (or input0, "
+                        "input1, ...); recorded by sha256 in the manifest. Needed for ONNX inputs that set shapes, "
+                        "axes or indices")
+    p.add_argument("--const-inputs", metavar="NAME=FILE.npy", action="append", default=[],
+                   help="fold an ONNX model's input into the graph as a constant (repeatable); the artifact has one "
+                        "input fewer")
     p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("tune", help="tune a model's TVM lowering with MetaSchedule; `compile --backend tvm` applies "
+                                    "the records", formatter_class=fmt)
+    p.add_argument("model", help="APP[.NAME] (see `edgekit models`), FILE.py:FUNC or model.onnx")
+    p.add_argument("--target", default="host", help="target name; candidates are measured on this machine")
+    p.add_argument("--backend", default="tvm", choices=["tvm"], help="the backend whose lowering is tuned")
+    p.add_argument("--trials", type=int, default=64, help="measured candidates in all, across the model's kernels")
+    p.add_argument("--name", help="model name (default: from MODEL; must match compile's --name to be applied)")
+    p.add_argument("--output", help="database folder (default: tuning/TARGET/NAME/, where compile looks)")
+    p.add_argument("--example-inputs", metavar="FILE.npz", help="inputs for a model file, as for compile")
+    p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("coverage", help="compile ONNX's own node test cases with a backend and check them against "
+                                        "their expected outputs", formatter_class=fmt)
+    p.add_argument("--backend", required=True, help=f"backend to compile with: {' | '.join(backends.names())}")
+    p.add_argument("--onnx-node-tests", action="store_true", default=True,
+                   help="the cases: ONNX's node tests, generated from the installed onnx package (the default)")
+    p.add_argument("--all", action="store_true", help="every node test instead of the common-op sample")
+    p.add_argument("--filter", help="only cases whose name matches this regular expression")
+    p.add_argument("--target", default="host", help="target name (see `edgekit targets`)")
+    p.add_argument("--report-dir", default="reports", help="where coverage-<backend>.json and .md go")
+    p.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
+    p.set_defaults(func=cmd_coverage)
 
     p = sub.add_parser("models", help="list the apps' models that `compile --model` accepts", formatter_class=fmt)
     p.set_defaults(func=cmd_models)
@@ -74,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("artifact", help="artifact directory")
     p.add_argument("--input", "-i", action="append", default=[], help=".npy file, once per model input, in order")
     p.add_argument("--output", "-o", required=True, help=".npz file to write (arrays out0, out1, ...)")
+    _trust_flags(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("bench", help="time an artifact on seeded random inputs, or run the benchmark suite",
@@ -86,11 +171,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iters", type=int, default=20, help="timed runs")
     p.add_argument("--device", help="run on a remote device: rpc://HOST:PORT (TVM RPC server)")
     p.add_argument("--json", action="store_true", help="print JSON")
+    _trust_flags(p)
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("info", help="print an artifact's manifest after checking it", formatter_class=fmt)
     p.add_argument("artifact", help="artifact directory")
+    _trust_flags(p)
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("sign", help="sign an artifact (every file, manifest included) with an EC private key",
+                       formatter_class=fmt)
+    p.add_argument("artifact", help="artifact directory; the signature goes to ARTIFACT/model.sig")
+    p.add_argument("--key", required=True, help="EC private key (PEM), e.g. from `edgekit keys generate`")
+    p.set_defaults(func=cmd_sign)
+
+    p = sub.add_parser("keys", help="signing keys", formatter_class=fmt)
+    keys = p.add_subparsers(metavar="ACTION")
+    k = keys.add_parser("generate", help="write an EC P-256 key pair: edgekit-signing.key (0600) and .pub",
+                        formatter_class=fmt)
+    k.add_argument("--out", required=True, help="directory for the key pair")
+    k.set_defaults(func=cmd_keys_generate)
 
     p = sub.add_parser("paths", help="where edgekit finds data and weights and keeps its caches",
                        formatter_class=fmt)
@@ -106,6 +206,19 @@ def build_parser() -> argparse.ArgumentParser:
     for app in registry.apps():  # each app registers its own subcommand
         app.register_cli(sub)
     return parser
+
+
+def _trust_flags(p) -> None:
+    p.add_argument("--trust", metavar="PUBLIC_KEY", help="refuse the artifact unless it is signed by this EC public "
+                                                         "key (default: $EDGEKIT_TRUST, if set)")
+    p.add_argument("--expect-digest", metavar="SHA256", help="refuse the artifact unless manifest.json has this "
+                                                             "sha256 (printed by `edgekit info` and `compile`)")
+
+
+def _policy(args):
+    from .trust import policy
+
+    return policy(args.trust, args.expect_digest)
 
 
 def _register_optional(sub, module: str) -> None:
@@ -188,18 +301,30 @@ def cmd_compile(args) -> int:
     recipe = (app_model.int8() if args.quantize == "int8" and args.calibration is None and app_model and
               app_model.int8 else None)
     model, example_inputs = (app_model.module, app_model.example_inputs) if app_model else (resolved, None)
+    if args.example_inputs:
+        example_inputs = args.example_inputs
+    const_inputs = {}
+    for item in args.const_inputs:
+        name, sep, file = item.partition("=")
+        if not sep or not name or not file:
+            raise EdgekitError(f"--const-inputs {item!r}: expected NAME=FILE.npy (NAME: the model input to fold).")
+        const_inputs[name] = file
     out = compile_model(model, example_inputs, target=args.target, backend=args.backend, output=args.output,
                         name=args.name or (args.model if app_model else None),
                         force=args.force, check=getattr(args, "check", True), progress=True, **tolerance,
                         quantize=args.quantize, calibration=recipe.calibration if recipe else args.calibration,
                         max_drop=(recipe.max_drop if recipe else None) if args.max_drop is None else args.max_drop,
                         auto_fallback=args.auto_fallback or bool(recipe and recipe.auto_fallback),
-                        task_metric=recipe.task_metric if recipe else None)
-    from .artifact import read_manifest
+                        task_metric=recipe.task_metric if recipe else None, sign=args.sign,
+                        **({"const_inputs": const_inputs} if const_inputs else {}))
+    from .artifact import read_manifest, read_verified
 
+    digest = read_verified(out).digest
     v = read_manifest(out).verify
     detail = f"max abs err {v['max_abs_err']:.3g} on {v['where']}" if v.get("status") == "pass" else v.get("reason")
     print(f"wrote {out} (verify: {v['status']}; {detail})")
+    print(f"manifest sha256 {digest} ({'signed with ' + args.sign if args.sign else 'unsigned'}); pin it with "
+          f"--expect-digest {digest}")
     q = read_manifest(out).quantization
     if q:
         a = q["accuracy"]
@@ -208,18 +333,48 @@ def cmd_compile(args) -> int:
     return 0
 
 
+def cmd_tune(args) -> int:
+    from .compile.tune import summary, tune_model
+
+    resolved = resolve_model(args.model)
+    app_model = resolved if isinstance(resolved, CompileSpec) else None
+    model, example_inputs = (app_model.module, app_model.example_inputs) if app_model else (resolved, None)
+    folder = tune_model(model, args.example_inputs or example_inputs, target=args.target, trials=args.trials,
+                        name=args.name or (args.model if app_model else None), output=args.output, progress=True)
+    s = summary(folder)
+    print(f"wrote {folder}: {s['records']} records, {s['workloads']} kernels, best kernels sum "
+          f"{s['best_total_s'] * 1e3:.3f} ms (database sha256 {s['sha256'][:16]})")
+    return 0
+
+
+def cmd_coverage(args) -> int:
+    from .compile.coverage import run_coverage
+
+    report = run_coverage(args.backend, target=args.target, pattern=args.filter, every=args.all,
+                          report_dir=Path(args.report_dir), progress=not args.json)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(report["markdown"])
+    return 0
+
+
 def cmd_run(args) -> int:
     import numpy as np
 
     from . import load
+    from .artifact import read_verified
+    from .runtimes.model import check_inputs
 
-    model = load(args.artifact)
     inputs = [_load_npy(p) for p in args.input]
+    # the artifact is checked (policy, containment, checksums) and the inputs against its manifest before any payload
+    # reaches a runtime: a refused input never runs artifact code
+    policy = _policy(args)
+    check_inputs(read_verified(args.artifact, policy).manifest.inputs, inputs)
+    model = load(args.artifact, trust=policy)
     outputs = model.run(inputs)
     out = Path(args.output)
-    tmp = out.with_name(out.name + ".partial.npz")
-    np.savez(tmp, **{f"out{i}": y for i, y in enumerate(outputs)})
-    tmp.replace(out)
+    write_file(out, lambda f: np.savez(f, **{f"out{i}": y for i, y in enumerate(outputs)}))
     print(f"wrote {out}: " + ", ".join(f"out{i} {y.dtype}{list(y.shape)}" for i, y in enumerate(outputs)))
     return 0
 
@@ -227,12 +382,24 @@ def cmd_run(args) -> int:
 def _load_npy(path: str):
     import numpy as np
 
+    p = Path(path)
+    if p.is_dir():
+        raise EdgekitError(f"{path}: is a directory; pass one .npy file per model input with -i.")
+    if p.exists() and not p.is_file():
+        raise EdgekitError(f"{path}: not a regular file; pass a .npy file saved with numpy.save.")
     try:
-        return np.load(path, allow_pickle=False)
+        array = np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise EdgekitError(f"{path}: input file not found.") from None
-    except ValueError as exc:
-        raise EdgekitError(f"{path}: not a readable .npy array ({exc}). Save inputs with numpy.save.") from None
+    except PermissionError:
+        raise EdgekitError(f"{path}: permission denied; make the file readable (chmod a+r).") from None
+    except (ValueError, EOFError, OSError, MemoryError, OverflowError) as exc:  # a damaged or hostile header
+        raise EdgekitError(f"{path}: not a readable .npy array ({' '.join(str(exc).split())[:300]}). "
+                           "Save inputs with numpy.save.") from None
+    if not isinstance(array, np.ndarray):  # an .npz archive
+        array.close()
+        raise EdgekitError(f"{path}: an .npz archive, not a .npy array; pass each input as its own .npy file.")
+    return array
 
 
 def cmd_bench(args) -> int:
@@ -247,11 +414,16 @@ def cmd_bench(args) -> int:
     if args.device:
         from .runtimes.rpc import bench_remote
 
+        from .artifact import read_verified
+
+        policy = _policy(args)
+        if policy is not None:  # checked here; the remote upload reads the files again (see README, Trust model)
+            read_verified(args.artifact, policy)
         stats = bench_remote(Path(args.artifact), args.device, warmup=args.warmup, iters=args.iters)
     else:
         from . import load
 
-        model = load(args.artifact)
+        model = load(args.artifact, trust=_policy(args))
         stats = model.benchmark(warmup=args.warmup, iters=args.iters)
         m = model.manifest
         stats = {"model": m.model, "backend": m.backend, "target": m.target, "precision": m.precision, **stats}
@@ -263,10 +435,71 @@ def cmd_bench(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from .artifact import load_verified
+    """Prints only after every check (containment, checksums, the policy): never an oracle for other files."""
+    from .artifact import read_verified
 
-    print(load_verified(args.artifact).to_json())
+    policy = _policy(args)
+    artifact = read_verified(args.artifact, policy)
+    print(artifact.manifest.to_json())
+    signed = ("signature verified with " + str(policy.public_key) if policy and policy.public_key else
+              "signed (model.sig; not checked: pass --trust KEY)" if artifact.signature is not None else "unsigned")
+    print(f"manifest sha256 {artifact.digest} ({signed})", file=sys.stderr)
     return 0
+
+
+def cmd_sign(args) -> int:
+    from .trust import sign
+
+    digest = sign(args.artifact, args.key)
+    print(f"signed {args.artifact} ({Path(args.artifact) / 'model.sig'}); manifest sha256 {digest}")
+    return 0
+
+
+def cmd_keys_generate(args) -> int:
+    from .trust import generate_keys
+
+    private, public = generate_keys(args.out)
+    print(f"wrote {private} (private, mode 0600: keep it secret) and {public} (give this to whoever runs "
+          "the artifacts: --trust / EDGEKIT_TRUST)")
+    return 0
+
+
+def write_file(path: Path, write) -> Path:
+    """Write a user's output file safely: `write(f)` fills an exclusive, unpredictably named temp file in the target
+    directory (never following a planted link), which is renamed over `path` only when complete; on any error
+    (disk full included) nothing is left behind and an existing `path` is untouched."""
+    import os
+    import tempfile
+
+    path = Path(path)
+    if path.is_dir():
+        raise EdgekitError(f"{path}: is a directory; give a file name to write.")
+    parent = path.parent if str(path.parent) else Path(".")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=parent)
+    except FileNotFoundError:
+        raise EdgekitError(f"{parent}: no such directory to write {path.name} into.") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError):
+            raise EdgekitError(f"{path}: could not write it ({exc.strerror or exc}); nothing was written.") from None
+        raise
+    return path
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 if __name__ == "__main__":

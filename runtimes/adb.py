@@ -7,6 +7,8 @@ Not exercised in CI: there is no phone or NDK build here.
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -25,22 +27,46 @@ DEVICE_DIR = "/data/local/tmp/edgekit"
 def run_adb(url: str, artifact_dir: Path, manifest, inputs: list[np.ndarray], *,
             benchmark: dict | None = None) -> tuple[list[np.ndarray], dict | None]:
     """adb://[SERIAL]: run (and with benchmark={"warmup", "iters"} time) an ExecuTorch artifact on the phone."""
+    serial = parse_url(url)
     runner = _check(url, manifest)
-    serial = urlparse(url).netloc
     adb = ["adb", *(["-s", serial] if serial else [])]
-    remote = f"{DEVICE_DIR}/{manifest.files[manifest.entry][:16]}"
+    entry = safe_name(manifest.entry, "the manifest's entry file")
+    remote = f"{DEVICE_DIR}/{safe_name(manifest.files[manifest.entry][:16], 'the entry checksum')}"
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         staged = executorch_runner.write_inputs(work, inputs)
-        _adb(adb, "shell", f"mkdir -p {remote}")
+        _shell(adb, "mkdir", "-p", remote)
         _adb(adb, "push", runner, f"{DEVICE_DIR}/executorch_runner")
-        _adb(adb, "push", str(Path(artifact_dir) / manifest.entry), *map(str, staged), remote)
-        argv = executorch_runner.args(f"{remote}/{manifest.entry}", remote, benchmark)
-        proc = _adb(adb, "shell", f"chmod +x {DEVICE_DIR}/executorch_runner && "
-                                  f"{DEVICE_DIR}/executorch_runner {' '.join(argv)}")
+        _adb(adb, "push", str(Path(artifact_dir) / entry), *map(str, staged), remote)
+        argv = executorch_runner.args(f"{remote}/{entry}", remote, benchmark)
+        _shell(adb, "chmod", "+x", f"{DEVICE_DIR}/executorch_runner")
+        proc = _shell(adb, f"{DEVICE_DIR}/executorch_runner", *argv)
         for i in range(len(manifest.outputs)):
             _adb(adb, "pull", f"{remote}/out{i}.bin", str(work))
         return executorch_runner.read_result(work, manifest, proc.stdout, benchmark)
+
+
+SAFE_NAME = re.compile(r"[A-Za-z0-9._-]+")
+SAFE_SERIAL = re.compile(r"[A-Za-z0-9._:-]+")  # USB serials, emulator-5554, HOST:PORT of adb over TCP
+
+
+def parse_url(url: str) -> str:
+    """The serial of adb://[SERIAL] ('' for the only attached phone); anything else is refused before adb runs."""
+    parsed = urlparse(url)
+    serial = parsed.netloc
+    if (parsed.scheme != "adb" or parsed.path not in ("", "/") or parsed.query or parsed.fragment
+            or (serial and not SAFE_SERIAL.fullmatch(serial))):
+        raise EdgekitError(f"device {url!r} is not an adb address; expected adb:// (the one attached phone) or "
+                           "adb://SERIAL with SERIAL as `adb devices` lists it (letters, digits, . _ : -).")
+    return serial
+
+
+def safe_name(name: str, what: str) -> str:
+    """A file name that goes into a command on the phone: letters, digits, '.', '_' and '-' only, never '.' or '..'."""
+    if not isinstance(name, str) or not SAFE_NAME.fullmatch(name) or name in (".", ".."):
+        raise EdgekitError(f"{what} {name!r} is not a plain file name (letters, digits, . _ - only); refusing to "
+                           "put it into a command on the device. Recompile the artifact with edgekit.")
+    return name
 
 
 def _check(url: str, manifest) -> str:
@@ -55,6 +81,11 @@ def _check(url: str, manifest) -> str:
         raise EdgekitError("adb not found. Install it with `apt-get install adb` and connect the phone "
                            "with USB debugging on.")
     return runner
+
+
+def _shell(adb: list[str], *argv: str) -> subprocess.CompletedProcess:
+    """`adb shell` joins its arguments into one command line for the phone's shell: quote each one."""
+    return _adb(adb, "shell", " ".join(shlex.quote(str(a)) for a in argv))
 
 
 def _adb(adb: list[str], *args: str) -> subprocess.CompletedProcess:

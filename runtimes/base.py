@@ -13,7 +13,8 @@ import numpy as np
 
 
 class Runtime(Protocol):
-    def load(self, artifact_dir: Path, manifest: Any) -> Any: ...
+    # payload: {file name: the bytes edgekit read once and verified}; load those, never reopen artifact_dir's files
+    def load(self, artifact_dir: Path, manifest: Any, payload: dict[str, bytes] | None = None) -> Any: ...
     def run(self, handle: Any, inputs: list[np.ndarray]) -> list[np.ndarray]: ...
 
 

@@ -3,8 +3,9 @@
 `run_artifact()` runs an aarch64 artifact inside it with the same runtime modules a device runs (staged
 by `stage_package()`); `call_functions()` calls functions of aarch64 TVM libraries (the kernels' NEON
 builds); `rpc_server()` serves TVM RPC from it. ExecuTorch runs through the C++ runner linked against the
-wheel's libexecutorch*.so, as on a phone: its Python runtime would need libtorch on the device. Each runs
-as root in a chroot, qemu-aarch64 running the guest's programs through binfmt_misc.
+wheel's libexecutorch*.so, as on a phone: its Python runtime would need libtorch on the device. Each runs in
+a chroot as the unprivileged guest user (uid 65534, never root), qemu-aarch64 running the guest's programs
+through binfmt_misc; the one folder it may write is its per-run work dir.
 
 Building the sysroot and saying whether it is ready is runtimes/emulator_system.py's job.
 """
@@ -14,6 +15,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import tempfile
 import time
@@ -23,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit import backends
+from edgekit.artifact import VerifiedArtifact, read_verified
 from edgekit.errors import EdgekitError
 
 from . import executorch_runner
@@ -33,27 +36,95 @@ DEVICE_FILES = ("__init__.py", "errors.py", "artifact.py", "targets.py", "backen
 
 # ---------------------------------------------------------------- chroot
 
-def _chroot(root: Path) -> list[str]:
-    """The command prefix that runs aarch64 programs inside the sysroot.
+GUEST_UID = GUEST_GID = 65534  # nobody/nogroup: guest programs (artifact code included) never run as root
+
+
+def _chroot(root: Path, user: bool = True) -> list[str]:
+    """The command prefix that runs aarch64 programs inside the sysroot, as the unprivileged guest user.
 
     A chroot with binfmt, not `qemu-aarch64-static -L SYSROOT`: with -L, onnxruntime crashed reading
-    the host's /proc/cpuinfo and Python could not import packages from host paths (qemu 7.2).
+    the host's /proc/cpuinfo and Python could not import packages from host paths (qemu 7.2). chroot(2)
+    needs root, but the guest program does not get it: --userspec drops to uid/gid 65534 (no supplementary
+    groups) before it starts, so code in a hostile aarch64 library runs as nobody, confined to the sysroot,
+    which nobody cannot write except in the per-run work dir it is given.
     """
     ensure_binfmt()
     if os.geteuid() != 0:
         raise EdgekitError("cannot start the aarch64 emulator: it runs artifacts in a chroot, which needs root. "
                            "Run as root (sudo), or run the artifact on an aarch64 machine.")
-    return ["chroot", str(root)]
+    if not user:
+        return ["chroot", str(root)]
+    return ["chroot", f"--userspec={GUEST_UID}:{GUEST_GID}", f"--groups={GUEST_GID}", str(root)]
 
 
-def _emulate(root: Path, argv: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run an aarch64 command inside the sysroot; raise a readable error when it fails."""
-    settings = [f"{k}={v}" for k, v in (env or {}).items()]
-    proc = subprocess.run([*_chroot(root), "/usr/bin/env", *settings, *argv], capture_output=True, text=True)
+def _emulate(root: Path, argv: list[str], env: dict | None = None, work: Path | None = None
+             ) -> subprocess.CompletedProcess:
+    """Run an aarch64 command inside the sysroot as the guest user; raise a readable error when it fails.
+
+    `work` (host path; default: the /tmp/edgekit-* folder the arguments name) is the one directory the guest may
+    write: it is handed to the guest user for the run and taken back afterwards, with anything but plain files and
+    folders (symlinks the host could follow when it reads the results) removed.
+    """
+    work = work or _work_dir(root, [*argv, *(env or {}).values()])
+    guest_work = "/" + work.relative_to(root).as_posix() if work else "/"
+    if work:
+        _lend(work)
+    try:
+        with subprocess.Popen([*_chroot(root), *_guest_env(guest_work, env), *argv], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, start_new_session=True) as child:
+            out, err = child.communicate()
+            with suppress(ProcessLookupError):  # anything the guest left running in its process group
+                os.killpg(child.pid, signal.SIGKILL)
+        proc = subprocess.CompletedProcess(child.args, child.returncode, out, err)
+    finally:
+        if work:
+            _take_back(work)
     if proc.returncode:
         raise EdgekitError(f"the aarch64 emulator failed running `{' '.join(argv[:3])} ...` (exit "
                            f"{proc.returncode}):\n{_tail(proc)}")
     return proc
+
+
+GUEST_ENV_PASS = ("OMP_NUM_THREADS", "TVM_NUM_THREADS", "LANG", "LC_ALL")  # nothing else of the host's environment
+
+
+def _guest_env(home: str, env: dict | None) -> list[str]:
+    """`env -i ...`: a clean environment for the guest (no host secrets), HOME and TMPDIR in its work dir."""
+    passed = {k: os.environ[k] for k in GUEST_ENV_PASS if k in os.environ}
+    settings = {"PATH": "/usr/local/bin:/usr/bin:/bin", **passed, "HOME": home, "TMPDIR": home, **(env or {})}
+    return ["/usr/bin/env", "-i", *(f"{k}={v}" for k, v in settings.items())]
+
+
+def _work_dir(root: Path, words) -> Path | None:
+    """The host path of the guest's /tmp/edgekit-* work dir named in its arguments, if any."""
+    for word in words:
+        parts = str(word).split("/")
+        if len(parts) > 2 and parts[0] == "" and parts[1] == "tmp" and parts[2].startswith("edgekit-"):
+            candidate = root / "tmp" / parts[2]
+            if candidate.is_dir() and not candidate.is_symlink():
+                return candidate
+    return None
+
+
+def _lend(work: Path) -> None:
+    """Give the work dir (not what is in it: the host's files there stay root's, readable) to the guest user."""
+    os.chown(work, GUEST_UID, GUEST_GID, follow_symlinks=False)
+    os.chmod(work, 0o700)
+
+
+def _take_back(work: Path) -> None:
+    """The work dir is root's again (a guest process still running can add nothing to it), minus every symlink,
+    device, fifo or socket the guest made: the host reads results from here with ordinary opens."""
+    os.chown(work, os.geteuid(), os.getegid(), follow_symlinks=False)
+    os.chmod(work, 0o700)
+    for dirpath, dirnames, filenames in os.walk(work, followlinks=False):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+                os.unlink(path)
+                if name in dirnames:
+                    dirnames.remove(name)
 
 
 # ---------------------------------------------------------------- running artifacts
@@ -69,14 +140,21 @@ def stage_package(dest: Path) -> None:
         shutil.copy2(src, pkg / "runtimes" / src.name)
 
 
-def run_artifact(artifact_dir: Path, manifest, inputs: list[np.ndarray], *,
+def run_artifact(artifact, manifest, inputs: list[np.ndarray], *,
                  benchmark: dict | None = None) -> tuple[list[np.ndarray], dict | None]:
-    """Run an aarch64 artifact inside the emulator; with benchmark={"warmup", "iters"} also time it there."""
+    """Run an aarch64 artifact inside the emulator; with benchmark={"warmup", "iters"} also time it there.
+
+    `artifact`: a VerifiedArtifact (edgekit.load passes the one it checked, trust policy included) or a directory
+    (read and verified here). The guest gets the bytes the host verified, written into its private work dir, never a
+    copy of the user's directory (which could have changed since)."""
+    if not isinstance(artifact, VerifiedArtifact):
+        artifact = read_verified(artifact)
     root = require_sysroot()
     with tempfile.TemporaryDirectory(prefix="edgekit-run-", dir=root / "tmp") as tmp:
         work = Path(tmp)
         guest = "/" + work.relative_to(root).as_posix()
-        shutil.copytree(artifact_dir, work / "artifact")
+        artifact.write_to(work / "artifact", private=False)  # work itself is private (0700)
+        manifest = artifact.manifest
         run = _run_executorch if backends.get(manifest.backend).emulator == "runner" else _run_python
         return run(root, work, guest, manifest, inputs, benchmark or {})
 
@@ -143,9 +221,14 @@ def _run_executorch(root, work: Path, guest: str, manifest, inputs, bench: dict)
 def rpc_server(port: int = 9090, timeout_s: float = 180):
     """A TVM RPC server inside the emulator on 127.0.0.1:PORT: proves the rpc:// path without a board."""
     root = require_sysroot()
-    with tempfile.NamedTemporaryFile("w+", prefix="edgekit-rpc-", suffix=".log") as log:
-        proc = subprocess.Popen([*_chroot(root), "python3", "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1",
-                                 "--port", str(port), "--port-end", str(port + 1)],
+    with tempfile.NamedTemporaryFile("w+", prefix="edgekit-rpc-", suffix=".log") as log, \
+            tempfile.TemporaryDirectory(prefix="edgekit-rpc-", dir=root / "tmp") as tmp:
+        work = Path(tmp)  # the server's uploads land here (TMPDIR), the one folder its guest user may write
+        guest = "/" + work.relative_to(root).as_posix()
+        _lend(work)
+        proc = subprocess.Popen([*_chroot(root), *_guest_env(guest, {"PYTHONDONTWRITEBYTECODE": "1"}), "python3",
+                                 "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1", "--port", str(port),
+                                 "--port-end", str(port + 1)],
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             _wait_for(lambda: "bind to" in Path(log.name).read_text(), proc, timeout_s, log.name)
@@ -154,6 +237,7 @@ def rpc_server(port: int = 9090, timeout_s: float = 180):
             with suppress(ProcessLookupError):  # its own session: the server and its worker processes
                 os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(timeout=30)
+            _take_back(work)
 
 
 def _wait_for(ready, proc: subprocess.Popen, timeout_s: float, log: str) -> None:

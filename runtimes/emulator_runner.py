@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit import backends
-from edgekit.artifact import load_verified
+from edgekit.artifact import read_verified
 from edgekit.runtimes.base import benchmark
 
 
@@ -28,9 +28,10 @@ def main() -> None:
     p.add_argument("--stats", type=Path)
     args = p.parse_args()
 
-    manifest = load_verified(args.artifact)
+    artifact = read_verified(args.artifact)  # the guest's private copy of the host-verified bytes, checked again
+    manifest = artifact.manifest
     runtime = backends.get(manifest.backend).runtime_module()
-    handle = runtime.load(args.artifact, manifest)
+    handle = runtime.load(args.artifact, manifest, payload=artifact.payload)
     with np.load(args.inputs) as f:
         inputs = [f[f"in{i}"] for i in range(len(f.files))]
     outputs = runtime.run(handle, inputs)

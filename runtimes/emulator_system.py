@@ -96,11 +96,56 @@ def require_sysroot() -> Path:
     if not is_ready():
         raise EdgekitError(f"the aarch64 emulator in {emulator_dir()} was built for other runtime versions "
                            f"than this edgekit's. Rebuild it with `edgekit device emulator setup`.")
+    if _stamp().get("hardened") != HARDENING:
+        harden(root)
+        _write_stamp({**_stamp(), "hardened": HARDENING})
+    else:
+        _harden_shared_dirs(root)  # cheap: the folders a guest could otherwise write or plant files in
     return root
 
 
+HARDENING = 1  # version of harden(): a sysroot hardened by an older one is hardened again
+GUEST_WRITABLE = ("tmp", "var/tmp", "var/lock", "run/lock", "dev/shm")  # 1777 in a Debian root file system
+
+
+def harden(root: Path) -> None:
+    """Make the sysroot safe for an unprivileged guest: nothing in it writable by the guest user (65534), the
+    shared temp folders root's own (0711: the per-run work dirs in tmp/ stay reachable, nothing else is listed or
+    created there), no setuid/setgid programs, no world-writable console."""
+    _harden_shared_dirs(root)
+    console = root / "dev/console"
+    if console.exists() and not console.is_symlink():
+        os.chmod(console, 0o600)
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            if stat.S_ISLNK(st.st_mode) or stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+                continue
+            mode = stat.S_IMODE(st.st_mode)
+            safe = mode & ~(stat.S_ISUID | stat.S_ISGID | stat.S_IWOTH)
+            if safe != mode and os.path.relpath(path, root) not in GUEST_WRITABLE:
+                os.chmod(path, safe)
+
+
+def _harden_shared_dirs(root: Path) -> None:
+    for rel in GUEST_WRITABLE:
+        path = root / rel
+        if path.is_dir() and not path.is_symlink():
+            st = path.lstat()
+            if st.st_uid != os.geteuid() or stat.S_IMODE(st.st_mode) != 0o711:
+                os.chown(path, os.geteuid(), os.getegid(), follow_symlinks=False)
+                os.chmod(path, 0o711)
+
+
 def _check_trusted(root: Path) -> None:
-    """Refuse a sysroot that is a symlink or is not the current user's own directory."""
+    """Refuse a sysroot (or an emulator dir, EDGEKIT_EMULATOR_DIR included) that is a symlink, is not the current
+    user's own directory, or that others may write into."""
+    for path in (root.parent, root):
+        _check_own_dir(path)
+
+
+def _check_own_dir(root: Path) -> None:
     st = root.lstat()
     if stat.S_ISLNK(st.st_mode):
         why = f"is a symlink (to {os.readlink(root)})"
@@ -108,9 +153,13 @@ def _check_trusted(root: Path) -> None:
         why = "is not a directory"
     elif st.st_uid != os.geteuid():
         why = f"is owned by uid {st.st_uid}, not by the current user (uid {os.geteuid()})"
+    elif st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        why = f"is writable by other users (mode {stat.S_IMODE(st.st_mode):o})"
     else:
         return
-    raise EdgekitError(f"refusing the aarch64 emulator sysroot {root}: it {why}, and artifacts run in it as root. "
+    what = "sysroot" if root.name == "sysroot" else "folder"
+    raise EdgekitError(f"refusing the aarch64 emulator {what} {root}: it {why}, and edgekit runs artifacts from it "
+                       "with root's help (chroot). "
                        f"Remove it and rebuild it with `edgekit device emulator setup`, or point "
                        f"EDGEKIT_EMULATOR_DIR at a directory of your own.")
 
@@ -277,7 +326,10 @@ def _build_runner(root: Path, et_version: str) -> None:
 
 def _smoke_test(root: Path) -> None:
     # binfmt is registered (setup's first step): chroot runs the aarch64 python3 through qemu
-    _check_call(["chroot", str(root), "/usr/bin/env", "python3", "-c", "import numpy, onnxruntime, tvm.runtime"],
+    harden(root)
+    # as the guest user the artifacts run as (uid 65534): its imports must work without write access anywhere
+    _check_call(["chroot", "--userspec=65534:65534", "--groups=65534", str(root), "/usr/bin/env", "-i",
+                 "PATH=/usr/bin:/bin", "HOME=/", "python3", "-c", "import numpy, onnxruntime, tvm.runtime"],
                 "the runtimes' import check inside the sysroot")
 
 

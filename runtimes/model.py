@@ -1,23 +1,28 @@
-"""`edgekit.load(dir) -> Model`: checks first (schema, target vs this machine, every checksum), then loads."""
+"""`edgekit.load(dir) -> Model`: checks first (trust policy, schema, containment, every checksum, target vs this
+machine), then loads the very bytes it checked."""
 from __future__ import annotations
 
+import inspect
+import tempfile
 import threading
 from pathlib import Path
 
 import numpy as np
 
 from edgekit import backends
-from edgekit.artifact import Manifest, TensorSpec, load_verified
+from edgekit.artifact import Manifest, TensorSpec, VerifiedArtifact, read_verified
 from edgekit.errors import EdgekitError
 from edgekit.targets import host_arch
 
 from .base import benchmark
+from .payload_check import check_payload
 
 
 class Model:
-    def __init__(self, path: Path, manifest: Manifest, runner):
+    def __init__(self, path: Path, manifest: Manifest, runner, digest: str | None = None):
         self.path = path
         self.manifest = manifest
+        self.digest = digest  # sha256 of manifest.json as loaded (`--expect-digest` pins it)
         self._runner = runner
         self._lock = threading.Lock()  # runtime handles are not documented as re-entrant
 
@@ -36,9 +41,17 @@ class Model:
 
 
 class _Native:
-    def __init__(self, path: Path, manifest: Manifest):
+    """Loads the bytes `read_verified` hashed: runtimes that take `payload` get them in memory; an older runtime
+    (load(artifact_dir, manifest)) gets a private 0700 copy of exactly those bytes, never the user's path."""
+
+    def __init__(self, artifact: VerifiedArtifact):
+        manifest = artifact.manifest
         self.backend = backends.get(manifest.backend).runtime_module()
-        self.handle = self.backend.load(path, manifest)
+        if "payload" in inspect.signature(self.backend.load).parameters:
+            self.handle = self.backend.load(artifact.path, manifest, payload=artifact.payload)
+        else:
+            with tempfile.TemporaryDirectory(prefix="edgekit-artifact-") as private:
+                self.handle = self.backend.load(artifact.write_to(Path(private) / "a"), manifest)
 
     def run(self, inputs):
         return self.backend.run(self.handle, inputs)
@@ -50,25 +63,35 @@ class _Native:
 class _Emulated:
     """aarch64 artifact on an x86_64 host: every call runs inside the QEMU sysroot."""
 
-    def __init__(self, path: Path, manifest: Manifest):
+    def __init__(self, artifact: VerifiedArtifact):
         from . import emulator
 
-        self.emulator, self.path, self.manifest = emulator, path, manifest
+        self.emulator, self.artifact, self.manifest = emulator, artifact, artifact.manifest
 
-    def run(self, inputs):
-        return self.emulator.run_artifact(self.path, self.manifest, inputs)[0]
+    def run(self, inputs):  # the host-verified bytes go into the guest, not a copy of the user's directory
+        return self.emulator.run_artifact(self.artifact, self.manifest, inputs)[0]
 
     def benchmark(self, inputs, warmup, iters):
-        return self.emulator.run_artifact(self.path, self.manifest, inputs,
+        return self.emulator.run_artifact(self.artifact, self.manifest, inputs,
                                           benchmark={"warmup": warmup, "iters": iters})[1]
 
 
-def load(artifact_dir) -> Model:
+def load(artifact_dir, trust=None, expect_digest: str | None = None) -> Model:
+    """trust: a public key path (the artifact must carry a valid signature by it), a trust.Policy, None ($EDGEKIT_TRUST
+    if set, else no policy) or False (no policy, no warning). expect_digest: manifest.json's sha256. Every check runs
+    before any payload byte reaches a runtime."""
+    from edgekit import trust as trusting
+
     path = Path(artifact_dir)
-    manifest = load_verified(path)
+    policy = trusting.policy(trust, expect_digest)
+    artifact = read_verified(path, policy)
+    manifest = artifact.manifest
     check_runnable(manifest)
+    check_payload(manifest, artifact.payload, str(path))  # malformed payloads never reach native code
+    if policy is None and trust is not False:
+        trusting.warn_unsigned(artifact, native=backends.get(manifest.backend).native_code)
     runner = _Emulated if manifest.arch != host_arch() else _Native
-    return Model(path, manifest, runner(path, manifest))
+    return Model(path, manifest, runner(artifact), artifact.digest)
 
 
 def check_runnable(manifest: Manifest) -> None:
@@ -99,11 +122,16 @@ def check_inputs(specs: list[TensorSpec], inputs) -> list[np.ndarray]:
         if not isinstance(x, np.ndarray):
             raise EdgekitError(f"input {i} ({spec.name}) is a {type(x).__name__}; expected a numpy array "
                                f"{spec.describe()}.")
-        if list(x.shape) != list(spec.shape) or x.dtype.name != spec.dtype:
+        if x.dtype.hasobject or x.dtype.fields is not None or x.dtype.subdtype is not None:
+            raise EdgekitError(f"input {i} ({spec.name}) is an array of {x.dtype} (objects or records); expected "
+                               f"plain numbers {spec.describe()}. Save it with numpy.save from a numeric array.")
+        if x.dtype.kind in "biufc" and not x.dtype.isnative:  # e.g. big-endian '>f4' from another machine
+            x = np.asarray(x, dtype=x.dtype.newbyteorder("="))  # same values, this machine's byte order
+        if list(x.shape) != list(spec.shape) or x.dtype != np.dtype(spec.dtype):
             others = f" All inputs: {expected}." if len(specs) > 1 else ""
             raise EdgekitError(f"input {i} ({spec.name}) is {x.dtype.name}{list(x.shape)}; expected "
                                f"{spec.describe()}.{others}")
-        arrays.append(np.ascontiguousarray(x))
+        arrays.append(np.asarray(x, order="C"))  # keeps 0-d inputs 0-d (ascontiguousarray: 1-d)
     return arrays
 
 

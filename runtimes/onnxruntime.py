@@ -1,4 +1,4 @@
-"""ONNX Runtime: model.onnx in an InferenceSession."""
+"""ONNX Runtime: model.onnx in an InferenceSession, built from the verified bytes (never reopened by path)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,12 +6,13 @@ from pathlib import Path
 import numpy as np
 
 
-def load(artifact_dir: Path, manifest):
+def load(artifact_dir: Path, manifest, payload: dict[str, bytes] | None = None):
     import onnxruntime as ort
 
     wanted = manifest.backend_info.get("providers", ["CPUExecutionProvider"])
     providers = [p for p in wanted if p in ort.get_available_providers()] or ["CPUExecutionProvider"]
-    session = ort.InferenceSession(str(Path(artifact_dir) / manifest.entry), providers=providers)
+    model = payload[manifest.entry] if payload is not None else str(Path(artifact_dir) / manifest.entry)
+    session = ort.InferenceSession(model, providers=providers)
     return session, [i.name for i in session.get_inputs()]
 
 

@@ -6,6 +6,7 @@ adb:// devices to adb.py, so `edgekit bench --device` has one entry point.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -18,10 +19,16 @@ from .base import summarize
 
 def parse_url(url: str) -> tuple[str, int]:
     parsed = urlparse(url)
-    if parsed.scheme != "rpc" or not parsed.hostname or not parsed.port:
+    try:
+        port = parsed.port  # ValueError for rpc://host:notaport or a port past 65535
+    except ValueError:
+        port = None
+    if (parsed.scheme != "rpc" or not parsed.hostname or not port or parsed.path not in ("", "/")
+            or parsed.query or parsed.fragment or parsed.username or parsed.password
+            or not re.fullmatch(r"[A-Za-z0-9._:-]+", parsed.hostname)):
         raise EdgekitError(f"device {url!r} is not a TVM RPC address; expected rpc://HOST:PORT "
                            "(the host and port of `python3 -m tvm.exec.rpc_server` on the device).")
-    return parsed.hostname, parsed.port
+    return parsed.hostname, port
 
 
 def connect(url: str, timeout_s: int = 120):
@@ -45,8 +52,12 @@ def run_remote(url: str, artifact_dir: Path, manifest, inputs: list[np.ndarray],
     if manifest.backend != "tvm":
         raise EdgekitError(f"rpc:// devices run TVM artifacts; this one is {manifest.backend}. Compile with "
                            "--backend tvm, or use an adb:// device for ExecuTorch.")
+    digest = manifest.files[manifest.entry][:16]
+    if not re.fullmatch(r"[0-9a-f]{16}", digest):
+        raise EdgekitError(f"the manifest's checksum of {manifest.entry!r} is not a sha256 hex digest; refusing to "
+                           "name an upload after it. Recompile the artifact with edgekit.")
     session = connect(url)
-    name = f"edgekit-{manifest.files[manifest.entry][:16]}.so"  # content-addressed: reruns replace nothing
+    name = f"edgekit-{digest}.so"  # content-addressed: reruns replace nothing
     session.upload(str(Path(artifact_dir) / manifest.entry), target=name)
     device = session.cuda(0) if manifest.backend_info.get("device_code") else session.cpu(0)
     vm = relax.VirtualMachine(session.load_module(name), device)
@@ -77,5 +88,7 @@ def bench_remote(artifact_dir: Path, url: str, warmup: int = 3, iters: int = 20)
 
     manifest = load_verified(artifact_dir)
     run = run_adb if url.startswith("adb://") else run_remote
+    if run is run_remote:
+        parse_url(url)  # refuse a malformed address before anything else
     _, stats = run(url, artifact_dir, manifest, example_inputs(manifest), benchmark={"warmup": warmup, "iters": iters})
     return {"model": manifest.model, "backend": manifest.backend, "target": manifest.target, "device": url, **stats}

@@ -70,9 +70,15 @@ def test_output_dir_exists_needs_force(cli, tmp_path, host_artifacts):
     code, _, err = cli("compile", "--model", MODEL_SPEC, "--backend", "onnxruntime", "--output", out)
     assert_clean_error(code, err, "output directory exists", "--force")
     assert (out / "keep.txt").read_text() == "mine"
+    # --force replaces only an edgekit artifact: a folder of the user's files is refused and left as it was
     code, _, err = cli("compile", "--model", MODEL_SPEC, "--backend", "onnxruntime", "--output", out, "--force")
+    assert_clean_error(code, err, "not an edgekit artifact", "keep.txt", "nothing was changed")
+    assert (out / "keep.txt").read_text() == "mine"
+    art = tmp_path / "art"
+    shutil.copytree(host_artifacts["onnxruntime"], art)
+    code, _, err = cli("compile", "--model", MODEL_SPEC, "--backend", "onnxruntime", "--output", art, "--force")
     assert code == 0, err
-    assert not (out / "keep.txt").exists() and (out / "manifest.json").exists()
+    assert (art / "manifest.json").exists()
 
 
 @pytest.mark.parametrize("inputs, needle", [

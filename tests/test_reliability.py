@@ -1,6 +1,8 @@
 """Hostile inputs never crash or leak a traceback; one model serves many threads; racing compiles never leave a
 half-written artifact. `make fuzz` runs the fuzz tests with 10,000 cases each (EDGEKIT_FUZZ_EXAMPLES)."""
+import hashlib
 import json
+import math
 import os
 import shutil
 import struct
@@ -94,6 +96,102 @@ def test_fuzz_wav_bytes(tmp_path_factory, blob):
         assert "fuzz.wav" in str(exc)
     else:
         assert audio.dtype == np.float32 and audio.ndim == 1
+
+
+# ---- payload mutation with recomputed checksums, and manifest type confusion (`make fuzz`: 10,000 cases each)
+
+# the bytes a case may change: all of an .onnx; the headers of a .pte and a .so (see the docstring below)
+PAYLOAD_REGIONS = {"onnxruntime": None, "executorch": 32, "tvm": 64}
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzz_payload_mutation_with_recomputed_checksum(host_artifacts, tmp_path_factory, data):
+    """Bytes of an entry payload changed, truncated or extended, its sha256 recomputed in the manifest: `edgekit run`
+    ends in exit 0 or in exit 2 with a message, never a traceback or a crash (each case runs in a forked child).
+    Inside a payload's body, only a signature (--trust) can rule out every crash: a .so is native code (fuzzing
+    found a program header's memory size changed by one byte crashing dlopen, now refused by payload_check), and
+    ExecuTorch 1.5.1's runtime segfaults on some one-byte changes inside a .pte that pass its flatbuffer verifier
+    (byte 2224 of the zoo model's .pte set to 0). So the .pte and .so cases change their headers (32 and 64 bytes)
+    and lengths; the .onnx cases change any byte (ONNX Runtime refused every one so far)."""
+    from test_adversarial import run_isolated
+
+    backend = data.draw(st.sampled_from(sorted(PAYLOAD_REGIONS)), label="backend")
+    src = host_artifacts[backend]
+    manifest = json.loads((src / "manifest.json").read_text())
+    blob = bytearray((src / manifest["entry"]).read_bytes())
+    region = PAYLOAD_REGIONS[backend] or len(blob)
+    for _ in range(data.draw(st.integers(1, 8), label="edits")):
+        kind = data.draw(st.sampled_from(["set", "truncate", "insert", "zero-run"]), label="kind")
+        at = data.draw(st.integers(0, max(0, min(region, len(blob)) - 1)), label="at")
+        if kind == "set" and blob:
+            blob[at] = data.draw(st.integers(0, 255))
+        elif kind == "truncate":
+            del blob[at:]
+        elif kind == "insert" and backend != "tvm":
+            blob[at:at] = data.draw(st.binary(min_size=1, max_size=16))
+        elif kind == "zero-run":
+            n = data.draw(st.integers(1, 64))
+            blob[at:at + n] = bytes(len(blob[at:at + n]))
+    root = tmp_path_factory.mktemp("fuzz-payload")
+    art = root / "art"
+    shutil.copytree(src, art)
+    (art / manifest["entry"]).write_bytes(bytes(blob))
+    manifest["files"][manifest["entry"]] = hashlib.sha256(bytes(blob)).hexdigest()
+    (art / "manifest.json").write_text(json.dumps(manifest))
+    x = np.random.default_rng(0).standard_normal(manifest["inputs"][0]["shape"]).astype(np.float32)
+    np.save(root / "x.npy", x)
+    code, _, err = run_isolated(["run", art, "-i", root / "x.npy", "-o", root / "out.npz"], root)
+    assert code >= 0, f"{backend}: crashed with signal {-code}: {err[-1500:]}"
+    assert code in (0, 2) and "Traceback" not in err, err[-3000:]
+    shutil.rmtree(root)
+
+
+confusing_values = (json_values | st.just(float("nan")) | st.just(float("inf")) | st.integers(-2**70, 2**70)
+                    | st.recursive(st.none(), lambda inner: st.lists(inner, max_size=1), max_leaves=200)
+                    | st.lists(st.integers(-2**40, 2**40), max_size=12) | st.sampled_from(
+                        ["float32", ">f4", "object", "", "model.onnx", "../x", "/etc/passwd", "a" * 5000]))
+
+
+def _paths(value, prefix=()):
+    """Every (nested) key path in a JSON value."""
+    yield prefix
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _paths(v, prefix + (k,))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _paths(v, prefix + (i,))
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzz_manifest_type_confusion(host_artifacts, data):
+    """Any value at any (nested) place of a real manifest: a Manifest whose every field has edgekit's types and
+    bounded sizes, or an EdgekitError naming the file, never another exception."""
+    from edgekit.artifact import DTYPES, MAX_ELEMENTS, MAX_RANK
+
+    backend = data.draw(st.sampled_from(sorted(host_artifacts)))
+    manifest = json.loads((host_artifacts[backend] / "manifest.json").read_text())
+    for _ in range(data.draw(st.integers(1, 3))):
+        path = data.draw(st.sampled_from(list(_paths(manifest))[1:]))
+        target = manifest
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = data.draw(confusing_values)
+    try:
+        m = Manifest.from_dict(manifest, "fuzz/manifest.json")
+    except EdgekitError as exc:
+        assert "fuzz/manifest.json" in str(exc)
+        return
+    for attr in ("model", "backend", "target", "arch", "precision", "entry"):
+        assert isinstance(getattr(m, attr), str)
+    assert isinstance(m.backend_info, dict) and isinstance(m.verify, dict) and isinstance(m.toolchain, dict)
+    assert m.quantization is None or isinstance(m.quantization, dict)
+    assert m.entry in m.files
+    for spec in m.inputs + m.outputs:
+        assert spec.dtype in DTYPES and len(spec.shape) <= MAX_RANK
+        assert all(type(d) is int and d >= 0 for d in spec.shape) and math.prod(spec.shape) <= MAX_ELEMENTS
 
 
 def read_manifest_spec():

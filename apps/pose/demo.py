@@ -11,6 +11,7 @@ import numpy as np
 
 from edgekit.apps.pose.app import PoseApp, TrackLifter, draw
 from edgekit.apps.pose.model import BlazePose, lifter_runner, runners
+from edgekit.apps.media import check_image
 from edgekit.apps.runners import add_backend_arguments
 from edgekit.apps.video import IMAGE_SUFFIXES, Sink, add_run_and_live, live_overlay, open_video, run_frames
 from edgekit.errors import EdgekitError
@@ -74,6 +75,8 @@ def run_command(args) -> int:
     is_image = source.suffix.lower() in IMAGE_SUFFIXES
     if args.output and Path(args.output).suffix.lower() not in (IMAGE_SUFFIXES if is_image else {".mp4", ".avi"}):
         raise EdgekitError(f"-o {args.output}: use {'.png or .jpg' if is_image else '.mp4'} for this input.")
+    if is_image:
+        check_image(source)  # refused before the models load
     app = build_app(args)
     lift = TrackLifter(*lifter_runner(args.backend, args.artifacts, args.lifter))
     frames, fps = (iter([_read_image(source)]), 0.0) if is_image else open_video(str(source))
@@ -129,6 +132,7 @@ def eval_3d_command(args) -> int:
 
 
 def _read_image(path: Path) -> np.ndarray:
+    check_image(path)  # the header's size before decoding
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
         raise EdgekitError(f"{path}: not a readable image.")

@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 
 from edgekit import paths
+from edgekit.apps.media import add_media_arguments, check_image
 from edgekit.apps.video import LiveSource, Sink, add_live_arguments, show
 from edgekit.errors import EdgekitError
 
@@ -35,12 +36,14 @@ def register(subparsers) -> None:
     ev.add_argument("--calibration", default=_default_data("Set14"),
                     help="HR images whose LR tiles calibrate int8; None: $EDGEKIT_DATA/sr/Set14")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
+    add_media_arguments(ev)
     ev.set_defaults(func=_eval)
 
     run = commands.add_parser("run", help="upscale one image file", formatter_class=FORMATTER)
     run.add_argument("input", type=Path, help="image to upscale (RGB, gray, RGBA; 8 or 16 bit)")
     run.add_argument("-o", "--output", type=Path, required=True, help="where to write the result")
     _model_args(run, tile=128, overlap=16)
+    add_media_arguments(run)
     run.set_defaults(func=_run)
 
     live = commands.add_parser("live", help="side-by-side bicubic vs CFSR on a camera, file or stream",
@@ -105,6 +108,7 @@ def upscale_file(src, dst, scale: int = 4, backend: str = "eager", weights=None,
     """Read `src`, super-resolve it, write `dst` (format from its suffix); the `run` command and `make demo`."""
     args = argparse.Namespace(scale=scale, backend=backend, weights=weights, tile=tile, overlap=overlap,
                               target=target, cache=cache)
+    check_image(src)  # its header's size, before decoding: a small file can declare gigapixels
     img = cv2.imread(str(src), cv2.IMREAD_UNCHANGED)
     if img is None or img.dtype not in (np.uint8, np.uint16):
         raise EdgekitError(f"Cannot read {src} as an 8- or 16-bit image. Pass a PNG, JPEG, BMP or TIFF file.")

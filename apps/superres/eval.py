@@ -69,6 +69,9 @@ def psnr_ssim_y(sr: np.ndarray, hr: np.ndarray, border: int) -> tuple[float, flo
 
 
 def read_rgb(path: str | Path) -> np.ndarray:
+    from edgekit.apps.media import check_image
+
+    check_image(path)  # the header's size before decoding
     img = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if img is None:
         raise EdgekitError(f"Cannot read {path} as an image. Pass a PNG, JPEG, BMP or TIFF file.")

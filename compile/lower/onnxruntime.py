@@ -36,7 +36,11 @@ def lower(source: Source, target: Target, out: Path, entry: str) -> Lowered:
         try:
             ort.InferenceSession(str(raw), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph types; all mean the graph is unusable
-            raise EdgekitError(f"ONNX Runtime rejected the model graph: {str(exc).splitlines()[0]}") from None
+            from ..onnx_model import load, ort_message
+
+            where = ort_message(exc, load(raw))
+            raise EdgekitError(f"ONNX Runtime rejected the model graph at {where}. Check the node's opset and "
+                               "attributes, try --backend tvm, or re-export the model.") from None
     finally:
         raw.unlink(missing_ok=True)
     return Lowered({"opset": OPSET, "graph_optimization": level,

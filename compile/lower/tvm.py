@@ -21,8 +21,6 @@ from . import Lowered
 
 
 def import_relax(source: Source, target_dict: dict):
-    import tvm
-
     if isinstance(source, TorchSource):
         from tvm.relax.frontend.torch import from_exported_program
 
@@ -35,16 +33,196 @@ def import_relax(source: Source, target_dict: dict):
         program = _wrap_negative_selects(_decompose_keeping_attention(program))
         return from_exported_program(program, keep_params_as_input=False,
                                      run_ep_decomposition=False, custom_convert_map=kernels)
-    import onnx
-    from tvm.relax.frontend.onnx import from_onnx
+    return import_onnx(source.path)
 
-    frontend = lambda: from_onnx(onnx.load(str(source.path)), keep_params_in_input=False)  # noqa: E731
+
+# TVM compiles static shapes: an ONNX input that sets a shape (Reshape's shape, Slice's starts, ...) must be a
+# constant. The pipeline folds such inputs with the user's example values (recorded as const_inputs).
+CONSTANT_SHAPE_OPERANDS = True
+
+
+class _NodeFailed(Exception):
+    def __init__(self, index: int, node, exc: Exception):
+        super().__init__(str(exc))
+        self.index, self.node, self.exc = index, node, exc
+
+
+def import_onnx(path: Path):
+    """TVM's ONNX importer, one node at a time so that a failure names its node, op and reason."""
+    import contextlib
+    import io
+    import types
+    import warnings
+
+    import onnx
+    import tvm
+    from tvm.relax.frontend.onnx import from_onnx, onnx_frontend
+
+    from ..onnx_model import _first_line, node_label
+
+    model = _expand_layernorm_stats(onnx.load(str(path)))
+    _check_onnx_for_tvm(model, path)
+    importer = onnx_frontend.ONNXGraphImporter
+    construct = importer._construct_nodes
+
+    def one_node_at_a_time(self, graph):
+        for index, node in enumerate(graph.node):
+            try:
+                construct(self, types.SimpleNamespace(node=[node]))
+            except Exception as exc:  # noqa: BLE001 - every converter error, mapped to its node below
+                raise _NodeFailed(index, node, exc) from exc
+
+    importer._construct_nodes = one_node_at_a_time
     try:
-        return frontend()
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            mod = from_onnx(model, keep_params_in_input=False)
+    except _NodeFailed as failed:
+        exc = failed.exc
+        if isinstance(exc, KeyError) and failed.node.op_type == "Attention" and not failed.node.domain:
+            why = (f"TVM reads 'Attention' as Microsoft's contrib op (attribute {exc} missing), not ONNX's "
+                   "standard Attention (opset 23)")
+        elif isinstance(exc, KeyError):
+            why = f"missing attribute or input {exc}"
+        else:
+            why = f"{type(exc).__name__}: {_first_line(exc)}"
+        const = _non_constant_operands(model, failed.node)
+        hint = (f" Its operand(s) {', '.join(const)} are graph inputs: fold them with --const-inputs NAME=FILE.npy."
+                if const else "")
+        opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+        raise EdgekitError(f"{path}: TVM's ONNX importer fails on {node_label(failed.node, failed.index)} "
+                           f"(opset {opset}): {why}.{hint} Use --backend onnxruntime for this model, or re-export "
+                           "it at another opset (onnx.version_converter).") from None
     except tvm.error.OpNotImplemented as exc:
-        raise EdgekitError(f"{source.path}: TVM's {source.kind} importer cannot read this model: "
-                           f"{str(exc).splitlines()[0]} Use --backend onnxruntime for it, or export the model "
+        raise EdgekitError(f"{path}: TVM's onnx importer cannot read this model: {_first_line(exc)} (nodes "
+                           f"{_nodes_of(model, str(exc))}). Use --backend onnxruntime for it, or export the model "
                            "without runtime-specific fused ops.") from None
+    except Exception as exc:  # graph-level failures (inputs, initializers, outputs)
+        raise EdgekitError(f"{path}: TVM's ONNX importer fails outside any one node: {type(exc).__name__}: "
+                           f"{_first_line(exc)}. Use --backend onnxruntime for this model.") from None
+    finally:
+        importer._construct_nodes = construct
+    _check_outputs(mod, model, path)
+    return mod
+
+
+def _check_onnx_for_tvm(model, path: Path) -> None:
+    """What TVM's importer reads without complaint but gets wrong: refused up front, naming the node."""
+    from ..onnx_model import node_label
+
+    for index, node in enumerate(model.graph.node):
+        if node.op_type == "LayerNormalization" and any(node.output[1:]):
+            used = [o for o in node.output[1:] if o]
+            raise EdgekitError(f"{path}: {node_label(node, index)}: TVM's importer does not compute "
+                               f"LayerNormalization's optional Mean/InvStdDev outputs ({', '.join(used)}); it "
+                               "returns zeros for them, and edgekit writes the node out only for float32 inputs. Use "
+                               "--backend onnxruntime, or drop those outputs from the model.")
+
+
+def _expand_layernorm_stats(model):
+    """TVM's importer returns zeros for LayerNormalization's optional Mean / InvStdDev outputs: where a float32
+    model uses them, the node is written out as the ONNX function it is defined by (ReduceMean, Sub, Mul, Sqrt...)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    import numpy as np
+
+    wanted = [n for n in model.graph.node if n.op_type == "LayerNormalization" and any(n.output[1:])]
+    if not wanted:
+        return model
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {v.name: v.type.tensor_type for v in list(inferred.graph.value_info) + list(inferred.graph.input)
+             + list(inferred.graph.output)}
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
+    nodes = []
+    for index, node in enumerate(model.graph.node):
+        t = types.get(node.input[0])
+        if node not in wanted or t is None or t.elem_type != TensorProto.FLOAT or not t.HasField("shape"):
+            nodes.append(node)
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        rank = len(t.shape.dim)
+        axis = attrs.get("axis", -1) % rank
+        axes = list(range(axis, rank))
+        p = f"_ek_ln{index}_"
+        x = node.input[0]
+
+        def reduce_mean(src, dst):
+            if opset >= 18:
+                model.graph.initializer.append(numpy_helper.from_array(np.array(axes, np.int64), p + "axes"))
+                return helper.make_node("ReduceMean", [src, p + "axes"], [dst], keepdims=1)
+            return helper.make_node("ReduceMean", [src], [dst], axes=axes, keepdims=1)
+
+        model.graph.initializer.append(numpy_helper.from_array(np.array(attrs.get("epsilon", 1e-5), np.float32),
+                                                               p + "eps"))
+        mean = node.output[1] if len(node.output) > 1 and node.output[1] else p + "mean"
+        inv = node.output[2] if len(node.output) > 2 and node.output[2] else p + "inv"
+        y = node.output[0] or p + "y"
+        nodes += [reduce_mean(x, mean), helper.make_node("Sub", [x, mean], [p + "d"]),
+                  helper.make_node("Mul", [p + "d", p + "d"], [p + "dd"]), reduce_mean(p + "dd", p + "var"),
+                  helper.make_node("Add", [p + "var", p + "eps"], [p + "ve"]),
+                  helper.make_node("Sqrt", [p + "ve"], [p + "std"]), helper.make_node("Reciprocal", [p + "std"], [inv]),
+                  helper.make_node("Mul", [p + "d", inv], [p + "n"])]
+        has_bias = len(node.input) > 2 and node.input[2]
+        nodes.append(helper.make_node("Mul", [p + "n", node.input[1]], [p + "s" if has_bias else y]))
+        if has_bias:
+            nodes.append(helper.make_node("Add", [p + "s", node.input[2]], [y]))
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return model
+
+
+def _non_constant_operands(model, node) -> list[str]:
+    """The node's shape-like operands (Split's split, Pad's pads...) that are graph inputs, not constants."""
+    from ..onnx_model import CONSTANT_OPERANDS, SHAPE_OPERANDS
+
+    inputs = {i.name for i in model.graph.input} - {t.name for t in model.graph.initializer}
+    positions = {pos for pos, (_, kind) in SHAPE_OPERANDS.get(node.op_type, {}).items() if kind == "shape"}
+    positions |= set(CONSTANT_OPERANDS.get(node.op_type, {}))
+    return [f"{name!r}" for pos, name in enumerate(node.input) if pos in positions and name in inputs]
+
+
+def _nodes_of(model, message: str) -> str:
+    from ..onnx_model import node_label
+
+    named = {op.strip(" .") for op in message.rpartition(":")[2].split(",")}
+    hits = [node_label(n, i) for i, n in enumerate(model.graph.node) if n.op_type in named]
+    return ", ".join(hits[:5]) + (" ..." if len(hits) > 5 else "") if hits else "none found"
+
+
+def _check_outputs(mod, model, path: Path) -> None:
+    """Each output's shape as TVM imported it against ONNX's shape inference: a mismatch is an importer bug."""
+    import onnx
+    from tvm import relax
+
+    from ..onnx_model import node_label
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # noqa: BLE001 - the checker already ran; no inferred shapes means nothing to compare
+        return
+    declared = {}
+    for out in inferred.graph.output:
+        dims = out.type.tensor_type.shape.dim
+        if out.type.tensor_type.HasField("shape") and all(d.HasField("dim_value") for d in dims):
+            declared[out.name] = [d.dim_value for d in dims]
+    ret = mod["main"].ret_ty
+    fields = list(ret.fields) if isinstance(ret, relax.TupleType) else [ret]
+    producer = {o: (i, n) for i, n in enumerate(model.graph.node) for o in n.output}
+    for out, info in zip(model.graph.output, fields):
+        want = declared.get(out.name)
+        shape = getattr(info, "shape", None)
+        if want is None or shape is None or not isinstance(shape, relax.ShapeExpr):
+            continue
+        try:
+            got = [int(v) for v in shape.values]
+        except TypeError:
+            continue
+        if got != want:
+            i, node = producer.get(out.name, (None, None))
+            where = node_label(node, i) if node is not None else "the graph"
+            raise EdgekitError(f"{path}: TVM's ONNX importer gives output {out.name!r} (from {where}) shape {got}; "
+                               f"ONNX says {want}. Use --backend onnxruntime for this model.")
 
 
 def _wrap_negative_selects(program):
@@ -83,7 +261,8 @@ def lower(source: Source, target: Target, out: Path, entry: str) -> Lowered:
 
     target_dict = tvm_target(target)
     mod = use_fused_attention(import_relax(source, target_dict), target_dict)
-    mod, pipeline = tvm_schedule.schedule(mod, target_dict)
+    database = tvm_schedule.find_database(target.name, source.name) if target_dict["kind"] == "llvm" else None
+    mod, pipeline = tvm_schedule.schedule(mod, target_dict, database)
     try:
         executable = tvm.compile(mod, target=tvm.target.Target(target_dict))
     except Exception as exc:  # TVM raises its own error types from C++; surface the first line
@@ -92,6 +271,8 @@ def lower(source: Source, target: Target, out: Path, entry: str) -> Lowered:
     executable.export_library(str(out / entry), fcompile=link_fcompile(target_dict, _fcompile(target)),
                               options=["-Wl,--strip-debug"])
     info = {"target": target_dict, "pipeline": pipeline}
+    if database is not None:  # `edgekit tune`'s records, applied before the rules
+        info["tuning"] = {"database": str(database), "sha256": tvm_schedule.database_digest(database)}
     if target.cuda_arch:
         info["device_code"] = _precompile_cuda(executable, target.cuda_arch, out)
     return Lowered(info)

@@ -9,11 +9,17 @@ then each fused PrimFunc is rewritten by one rule:
   in parallel; the fused epilogue (bias, activation, residual) is computed per tile while it is hot;
 * everything else (elementwise, padding, layout moves): parallelise, vectorise the innermost loop.
 
-Kernels the rule cannot handle keep TVM's loops. Rules, not MetaSchedule: apache-tvm 0.27's tuning pipeline
-segfaults (serialising in ToJSONGraph), and tuning would cost minutes per model on CI's two cores, while the rules
-add well under a second to a compile and need no stored tuning records.
+Kernels the rule cannot handle keep TVM's loops. The rules are the default: they add well under a second to a
+compile and need no stored records. A model tuned with `edgekit tune` (compile/tune.py: MetaSchedule) has a
+database in tuning/<target>/<model>/; `schedule(..., database=)` applies its records first (MetaSchedule's
+MetaScheduleApplyDatabase) and the rules take the kernels it has no record for. MetaSchedule needs
+apache-tvm-ffi 0.1.14 (0.1.15 segfaults serialising TIR: docs/tvm-ffi-segfault.md).
 """
 from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
 
 import tvm
 from tvm import relax, s_tir, tirx, topi
@@ -27,14 +33,40 @@ _OPAQUE = 8  # relax OpPatternKind.kOpaque: FuseOps leaves such calls alone
 _ROWS = 4  # register tile: _ROWS x (2 vectors) accumulators = 8 vector registers
 
 
-def schedule(mod, tvm_target: dict):
+def schedule(mod, tvm_target: dict, database: Path | None = None):
     """Legalize, fuse and schedule the relax module for the CPU target `tvm_target` (TVM's JSON-dict form, the
     one the module is compiled for). Returns (module, pipeline description). CUDA targets get DLight's GPU rules,
-    as TVM's CUDA pipeline applies them, each guarded (see _Guarded)."""
+    as TVM's CUDA pipeline applies them, each guarded (see _Guarded). `database`: a MetaSchedule JSON database
+    folder (see tuning_dir); its records replace the rules for the kernels they match."""
     if tvm_target["kind"] == "cuda":
         return _schedule_cuda(mod, tvm.target.Target(tvm_target))
+    mod = fuse(mod, tvm_target)
+    target = tvm.target.Target(tvm_target)
+    lanes = tvm.target.codegen.llvm_get_vector_width(target) // 32
+    tuned = ""
+    if database is not None:
+        from tvm.s_tir import meta_schedule as ms
+
+        db = ms.database.JSONDatabase(work_dir=str(database), allow_missing=False)
+        before = _scheduled(mod)
+        with target, db:
+            mod = relax.transform.MetaScheduleApplyDatabase()(mod)
+        tuned = f"MetaSchedule database {database_digest(database)[:12]}: {_scheduled(mod) - before} tuned kernels; "
+    with target:
+        mod = dlight.ApplyDefaultSchedule(CpuRule(lanes))(mod)
+    kernels = [f for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
+    return mod, (f"{tuned}edgekit CPU rules ({lanes} fp32 lanes): {_scheduled(mod)}/{len(kernels)} kernels "
+                 "scheduled, the rest default loops")
+
+
+def _scheduled(mod) -> int:
+    return sum(bool(f.attrs and f.attrs.get("tirx.is_scheduled"))
+               for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc))
+
+
+def fuse(mod, tvm_target: dict):
+    """The CPU module legalized and fused, before any schedule: the kernels `edgekit tune` extracts and tunes."""
     tvm_target = tvm.target.Target(tvm_target)
-    lanes = tvm.target.codegen.llvm_get_vector_width(tvm_target) // 32
     passes = pipeline.library_dispatch_passes(tvm_target) + [
         relax.transform.LegalizeOps({"relax.nn.gelu": _gelu}),
         relax.transform.AnnotateTIROpPattern(),
@@ -43,14 +75,52 @@ def schedule(mod, tvm_target: dict):
         # at a time (40 s of CFSR's compile); unfolded, those weight reshapes fuse into the kernels that use them
         relax.transform.FuseOps(),
         relax.transform.FuseTIR(),
-        dlight.ApplyDefaultSchedule(CpuRule(lanes)),
     ]
     with tvm_target:
-        mod = tvm.transform.Sequential(passes)(mod)
-    kernels = [f for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
-    scheduled = sum(bool(f.attrs and f.attrs.get("tirx.is_scheduled")) for f in kernels)
-    return mod, (f"edgekit CPU rules ({lanes} fp32 lanes): {scheduled}/{len(kernels)} kernels scheduled, "
-                 "the rest default loops")
+        return tvm.transform.Sequential(passes)(mod)
+
+
+# MetaSchedule databases, one folder per target and model: tuning/<target>/<model>/database_{workload,tuning_record}
+# .json, written by `edgekit tune` and applied by every TVM compile of that model for that target.
+DATABASE_FILES = ("database_workload.json", "database_tuning_record.json")
+
+
+def tuning_root() -> Path:
+    """$EDGEKIT_TUNING_DIR, else tuning/ at the top of the checkout (beside compile/)."""
+    return Path(os.environ.get("EDGEKIT_TUNING_DIR") or Path(__file__).resolve().parents[2] / "tuning")
+
+
+def tuning_dir(target_name: str, model_name: str) -> Path:
+    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in model_name)[:80]
+    return tuning_root() / target_name / safe
+
+
+def find_database(target_name: str, model_name: str) -> Path | None:
+    """The model's tuning folder if it holds a database with at least one record."""
+    folder = tuning_dir(target_name, model_name)
+    files = [folder / f for f in DATABASE_FILES]
+    if all(f.is_file() for f in files) and files[1].stat().st_size > 0:
+        return folder
+    return None
+
+
+def database_digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for name in DATABASE_FILES:
+        h.update(name.encode())
+        h.update((Path(folder) / name).read_bytes())
+    return h.hexdigest()
+
+
+def tuning_digest(target_name: str) -> str:
+    """Digest of every database for the target (the compiled-model cache key: a changed database recompiles)."""
+    h = hashlib.sha256()
+    root = tuning_root() / target_name
+    if root.is_dir():
+        for file in sorted(root.rglob("*.json")):
+            h.update(file.relative_to(root).as_posix().encode())
+            h.update(file.read_bytes())
+    return h.hexdigest()
 
 
 def _schedule_cuda(mod, target):

@@ -83,7 +83,7 @@ def bench_model(case: ModelCase, workdir: Path | None, iters: int, progress) -> 
             except EdgekitError as exc:  # e.g. an int8 artifact over its accuracy budget: a row that says so
                 failures[(backend, precision)] = str(exc).splitlines()[0]
                 continue
-            model = load(art)
+            model = load(art, trust=False)  # the compiled-model cache's own entry
             timings[(backend, precision)] = model.benchmark(warmup=2, iters=iters)
             sizes[(backend, precision)] = sum((art / f).stat().st_size for f in model.manifest.files)
     peers = {k: v for k, v in timings.items() if k[0] not in compiled}
