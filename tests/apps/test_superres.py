@@ -149,7 +149,7 @@ def test_run_cli_writes_same_layout(tmp_path, channels, dtype):
 def test_bad_inputs_give_clear_errors(tmp_path):
     text = tmp_path / "notes.png"
     text.write_text("not an image")
-    with pytest.raises(EdgekitError, match="Cannot read"):
+    with pytest.raises(EdgekitError, match="not a readable image"):
         demo.upscale_file(text, tmp_path / "o.png", 2, weights=ckpt(2))
     with pytest.raises(EdgekitError, match="Unsupported scale x5"):
         model.from_pretrained(ckpt(4), 5)
