@@ -14,14 +14,21 @@ OUT     ?= out
 # PulseAudio (microphone capture, tested on a null sink), GL/GLib for OpenCV
 APT_PACKAGES := g++-aarch64-linux-gnu espeak-ng flite qemu-user-static debootstrap libportaudio2 pulseaudio pulseaudio-utils libasound2-plugins libgl1 libglib2.0-0
 
-.PHONY: setup system-deps demo test compile jetson phone emulator bench bench-kernels fuzz soak train-chimp train-pose train-asr clean
+.PHONY: setup paths system-deps demo test compile jetson phone emulator bench bench-kernels fuzz soak train-chimp train-pose train-asr clean
 
-setup: $(VENV)/.installed system-deps
+setup: $(VENV)/.installed system-deps paths
 
-$(VENV)/.installed: pyproject.toml
+# record the data and weights folders in edgekit's config file: `edgekit` then finds them from any folder, without
+# EDGEKIT_DATA / EDGEKIT_WEIGHTS (`edgekit paths` shows them)
+paths: $(VENV)/.installed
+	@if [ -d "$(EDGEKIT_DATA)" ] && [ -d "$(EDGEKIT_WEIGHTS)" ]; then \
+	  $(EDGEKIT) -q paths --set data=$(EDGEKIT_DATA) weights=$(EDGEKIT_WEIGHTS) >/dev/null; fi
+
+# the pinned set (constraints.txt) of every extra: compiler, runtimes, apps, bench, tests
+$(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[all,test]'
 	touch $@
 
 system-deps:

@@ -1,6 +1,7 @@
 """Packages under pyproject's package-dir roots, found by folder, so adding a package (an app, a backend's module
 folder) needs no central list. Everything else lives in pyproject.toml."""
 import tomllib
+import warnings
 from pathlib import Path
 
 from setuptools import setup
@@ -21,5 +22,16 @@ def packages() -> list[str]:
     return sorted(set(found))
 
 
+def quiet_editable_note() -> None:
+    """setuptools notes at every editable install of a package-dir mapping (its meta path finder) that a folder named
+    like the package in the working directory could shadow it. Here that folder, edgekit/, is the package's own
+    source, mapped to itself, and the finder serves the other roots (edgekit.compile -> compile/) from the repository
+    root too (the tests run there): the note never applies, so this one note is filtered."""
+    from setuptools.warnings import InformationOnly
+
+    warnings.filterwarnings("ignore", message="Editable installation", category=InformationOnly)
+
+
 if __name__ == "__main__":  # setuptools runs this file as __main__; tests import packages()
+    quiet_editable_note()
     setup(packages=packages())

@@ -20,7 +20,7 @@ def add_run_arguments(parser, source: str) -> None:
                              "it (default: %(default)s)")
     parser.add_argument("--stats", metavar="FILE.jsonl",
                         help=f"append a JSON line of cumulative counts (processed, dropped) to this file every "
-                             f"{STATS_EVERY:g} s and at the end (default: %(default)s)")
+                             f"{STATS_EVERY:g} s and at the end")
 
 
 def _seconds(text: str) -> float:

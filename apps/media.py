@@ -6,7 +6,8 @@ frame size), so such a file is refused with the size and the option to raise the
 bounded the same way (`check_audio`, from the header: the samples are memory-mapped, not read).
 
 The limits are per command line: `--max-pixels` / `--max-seconds` (see `add_media_arguments`); `configure(args)`
-(called by edgekit's CLI for every command) sets them, defaults when a command has no such option.
+(called by edgekit's CLI for every command) sets them, defaults when a command has no such option, and passes the
+command line's --quiet on to the apps' progress display (edgekit.apps.progress).
 """
 from __future__ import annotations
 
@@ -30,7 +31,10 @@ def add_media_arguments(parser, image: bool = True, audio: bool = False) -> None
 
 
 def configure(args) -> None:
-    """The limits of this command line (the defaults where the command has no such option)."""
+    """The limits of this command line (the defaults where the command has no such option), and its --quiet."""
+    from edgekit.apps import progress
+
+    progress.configure(args)
     _limits["pixels"] = getattr(args, "max_pixels", None) or DEFAULT_MAX_PIXELS
     _limits["seconds"] = getattr(args, "max_seconds", None) or DEFAULT_MAX_SECONDS
 

@@ -13,9 +13,9 @@ import numpy as np
 import torch
 
 from edgekit import backends
+from edgekit.apps.progress import enabled as progress_enabled
 from edgekit.compile import cache
 from edgekit.errors import EdgekitError
-from edgekit.runtimes.model import load
 
 Runner = Callable[..., list[np.ndarray]]
 BACKENDS = ("eager", *backends.names())  # the choices of every app's --backend
@@ -49,13 +49,15 @@ def eager(module: torch.nn.Module) -> Runner:
 
 def compiled(module: torch.nn.Module, example_inputs: tuple, name: str, backend: str, *, cache_dir=None,
              target: str = "host", code: tuple = (), files: tuple = (), recipe: str | None = None,
-             progress: bool = False, **options) -> Runner:
-    """The cached artifact of `module` (compiled now on a miss) as a numpy callable, inputs cast to its dtypes.
+             progress: bool | None = None, **options) -> Runner:
+    """The cached artifact of `module` (compiled now on a miss, with a spinner per step where `progress`, None: where
+    the apps show progress bars, see edgekit.apps.progress) as a numpy callable, inputs cast to its dtypes.
     options: compile_model's (atol, rtol: the app's verify tolerance; quantize, calibration, ...); `code`, `files`
     and `recipe` go to the cache key (see edgekit.compile.cache.compiled); cache_dir None: paths.artifact_cache()."""
-    path = cache.compiled(module, example_inputs, name=name, backend=backend, target=target, code=code,
-                          files=files, recipe=recipe, cache_dir=cache_dir, progress=progress, **options)
-    return cache.numpy_runner(load(path, trust=False))  # edgekit's own cache entry (see compile/cache.py)
+    return cache.numpy_runner(cache.load(module, example_inputs, name=name, backend=backend, target=target,
+                                         code=code, files=files, recipe=recipe, cache_dir=cache_dir,
+                                         progress=progress_enabled() if progress is None else progress,
+                                         **options))  # edgekit's own entry, hashed once
 
 
 def runner(module: torch.nn.Module, example_inputs: tuple, name: str, backend: str, **compile_options) -> Runner:

@@ -17,6 +17,7 @@ Nothing here imports torch or an app's heavy modules: spec.py files stay cheap t
 """
 from __future__ import annotations
 
+import argparse
 import importlib
 import json
 from collections.abc import Callable, Mapping
@@ -192,8 +193,36 @@ class AppSpec:
         return next(iter(models)) if len(models) == 1 else None
 
     def register_cli(self, subparsers) -> None:
-        """Add `edgekit APP ...` to the CLI's subparsers."""
-        (self.register or self._sibling("demo").register)(subparsers)
+        """Add `edgekit APP ...` to the CLI's subparsers. By convention the app's own parser (demo.py's `register`,
+        which may import torch, OpenCV, ...) is built only when the command line names this app, so `edgekit run`,
+        `info` and the other commands never import an app's heavy modules."""
+        if self.register is not None:
+            self.register(subparsers)
+            return
+        # a placeholder: prefix_chars "\0" parses no option, so every word after APP (--help too) reaches the app
+        p = subparsers.add_parser(self.name, help=self.title, add_help=False, prefix_chars="\0")
+        p.add_argument("app_argv", nargs="*")
+        p.set_defaults(func=self._run_cli)
+
+    def app_parser(self) -> argparse.ArgumentParser:
+        """`edgekit` with only this app's subcommand (demo.py's `register`), with the options every command has."""
+        from edgekit import options
+
+        parser = argparse.ArgumentParser(prog="edgekit", formatter_class=options.HelpFormatter)
+        self._sibling("demo").register(parser.add_subparsers(metavar="COMMAND"))
+        options.add_common(parser)
+        return parser
+
+    def _run_cli(self, args: argparse.Namespace) -> int:
+        """`edgekit APP ARGV...`: ARGV parsed by the app's own parser, the options parsed before APP kept."""
+        from edgekit import options
+        from edgekit.apps import media
+
+        carried = {k: v for k, v in vars(args).items() if k not in ("func", "app_argv")}
+        inner = self.app_parser().parse_args([self.name, *args.app_argv], namespace=argparse.Namespace(**carried))
+        options.configure(inner)  # -v/-q, --threads, outputs writable: given after APP too
+        media.configure(inner)  # the app command's --max-pixels / --max-seconds
+        return inner.func(inner)
 
     def bench_cases(self) -> list[ModelCase | AppCase]:
         """The app's bench cases ([] when it has no bench.py, or its data/weights are absent)."""
@@ -206,3 +235,4 @@ class AppSpec:
                 return []
             raise
         return list(bench.cases())
+

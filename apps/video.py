@@ -1,4 +1,5 @@
-"""Video plumbing shared by the apps' `run` and `live` commands: sources, overlay output, a preview window."""
+"""Video plumbing shared by the apps' `run` and `live` commands: sources, H.264 overlay output, a preview window where
+there is a display (headless otherwise)."""
 from __future__ import annotations
 
 import os
@@ -6,6 +7,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from fractions import Fraction
 from pathlib import Path
 
 import cv2
@@ -13,6 +15,7 @@ import numpy as np
 
 from edgekit.apps.livestats import StatsLog, add_run_arguments
 from edgekit.apps.media import add_media_arguments, check_frame_size
+from edgekit.apps.progress import track
 from edgekit.errors import EdgekitError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
@@ -21,8 +24,9 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 def add_live_arguments(parser) -> None:
     """The options every `edgekit <app> live` takes."""
     parser.add_argument("--source", default="0", help="camera index, /dev/videoN, video file or stream URL")
-    parser.add_argument("--headless", action="store_true", help="no window; write the overlay video to -o")
-    parser.add_argument("-o", "--output", help="overlay video to write (.mp4); required with --headless")
+    parser.add_argument("--headless", action="store_true",
+                        help="no window; write the overlay video to -o (without a display, live runs headless anyway)")
+    parser.add_argument("-o", "--output", help="overlay video to write (H.264 .mp4); required with --headless")
     parser.add_argument("--max-frames", type=int, help="stop after this many frames")
     parser.add_argument("--realtime", action="store_true",
                         help="play a file source at its frame rate, as a camera would: frames that arrive while "
@@ -42,6 +46,16 @@ def open_video(source: str | int) -> tuple[Iterator[np.ndarray], float]:
         finally:
             capture.release()
     return frames(), capture.get(cv2.CAP_PROP_FPS)
+
+
+def frame_count(path: str) -> int | None:
+    """The frame count a video file's header states (None when it states none): the length of a progress bar."""
+    capture = cv2.VideoCapture(path)
+    try:
+        count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    finally:
+        capture.release()
+    return count if count > 0 else None
 
 
 def _parse_source(source: str | int) -> str | int:
@@ -135,6 +149,14 @@ class LiveSource:
     def from_args(cls, args, name: str) -> "LiveSource":
         return cls(args.source, loop=args.loop, realtime=args.realtime, max_frames=args.max_frames,
                    duration=args.duration, stats=args.stats, name=name)
+
+    def tracked(self) -> Iterator[np.ndarray]:
+        """The frames with a progress bar (see edgekit.apps.progress): out of --max-frames or a file's frame
+        count, a rate and elapsed time only for a camera, a stream or a looped file."""
+        total = self.frame_count if self.kind == "file" and not self.loop else None
+        if self.max_frames is not None:
+            total = min(total, self.max_frames) if total else self.max_frames
+        return track(self, self.name, total=total, unit="frames")
 
     def counts(self) -> dict:
         dropped = self._reader.dropped if self._reader else 0
@@ -264,18 +286,53 @@ class _NewestFrame:
         self._thread.join()
 
 
+def display_problem() -> str | None:
+    """Why no window can be opened here, None when one can. On Linux and the BSDs an X11 or Wayland display must be
+    named and, when local, have its socket (without one, OpenCV's Qt backend aborts the process on the first
+    window); elsewhere there always is a desktop."""
+    if not sys.platform.startswith(("linux", "freebsd", "openbsd", "netbsd")):
+        return None
+    wayland, x11 = os.environ.get("WAYLAND_DISPLAY"), os.environ.get("DISPLAY")
+    if wayland:
+        runtime = Path(os.environ.get("XDG_RUNTIME_DIR", f"/run/user/{os.getuid()}"))
+        if (runtime / wayland).exists():
+            return None
+    if x11:
+        number = x11[1:].split(".")[0] if x11.startswith(":") else None
+        if number is None or Path(f"/tmp/.X11-unix/X{number}").exists():  # a remote display is taken on trust
+            return None
+        return f"DISPLAY={x11} has no X server"
+    if wayland:
+        return f"WAYLAND_DISPLAY={wayland} has no socket"
+    return "DISPLAY and WAYLAND_DISPLAY are unset"
+
+
+def use_window(args, name: str) -> bool:
+    """Whether this live run shows a window. Decided before any GUI call: without --headless and without a display
+    it runs headless, saying so in one line."""
+    if args.headless:
+        return False
+    problem = display_problem()
+    if problem is None:
+        return True
+    keep = f"writing the overlay to {args.output}" if args.output else "pass -o out.mp4 to keep the overlay video"
+    print(f"{name} live: no display ({problem}), running headless; {keep}.", file=sys.stderr)
+    return False
+
+
 def show(frame_rgb: np.ndarray, title: str) -> bool:
     """Display one frame; True when the user pressed q or Esc."""
     try:
         cv2.imshow(title, cv2.cvtColor(frame_rgb, cv2.COLOR_RGB2BGR))
         return cv2.waitKey(1) & 0xFF in (ord("q"), 27)
     except cv2.error:
-        raise EdgekitError("this OpenCV build cannot open a window (no display?). Use --headless -o out.mp4.") \
-            from None
+        raise EdgekitError("this OpenCV build cannot open a window. Use --headless -o out.mp4.") from None
 
 
 class Sink:
-    """Overlay output: one image (by suffix) or a video opened at the first frame's size; nothing without a path."""
+    """Overlay output: one image (by suffix) or an H.264 video (yuv420p, even size: browsers play it) opened at the
+    first frame's size; nothing without a path. The video is written to a temporary name and renamed on close, so
+    the path only ever holds a complete, playable file."""
 
     def __init__(self, path: str | None, fps: float, default_fps: float = 25.0):
         self.path, self.fps, self.video = path, fps or default_fps, None
@@ -283,22 +340,22 @@ class Sink:
     def write(self, frame_rgb: np.ndarray) -> None:
         if self.path is None:
             return
-        bgr = cv2.cvtColor(frame_rgb, cv2.COLOR_RGB2BGR)
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise EdgekitError(f"cannot create the folder of {self.path}: {exc.strerror}. Pick a writable "
+                               "place for -o.") from None
         if Path(self.path).suffix.lower() in IMAGE_SUFFIXES:
-            if not cv2.imwrite(self.path, bgr):
+            if not cv2.imwrite(self.path, cv2.cvtColor(frame_rgb, cv2.COLOR_RGB2BGR)):
                 raise EdgekitError(f"cannot write {self.path}.")
             return
         if self.video is None:
-            self.video = cv2.VideoWriter(self.path, cv2.VideoWriter_fourcc(*"mp4v"), self.fps,
-                                         (bgr.shape[1], bgr.shape[0]))
-            if not self.video.isOpened():
-                raise EdgekitError(f"cannot write video {self.path}; use an .mp4 name in a writable folder.")
-        self.video.write(bgr)
+            self.video = VideoWriter(self.path, self.fps, frame_rgb.shape[1], frame_rgb.shape[0])
+        self.video.write(frame_rgb)
 
     def close(self) -> None:
         if self.video is not None:
-            self.video.release()
+            self.video.close()
             self.video = None
 
     def __enter__(self) -> "Sink":
@@ -308,25 +365,70 @@ class Sink:
         self.close()
 
 
+class VideoWriter:
+    """RGB frames to an H.264 (libx264, yuv420p) video through PyAV: the container from the suffix (.mp4, .mkv,
+    .avi), odd sizes cropped by one pixel to the even size yuv420p needs. Written to PATH.partial and renamed by
+    `close()`."""
+
+    def __init__(self, path: str | Path, fps: float, width: int, height: int):
+        import av
+
+        self.path = Path(path)
+        self.partial = self.path.with_name(f".{self.path.stem}.partial{self.path.suffix}")
+        self.width, self.height = width - width % 2, height - height % 2
+        if self.width < 2 or self.height < 2:
+            raise EdgekitError(f"cannot write video {self.path}: frames of {width}x{height} are too small.")
+        try:
+            self.partial.touch()  # the muxer opens the file only at its first packet: fail here, before any work
+            mp4 = self.path.suffix.lower() in (".mp4", ".m4v", ".mov")  # the index first: plays while loading
+            self.container = av.open(str(self.partial), "w", options={"movflags": "+faststart"} if mp4 else {})
+        except (OSError, ValueError) as exc:
+            if self.partial.parent.is_dir():
+                self.partial.unlink(missing_ok=True)
+            raise EdgekitError(f"cannot write video {self.path} ({getattr(exc, 'strerror', None) or exc}). Use an "
+                               ".mp4 name in a writable folder.") from None
+        self.stream = self.container.add_stream("libx264", rate=Fraction(round(fps * 1000), 1000))
+        self.stream.width, self.stream.height, self.stream.pix_fmt = self.width, self.height, "yuv420p"
+        self.stream.options = {"preset": "veryfast", "crf": "23"}
+
+    def write(self, frame_rgb: np.ndarray) -> None:
+        import av
+
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame_rgb[:self.height, :self.width]),
+                                           format="rgb24")
+        self.container.mux(self.stream.encode(frame))
+
+    def close(self) -> None:
+        """Flush the encoder, finish the file and move it to its name."""
+        try:
+            self.container.mux(self.stream.encode())
+        finally:
+            self.container.close()
+        os.replace(self.partial, self.path)
+
+
 def live_overlay(args, name: str, build_app, draw, default_fps: float = 25.0) -> int:
     """The live loop of the video apps: the source opens first (a bad camera or file fails before any model loads),
     then `build_app()`; each frame is drawn with `draw(frame, app(frame))` and a smoothed FPS, written to -o and shown
-    in a window unless --headless (q or Esc stops)."""
+    in a window when there is a display and no --headless (q or Esc stops)."""
     if args.headless and not args.output:
         raise EdgekitError("--headless needs -o out.mp4 for the overlay video.")
+    window = use_window(args, name)
     with LiveSource.from_args(args, f"{name} live") as video:
         app = build_app()
         last, rate = time.perf_counter(), 0.0
         with Sink(args.output, video.fps, default_fps=default_fps) as writer:
-            for frame in video:
+            for frame in video.tracked():
                 overlay = draw(frame, app(frame))
                 now = time.perf_counter()
                 rate = 0.9 * rate + 0.1 / (now - last) if rate else 1 / (now - last)  # smoothed to be readable
                 last = now
                 cv2.putText(overlay, f"{rate:.1f} FPS", (10, 30), cv2.FONT_HERSHEY_SIMPLEX, 1, (255, 255, 0), 2)
                 writer.write(overlay)
-                if not args.headless and show(overlay, f"edgekit {name}"):
+                if window and show(overlay, f"edgekit {name}"):
                     break
+    if args.output and video.processed:
+        print(f"{name} live: overlay video: {args.output}", file=sys.stderr)
     return 0
 
 
@@ -349,15 +451,21 @@ def add_run_and_live(commands, options, run, live, *, run_help: str, input_help:
     return run_parser
 
 
-def run_frames(frames: Iterator[np.ndarray], count: int | None, step, sink: "Sink") -> tuple[list, float]:
+def run_frames(frames: Iterator[np.ndarray], count: int | None, step, sink: "Sink", *, name: str = "run",
+               total: int | None = None, json_lines=None) -> tuple[list, float]:
     """(records, seconds spent in step) over the first `count` frames: step(index, frame) -> (record, overlay),
-    overlays written to `sink` (closed at the end)."""
+    overlays written to `sink` (closed at the end), a progress bar over `total` frames (the video's count, if known)
+    and each record printed to `json_lines` (a JsonLines) as it comes."""
     records, elapsed = [], 0.0
+    if count is not None:
+        total = min(count, total) if total else count
     with sink:
-        for index, frame in enumerate(limit(frames, count)):
+        for index, frame in enumerate(track(limit(frames, count), name, total=total, unit="frames")):
             start = time.perf_counter()
             record, overlay = step(index, frame)
             elapsed += time.perf_counter() - start
             records.append(record)
+            if json_lines is not None:
+                json_lines.item("frame", record)
             sink.write(overlay)
     return records, elapsed

@@ -38,7 +38,14 @@ def compiled(module, example_inputs: tuple, *, name: str, backend: str, target: 
     plain JSON values go into the key by content: tensors and arrays by their bytes, callables (a task metric) by
     their name and their module's source, sequences element by element. `recipe`: an extra string for what the
     options cannot show (e.g. the calibration folder a metric closes over)."""
-    from edgekit.artifact import load_verified
+    return _entry(module, example_inputs, name=name, backend=backend, target=target, code=code, files=files,
+                  recipe=recipe, cache_dir=cache_dir, progress=progress, **options).path
+
+
+def _entry(module, example_inputs: tuple, *, name: str, backend: str, target: str, code: tuple, files: tuple,
+           recipe: str | None, cache_dir, progress: bool, **options):
+    """The cache entry as a VerifiedArtifact: every checksum checked once, under the entry's lock."""
+    from edgekit.artifact import read_verified
 
     from .pipeline import compile_model
 
@@ -51,13 +58,12 @@ def compiled(module, example_inputs: tuple, *, name: str, backend: str, target: 
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (path / MANIFEST).is_file():
             try:
-                load_verified(path)  # manifest and every checksum; a damaged entry is rebuilt below
-                return path
+                return read_verified(path)  # manifest and every checksum; a damaged entry is rebuilt below
             except EdgekitError:
                 pass
         compile_model(module, example_inputs, target=target, backend=backend, output=path, name=name,
                       force=True, progress=progress, **options)
-    return path
+        return read_verified(path)
 
 
 def key(module, example_inputs: tuple, *, backend: str, target: str, code: tuple = (), files: tuple = (),
@@ -171,12 +177,15 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "._-" else "_" for c in name)[:80]
 
 
-def load(module, example_inputs: tuple, **kwargs):
-    """`edgekit.load(compiled(...))`: the cached artifact as a Model. Entries are edgekit's own, compiled here into
-    the user's cache: they load without a signature policy (checksums and containment still hold)."""
-    from edgekit.runtimes.model import load as load_artifact
+def load(module, example_inputs: tuple, *, target: str = "host", code: tuple = (), files: tuple = (),
+         recipe: str | None = None, cache_dir=None, progress: bool = False, **kwargs):
+    """`edgekit.load(compiled(...))`: the cached artifact as a Model, from the bytes the cache lookup verified (each
+    file hashed once). Entries are edgekit's own, compiled here into the user's cache: they load without a signature
+    policy (checksums and containment still hold)."""
+    from edgekit.runtimes.model import from_verified
 
-    return load_artifact(compiled(module, example_inputs, **kwargs), trust=False)
+    return from_verified(_entry(module, example_inputs, target=target, code=code, files=files, recipe=recipe,
+                                cache_dir=cache_dir, progress=progress, **kwargs), trust=False)
 
 
 def numpy_runner(model):

@@ -17,20 +17,26 @@ from .quantize import Int8Static, QuantPlan, manifest_record, parse
 from .quantize import apply as apply_quantization
 from .quantize.calibration import load_samples, split
 from .quantize.choose import GateFailed, check_final, choose_float_layers, more_float_layers
+from .layers import hooked
+from .oracle import float64_outputs
 from .verify import load, reference_outputs, verify
 
 
 def compile_model(model, example_inputs=None, *, target: str = "host", backend: str, output,
                   name: str | None = None, force: bool = False, check: bool = True,
-                  atol: float = 1e-4, rtol: float = 1e-4, progress: bool = False,
+                  atol: float | None = None, rtol: float | None = None, progress: bool = False,
                   quantize=None, calibration=None, max_drop: float | None = None, auto_fallback: bool = False,
-                  task_metric=None, const_inputs=None, sign=None) -> Path:
+                  task_metric=None, const_inputs=None, sign=None, float_layers=(),
+                  debug: bool = False) -> Path:
     """Compile `model` (torch Module + example inputs, or a path to .onnx / .tflite / FILE.py:FUNC) into an
     artifact directory at `output`; returns its path. Nothing is written unless every step succeeds.
 
     quantize: "int8" (static PTQ, needs `calibration`), "int8-weight-only", "int4-weight-only" or a config.
     max_drop / auto_fallback / task_metric: the accuracy gate (see compile/quantize/gate.py).
     sign: an EC private key (PEM path): the staged artifact is signed (model.sig) before it is moved into place.
+    float_layers: layers (module names) kept in float besides those the gate chooses (edgekit inspect rebuilds a
+    quantized artifact with its recorded quantization.float_layers).
+    debug: a throwaway build for `edgekit inspect` (never shipped): written without verification, quantized or not.
     example_inputs for a model file: an .npz path, a dict {input name or inputN: array} or a list of arrays, used
     for verification and recorded by sha256; const_inputs: {ONNX input name: array or .npy path} folded into the
     graph as constants (the artifact has one input fewer for each)."""
@@ -41,27 +47,35 @@ def compile_model(model, example_inputs=None, *, target: str = "host", backend: 
     step = _stepper(progress)
     inputs = _numpy_inputs(source)
     plan = _plan(source, quantize, calibration, inputs, max_drop, auto_fallback, task_metric)
-    if plan and not check:
+    if plan and not check and not debug:
         raise EdgekitError("--no-verify cannot be combined with --quantize: a quantized artifact ships only with a "
                            "measured accuracy figure.")
     skip = frozenset()
+    oracle64 = None  # (float64 reference outputs or None, why not), computed once at the first verification
     with StagingDir(output, force=force) as staging:
         if plan:
             with step(f"quantizing ({plan.config.name})" + (", choosing float layers" if max_drop is not None
                                                               else "")):
-                skip = choose_float_layers(source, plan)
+                skip = choose_float_layers(source, plan) | frozenset(float_layers)
         for refit in range(MAX_REFITS + 1):
             manifest, expected = _build(staging, source, oracle, inputs, tgt, lowering, plan, skip, step)
             if not check:
+                manifest.verify.update(_model_record(model))
+                staging.seal(manifest)
                 break
             with step("verifying against the reference" + (" under the aarch64 emulator"
                                                             if tgt.arch != host_arch() else "")):
                 # quantized artifacts are judged by the accuracy gate, not by fp32 tolerances
+                if plan is None and atol is None and rtol is None and oracle64 is None:
+                    oracle64 = float64_outputs(source if isinstance(source, sources.TorchSource) else oracle,
+                                               inputs)
                 with _naming_outputs(source):
-                    manifest.verify = verify(staging.path, inputs, expected, atol, rtol, enforce=plan is None)
+                    manifest.verify = verify(staging.path, inputs, expected, atol, rtol, enforce=plan is None,
+                                             **_oracle_args(oracle64))
+                manifest.verify.update(_model_record(model))
                 if plan and manifest.verify["status"] == "pass":
                     try:
-                        accuracy = check_final(source, plan, load(staging.path, trust=False).run)
+                        accuracy = check_final(source, plan, load(staging.path, trust=False).run, skip)
                     except GateFailed:
                         # the artifact's kernels round differently from the simulation that chose `skip`:
                         # with --auto-fallback, the next most sensitive layers go back to float and it rebuilds
@@ -80,6 +94,25 @@ def compile_model(model, example_inputs=None, *, target: str = "host", backend: 
         return staging.commit()
 
 
+def _model_record(model) -> dict:
+    """What was compiled, for `edgekit inspect` to rebuild its graph: a model file's absolute path (FILE.py:FUNC,
+    .onnx, .tflite); nothing for a Python object."""
+    if not isinstance(model, (str, Path)):
+        return {}
+    file, sep, func = str(model).rpartition(":")
+    if sep and file.endswith(".py"):
+        return {"model": f"{Path(file).absolute()}:{func}"}
+    return {"model": str(Path(model).absolute())}
+
+
+def _oracle_args(oracle64) -> dict:
+    """verify()'s float64 reference (None: quantized or --atol/--rtol given, so no float64 rule applies)."""
+    if oracle64 is None:
+        return {}
+    reference64, why_not = oracle64
+    return {"reference64": reference64, "no_float64": why_not}
+
+
 MAX_REFITS = 4  # artifact rebuilds with more float layers when the artifact misses the budget the simulation met
 
 
@@ -91,7 +124,7 @@ def _build(staging, source, oracle, inputs, tgt, lowering, plan, skip, step) -> 
         with step(f"quantizing ({plan.config.name}), {len(skip)} layers in float"):
             lowered_source = apply_quantization(source, plan, backend, skip)
     with step(f"lowering {source.name} with {backend} for {tgt.name}"), _original_path(source):
-        lowered = _lower(lowering, lowered_source, tgt, staging.path)
+        lowered = _lower(lowering, hooked(lowered_source), tgt, staging.path)
     with step("computing reference outputs"), _original_path(oracle):
         expected = reference_outputs(oracle, inputs)
     manifest = Manifest(

@@ -9,6 +9,9 @@ from edgekit.errors import EdgekitError
 from edgekit.runtimes.model import has_cuda, load
 from edgekit.targets import host_arch
 
+from . import oracle
+from .oracle import flatten
+
 
 def reference_outputs(source, inputs: list[np.ndarray]) -> list[np.ndarray]:
     """The oracle: eager PyTorch for torch models, ONNX Runtime for .onnx, the TFLite runtime for .tflite."""
@@ -19,7 +22,7 @@ def reference_outputs(source, inputs: list[np.ndarray]) -> list[np.ndarray]:
 
         with torch.no_grad():
             out = source.module(*source.example_inputs)
-        return [t.detach().numpy() for t in _flatten(out)]
+        return [t.detach().numpy() for t in flatten(out)]
     if source.kind == "onnx":
         return _onnx_reference(source, inputs)
     from ai_edge_litert.interpreter import Interpreter
@@ -54,19 +57,15 @@ def _onnx_reference(source, inputs: list[np.ndarray]) -> list[np.ndarray]:
                            "--const-inputs NAME=FILE.npy.") from None
 
 
-def _flatten(out):
-    import torch
-
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, dict):
-        out = list(out.values())
-    return [t for item in out for t in _flatten(item)]
+DEFAULT_ATOL = DEFAULT_RTOL = 1e-4  # the fixed rule, where the reference has no float64 evaluation
 
 
 def verify(artifact_dir: Path, inputs: list[np.ndarray], expected: list[np.ndarray],
-           atol: float, rtol: float, enforce: bool = True) -> dict:
-    """Max abs/rel error per output; with `enforce`, raises a readable report when beyond atol + rtol*|expected|."""
+           atol: float | None = None, rtol: float | None = None, enforce: bool = True,
+           reference64: list[np.ndarray] | None = None, no_float64: str | None = None) -> dict:
+    """Run the artifact and judge each output. With atol/rtol given: the fixed rule atol + rtol*|expected|. Without:
+    the float64 rule of compile/oracle.py against `reference64`, or the fixed default rule where the reference has
+    no float64 evaluation (`no_float64` says why). With `enforce`, raises a readable report on failure."""
     from edgekit.artifact import read_manifest
 
     manifest = read_manifest(artifact_dir)
@@ -74,32 +73,72 @@ def verify(artifact_dir: Path, inputs: list[np.ndarray], expected: list[np.ndarr
     if device and not has_cuda():
         return {"status": "not-run", "reason": f"needs a CUDA GPU ({device['arch']}); none on this machine",
                 "where": None}
-    model = load(artifact_dir, trust=False)  # its own staged artifact: no policy, no unsigned warning
     where = "emulator (qemu-aarch64)" if manifest.arch != host_arch() else "host"
-    try:
-        got = model.run(inputs)
-    except EdgekitError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - a runtime's own error types (TVM, ORT) from a compiled artifact
-        text = " ".join(str(exc).split())[:300] or type(exc).__name__
-        raise EdgekitError(f"verify: the {manifest.backend} artifact fails to run on {where} "
-                           f"({type(exc).__name__}: {text}). Nothing was written. Try another backend.") from None
+    got = _run(artifact_dir, manifest.backend, where, inputs)
     if len(got) != len(expected):
         raise EdgekitError(f"verify: the artifact returned {len(got)} outputs, the reference {len(expected)}.")
+    explicit = atol is not None or rtol is not None
+    atol = DEFAULT_ATOL if atol is None else atol
+    rtol = DEFAULT_RTOL if rtol is None else rtol
+    if reference64 is not None and [x.shape for x in reference64] != [x.shape for x in expected]:
+        reference64, no_float64 = None, "the float64 evaluation returned other outputs than the float32 reference"
+    use64 = reference64 is not None and not explicit
     rows = [_compare(i, g, e, atol, rtol) for i, (g, e) in enumerate(zip(got, expected))]
-    result = {"status": "pass", "where": where, "atol": atol, "rtol": rtol, "outputs": rows,
+    result = {"status": "pass", "where": where, "outputs": rows,
               "max_abs_err": max((r["max_abs_err"] for r in rows), default=0.0),
               "max_rel_err": max((r["max_rel_err"] for r in rows), default=0.0)}
+    if use64:
+        for row, g, e, e64 in zip(rows, got, expected, reference64):
+            row.pop("n_bad")  # elements beyond the fixed tolerance: not this rule's question
+            row.update(oracle.judge(g, e, e64))
+        result.update(rule="float64", rule_text=oracle.RULE, factor=oracle.FACTOR, ulps=oracle.ULPS)
+    else:
+        result.update(rule="fixed", atol=atol, rtol=rtol,
+                      rule_text="|artifact - reference| <= atol + rtol * |reference|",
+                      why=_why_fixed(explicit, enforce, no_float64))
     bad = [r for r in rows if not r["ok"]]
     if not enforce:
         result.update(status="pass", note="errors recorded, not enforced (quantized: see quantization.accuracy)")
     elif bad:
-        lines = "\n".join(f"  output {r['index']}: max abs err {r['max_abs_err']:.3g}, max rel err "
-                          f"{r['max_rel_err']:.3g} ({r['n_bad']} of {r['n']} elements beyond tolerance)" for r in bad)
-        raise EdgekitError(f"verify failed on {where}: the {manifest.backend} artifact disagrees with the reference "
-                           f"beyond atol={atol:g}, rtol={rtol:g}:\n{lines}\nNothing was written. Loosen --atol/--rtol "
-                           "if this precision is expected, or report the model.")
+        raise EdgekitError(_failure(manifest.backend, where, bad, result))
     return result
+
+
+def _why_fixed(explicit: bool, enforce: bool, no_float64: str | None) -> str:
+    if explicit:
+        return "--atol/--rtol given"
+    if not enforce:
+        return "quantized: recorded only; the accuracy gate judges it (quantization.accuracy)"
+    return f"fallback: {no_float64 or 'no float64 reference'}"
+
+
+def _run(artifact_dir: Path, backend: str, where: str, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    model = load(artifact_dir, trust=False)  # its own staged artifact: no policy, no unsigned warning
+    try:
+        return model.run(inputs)
+    except EdgekitError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a runtime's own error types (TVM, ORT) from a compiled artifact
+        text = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise EdgekitError(f"verify: the {backend} artifact fails to run on {where} "
+                           f"({type(exc).__name__}: {text}). Nothing was written. Try another backend.") from None
+
+
+def _failure(backend: str, where: str, bad: list[dict], result: dict) -> str:
+    if result["rule"] == "float64":
+        lines = "\n".join(
+            f"  output {r['index']}: {r['err_vs_float64']:.3g} from float64, bound {r['bound']:.3g} "
+            f"(the float32 reference is {r['reference_err_vs_float64']:.3g} from float64)" for r in bad)
+        return (f"verify failed on {where}: the {backend} artifact is further from the float64 evaluation of the "
+                f"reference than float32 rounding explains ({oracle.RULE}):\n{lines}\nNothing was written. This "
+                "is a wrong result, not precision: compile with --no-verify and run `edgekit inspect DIR` to find the "
+                "first layer that diverges, or try another backend. --atol/--rtol override the rule if you accept "
+                "this error.")
+    lines = "\n".join(f"  output {r['index']}: max abs err {r['max_abs_err']:.3g}, max rel err "
+                      f"{r['max_rel_err']:.3g} ({r['n_bad']} of {r['n']} elements beyond tolerance)" for r in bad)
+    return (f"verify failed on {where}: the {backend} artifact disagrees with the reference beyond "
+            f"atol={result['atol']:g}, rtol={result['rtol']:g} ({result['why']}):\n{lines}\nNothing was written. "
+            "Loosen --atol/--rtol if this precision is expected, or report the model.")
 
 
 def _compare(i: int, got: np.ndarray, expected: np.ndarray, atol: float, rtol: float) -> dict:

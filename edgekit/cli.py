@@ -9,7 +9,8 @@ import json
 import sys
 from pathlib import Path
 
-from . import backends
+from . import __version__, backends
+from . import options as common_options
 from .apps import registry
 from .apps.spec import CompileSpec
 from .errors import EdgekitError
@@ -26,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from .apps import media
 
+        common_options.configure(args)  # -v/-q, --threads (before torch or a runtime loads), outputs writable
         media.configure(args)  # --max-pixels / --max-seconds of this command, defaults otherwise
         return int(args.func(args) or 0)
     except EdgekitError as exc:
@@ -85,9 +87,10 @@ def known_failure(exc: BaseException, args=None) -> str | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = common_options.HelpFormatter
     parser = argparse.ArgumentParser(prog="edgekit", description="Compile models for edge devices and run them.",
                                      formatter_class=fmt)
+    parser.add_argument("--version", action="version", version=f"edgekit {__version__}")
     sub = parser.add_subparsers(metavar="COMMAND")
 
     p = sub.add_parser("targets", help="print the target table", formatter_class=fmt)
@@ -98,7 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="APP[.NAME] (see `edgekit models`), FILE.py:FUNC (FUNC() "
                                                   "returns (module, example_inputs)), model.onnx or model.tflite")
     p.add_argument("--target", default="host", help="target name (see `edgekit targets`)")
-    p.add_argument("--backend", required=True, help=f"{' | '.join(backends.names())} (see `edgekit targets`)")
+    p.add_argument("--backend", required=True, help=f"{' | '.join(backends.names())} (see `edgekit targets`), or "
+                                                    "auto: compile, verify and time every backend of the target and "
+                                                    "ship the fastest")
+    p.add_argument("--device", help="with --backend auto: time the candidates on this device, rpc://HOST:PORT (TVM "
+                                    "RPC) or adb://[SERIAL] (ExecuTorch); needed for targets that do not run here")
     p.add_argument("--output", "-o", required=True, help="artifact directory to create")
     p.add_argument("--name", help="model name recorded in the manifest (default: from --model)")
     p.add_argument("--force", action="store_true", help="replace --output if it is an edgekit artifact (anything "
@@ -108,10 +115,15 @@ def build_parser() -> argparse.ArgumentParser:
     # SUPPRESS: the help would otherwise print the stored value ("default: True") beside a flag that turns it off
     p.add_argument("--no-verify", dest="check", action="store_false", default=argparse.SUPPRESS,
                    help="skip running the artifact against the reference (verification runs by default)")
-    p.add_argument("--atol", type=float, help="verify: absolute tolerance (default 1e-4, or the app model's own)")
-    p.add_argument("--rtol", type=float, help="verify: relative tolerance (default 1e-4, or the app model's own)")
-    p.add_argument("--quantize", choices=["int8", "int8-weight-only", "int4-weight-only"],
-                   help="int8: static post-training (needs --calibration); *-weight-only: Linear weights")
+    p.add_argument("--atol", type=float, help="verify with a fixed bound |err| <= atol + rtol*|ref| instead of the "
+                                              "float64-oracle rule (docs/numerics.md); the other one defaults to 1e-4 "
+                                              "(unset: the rule, or an app model's own tolerance)")
+    p.add_argument("--rtol", type=float, help="verify: relative part of the fixed bound (see --atol)")
+    p.add_argument("--quantize", metavar="SCHEME",
+                   help="int8: static post-training of conv/linear layers (needs --calibration); int8-dynamic / "
+                        "int4-dynamic: Linear layers with int8 activations at run time and 8/4-bit weights "
+                        "(executorch, onnxruntime); int8-weight-only / int4-weight-only: integer Linear weights, "
+                        "float compute (the scheme is checked by compile_model, which lists the valid ones)")
     p.add_argument("--calibration", help="directory of samples: .npy per sample (one input) or .npz with "
                                          "input0, input1, ...; the last quarter is held out for the accuracy figure. "
                                          "Without it an app model uses its own recipe (superres: Set14 tiles, PSNR)")
@@ -157,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run an artifact on .npy inputs", formatter_class=fmt)
     p.add_argument("artifact", help="artifact directory")
     p.add_argument("--input", "-i", action="append", default=[], help=".npy file, once per model input, in order")
-    p.add_argument("--output", "-o", required=True, help=".npz file to write (arrays out0, out1, ...)")
+    p.add_argument("--output", "-o", required=True, help=".npz file to write, one array per output named as in the "
+                                                         "manifest (output0, output1, ... for PyTorch models)")
     _trust_flags(p)
     p.set_defaults(func=cmd_run)
 
@@ -195,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("paths", help="where edgekit finds data and weights and keeps its caches",
                        formatter_class=fmt)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--set", nargs="+", metavar="WHAT=DIR", default=[],
+                   help="record data=DIR and/or weights=DIR in edgekit's config file (then found without "
+                        "environment variables; EDGEKIT_DATA / EDGEKIT_WEIGHTS still win)")
     p.set_defaults(func=cmd_paths)
 
     p = sub.add_parser("demo", help="compile the bundled model with every backend for host and compare",
@@ -202,9 +218,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="out/demo", help="where the demo artifacts go")
     p.set_defaults(func=lambda a: importlib.import_module("edgekit.demo").run(Path(a.output)))
 
+    p = sub.add_parser(
+        "inspect", help="per-layer error of an artifact against float64 and fp32 eager; the first op beyond float "
+                        "rounding", formatter_class=fmt)
+    p.add_argument("artifact", help="artifact directory")
+    p.add_argument("--model", help="the model as given to `edgekit compile --model` (default: what the manifest "
+                                   "records)")
+    p.add_argument("--input", "-i", action="append", default=None, metavar="X.npy",
+                   help="one .npy per model input, in order (default: the model's example inputs)")
+    p.add_argument("--calibration", help="int8 artifacts: the calibration samples they were compiled with")
+    p.add_argument("--json", action="store_true", help="print the report as JSON: one row per op")
+    p.add_argument("--plot", metavar="OUT.png", help="write a plot of error (or SQNR) per layer")
+    p.set_defaults(func=cmd_inspect)
+
     _register_optional(sub, "edgekit.device_cli")
     for app in registry.apps():  # each app registers its own subcommand
         app.register_cli(sub)
+    common_options.add_common(parser)  # --threads, -v, -q and the help format on every command, the apps' included
     return parser
 
 
@@ -252,15 +282,22 @@ def cmd_targets(args) -> int:
 
 
 def cmd_paths(args) -> int:
-    from .paths import table
+    from .paths import record, table
 
+    if args.set:
+        pairs = [item.partition("=") for item in args.set]
+        bad = next((item for item, (what, sep, folder) in zip(args.set, pairs) if not (what and sep and folder)), None)
+        if bad is not None:
+            raise EdgekitError(f"--set {bad!r}: expected WHAT=DIR, e.g. --set data=DIR weights=DIR.")
+        print(f"wrote {record({what: folder for what, _, folder in pairs})}")
     rows = table()
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     width = max(map(len, rows))
     for what, row in rows.items():
-        print(f"{what:<{width}}  {row['path']}  (${row['env']})")
+        source = "default; $" + row["env"] + " moves it" if row["source"] == "default" else "from " + row["source"]
+        print(f"{what:<{width}}  {row['path']}  ({source})")
     return 0
 
 
@@ -309,14 +346,23 @@ def cmd_compile(args) -> int:
         if not sep or not name or not file:
             raise EdgekitError(f"--const-inputs {item!r}: expected NAME=FILE.npy (NAME: the model input to fold).")
         const_inputs[name] = file
-    out = compile_model(model, example_inputs, target=args.target, backend=args.backend, output=args.output,
-                        name=args.name or (args.model if app_model else None),
-                        force=args.force, check=getattr(args, "check", True), progress=True, **tolerance,
-                        quantize=args.quantize, calibration=recipe.calibration if recipe else args.calibration,
-                        max_drop=(recipe.max_drop if recipe else None) if args.max_drop is None else args.max_drop,
-                        auto_fallback=args.auto_fallback or bool(recipe and recipe.auto_fallback),
-                        task_metric=recipe.task_metric if recipe else None, sign=args.sign,
-                        **({"const_inputs": const_inputs} if const_inputs else {}))
+    options = dict(target=args.target, output=args.output, name=args.name or (args.model if app_model else None),
+                   force=args.force, check=getattr(args, "check", True), progress=True, **tolerance,
+                   quantize=args.quantize, calibration=recipe.calibration if recipe else args.calibration,
+                   max_drop=(recipe.max_drop if recipe else None) if args.max_drop is None else args.max_drop,
+                   auto_fallback=args.auto_fallback or bool(recipe and recipe.auto_fallback),
+                   task_metric=recipe.task_metric if recipe else None, sign=args.sign,
+                   **({"const_inputs": const_inputs} if const_inputs else {}))
+    from .compile.auto import AUTO, compile_auto, describe
+
+    if args.backend == AUTO:
+        out = compile_auto(model, example_inputs, device=args.device, **options)
+        print(describe(out))
+    elif args.device:
+        raise EdgekitError(f"--device times the candidates of --backend {AUTO}; to time a {args.backend} artifact "
+                           "on a device, compile it, then run `edgekit bench ARTIFACT --device URL`.")
+    else:
+        out = compile_model(model, example_inputs, backend=args.backend, **options)
     from .artifact import read_manifest, read_verified
 
     digest = read_verified(out).digest
@@ -359,9 +405,28 @@ def cmd_coverage(args) -> int:
     return 0
 
 
-def cmd_run(args) -> int:
-    import numpy as np
+def cmd_inspect(args) -> int:
+    from . import inspect
 
+    model, calibration = None, args.calibration
+    if args.model:
+        resolved = resolve_model(args.model)
+        model = resolved if isinstance(resolved, str) else (resolved.module, resolved.example_inputs)
+        if calibration is None and not isinstance(resolved, str) and resolved.int8:
+            calibration = resolved.int8().calibration  # the app's own int8 recipe, as compile uses it
+    inputs = [_load_npy(path) for path in args.input] if args.input else None
+    report = inspect.inspect_artifact(args.artifact, model, inputs, calibration)
+    if args.plot:
+        write_file(Path(args.plot), lambda f: inspect.plot(report, f))
+    if args.json:
+        print(inspect.write_json(report))
+    else:
+        print(inspect.format_table(report))
+        print(inspect.summary(report))
+    return 0
+
+
+def cmd_run(args) -> int:
     from . import load
     from .artifact import read_verified
     from .runtimes.model import check_inputs
@@ -372,11 +437,32 @@ def cmd_run(args) -> int:
     policy = _policy(args)
     check_inputs(read_verified(args.artifact, policy).manifest.inputs, inputs)
     model = load(args.artifact, trust=policy)
-    outputs = model.run(inputs)
+    named = dict(zip(output_names(model.manifest), model.run(inputs)))
     out = Path(args.output)
-    write_file(out, lambda f: np.savez(f, **{f"out{i}": y for i, y in enumerate(outputs)}))
-    print(f"wrote {out}: " + ", ".join(f"out{i} {y.dtype}{list(y.shape)}" for i, y in enumerate(outputs)))
+    write_file(out, lambda f: _savez(f, named))
+    print(f"wrote {out}: " + ", ".join(f"{name} {y.dtype}{list(y.shape)}" for name, y in named.items()))
     return 0
+
+
+def output_names(manifest) -> list[str]:
+    """The names `run` gives the outputs in its .npz: the manifest's (output0, output1, ... for PyTorch models; the
+    graph's for ONNX and TFLite), or outputN where a name is repeated or empty."""
+    names = [spec.name for spec in manifest.outputs]
+    if len(set(names)) != len(names) or not all(names):
+        return [f"output{i}" for i in range(len(names))]
+    return names
+
+
+def _savez(f, arrays: dict) -> None:
+    """numpy.savez with any array names (savez's own keyword would clash with a name like "file")."""
+    import zipfile
+
+    import numpy as np
+
+    with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for name, array in arrays.items():
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
 
 
 def _load_npy(path: str):

@@ -18,7 +18,7 @@ def register(subparsers) -> None:
         .set_defaults(func=_status)
     server = esub.add_parser("rpc-server", help="serve TVM RPC from inside the emulator on 127.0.0.1 "
                                                 "(stand-in for a board; stop with Ctrl-C)")
-    server.add_argument("--port", type=int, default=9090)
+    server.add_argument("--port", type=int, default=9090, help="TCP port on 127.0.0.1 to serve on")
     server.set_defaults(func=_rpc_server)
 
 

@@ -85,6 +85,12 @@ def _emulate(root: Path, argv: list[str], env: dict | None = None, work: Path | 
     return proc
 
 
+def run_in_guest(argv: list[str], work: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run an aarch64 command inside the sysroot as the guest user, with `work` (a folder under the sysroot's /tmp,
+    made by the caller) as the one folder it may write; an EdgekitError with the output's tail when it fails."""
+    return _emulate(require_sysroot(), argv, env=env, work=work)
+
+
 GUEST_ENV_PASS = ("OMP_NUM_THREADS", "TVM_NUM_THREADS", "LANG", "LC_ALL")  # nothing else of the host's environment
 
 

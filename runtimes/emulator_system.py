@@ -362,5 +362,5 @@ def ensure_binfmt() -> None:
     except (OSError, subprocess.CalledProcessError) as exc:
         raise EdgekitError(f"cannot start the aarch64 emulator: registering qemu-aarch64 with binfmt_misc "
                            f"is not permitted here ({exc}). Run as root on a host that allows binfmt_misc "
-                           "(in a container: --privileged), or run the artifact on an aarch64 machine.") from None
+                           "(a container: `docker run --privileged`), or run the artifact on an aarch64 machine.") from None
 

@@ -3,6 +3,7 @@
 The program loads from the verified bytes edgekit hashed (`payload`), not from the path."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -11,12 +12,49 @@ import numpy as np
 def load(artifact_dir: Path, manifest, payload: dict[str, bytes] | None = None):
     from executorch.runtime import Runtime
 
+    _set_threads()
     if manifest.backend_info.get("attention") == "llama.custom_sdpa":
         from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401  (registers its kernels)
     # from the verified bytes (load_program takes a buffer), not by reopening the path
     program = Runtime.get().load_program(payload[manifest.entry] if payload is not None
                                          else Path(artifact_dir) / manifest.entry)
     return program.load_method("forward"), program  # the program (and the buffer it reads) lives as long as the method
+
+
+def _set_threads() -> None:
+    """ExecuTorch's threadpool (XNNPACK's workers), created here, sized to the process's thread budget,
+    OMP_NUM_THREADS (edgekit's --threads sets it); unset: ExecuTorch's own choice."""
+    from executorch.extension.pybindings import portable_lib
+
+    current = _quietly(portable_lib._threadpool_get_thread_count)
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    if value.isdigit() and int(value) > 0 and current != int(value):
+        _quietly(lambda: portable_lib._unsafe_reset_threadpool(int(value)))
+
+
+# what ExecuTorch's C++ prints on stderr while it creates or resizes its threadpool: probing /sys for CPU models
+# (absent on x86 and in containers) and the new size; nothing a user can act on
+THREADPOOL_CHATTER = ("[cpuinfo_utils.cpp:", "[threadpool.cpp:")
+
+
+def _quietly(call):
+    """`call()` with the process's stderr (fd 2) captured; lines other than THREADPOOL_CHATTER are passed on."""
+    import sys
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            return call()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            for line in captured.read().decode(errors="replace").splitlines():
+                if not line.startswith(THREADPOOL_CHATTER):
+                    print(line, file=sys.stderr)
 
 
 def run(handle, inputs: list[np.ndarray]) -> list[np.ndarray]:

@@ -82,16 +82,21 @@ def load(artifact_dir, trust=None, expect_digest: str | None = None) -> Model:
     before any payload byte reaches a runtime."""
     from edgekit import trust as trusting
 
-    path = Path(artifact_dir)
     policy = trusting.policy(trust, expect_digest)
-    artifact = read_verified(path, policy)
+    return from_verified(read_verified(Path(artifact_dir), policy), trust=trust, policy=policy)
+
+
+def from_verified(artifact: VerifiedArtifact, trust=None, policy=None) -> Model:
+    """A Model from bytes `read_verified` already checked (under `policy`); nothing is hashed again."""
+    from edgekit import trust as trusting
+
     manifest = artifact.manifest
     check_runnable(manifest)
-    check_payload(manifest, artifact.payload, str(path))  # malformed payloads never reach native code
+    check_payload(manifest, artifact.payload, str(artifact.path))  # malformed payloads never reach native code
     if policy is None and trust is not False:
         trusting.warn_unsigned(artifact, native=backends.get(manifest.backend).native_code)
     runner = _Emulated if manifest.arch != host_arch() else _Native
-    return Model(path, manifest, runner(artifact), artifact.digest)
+    return Model(artifact.path, manifest, runner(artifact), artifact.digest)
 
 
 def check_runnable(manifest: Manifest) -> None:

@@ -158,7 +158,7 @@ def case(tmp_path, host_artifacts, reference):
 
 def assert_correct_output(path: Path, reference, atol=1e-5) -> None:
     with np.load(path) as f:
-        np.testing.assert_allclose(f["out0"], reference["y"], atol=atol, rtol=1e-4)
+        np.testing.assert_allclose(f["output0"], reference["y"], atol=atol, rtol=1e-4)
 
 
 # ---------------------------------------------------------------- 1. payloads mutated, checksums recomputed
@@ -204,7 +204,7 @@ def test_mutated_payload_with_recomputed_checksum(case, reference, backend, kind
     code, _, err = case.run("run", art, "-i", case.root / "x.npy", "-o", out, allowed_new={"out.npz"})
     if code == 0:  # a change the runtime does not notice: the output is whatever the changed model computes
         with np.load(out) as f:
-            assert f["out0"].shape == reference["y"].shape
+            assert f["output0"].shape == reference["y"].shape
     elif kind != "body-flipped":
         assert str(art) in err
 

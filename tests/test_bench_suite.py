@@ -33,3 +33,38 @@ def test_rows_ratios_and_a_failed_int8_compile(tmp_path):
     md = (tmp_path / "out" / "bench.md").read_text()
     assert "| fragile | tvm | int8 |" in md and "failed: int8 accuracy gate failed" in md
     assert (tmp_path / "out" / "latency_per_backend.png").stat().st_size > 0
+
+
+def _row(case, impl, p50, precision="fp32", suite="models", error=None):
+    return {"suite": suite, "case": case, "impl": impl, "precision": precision, "shape": [[1]], "p50_ms": p50,
+            "p90_ms": p50, "min_ms": p50, "payload_bytes": None, "peer": "eager fp32", "ratio_to_best_peer": 1.0,
+            **({"error": error} if error else {})}
+
+
+def test_per_model_summary_names_the_fastest_backend_and_each_ratio(tmp_path):
+    from edgekit.bench.report import summarize
+
+    rows = [_row("m1", "eager", 10.0), _row("m1", "executorch", 4.0), _row("m1", "onnxruntime", 2.0),
+            _row("m1", "tvm", 6.0), _row("m1", "tvm", None, "int8", error="int8 accuracy gate failed"),
+            _row("m1", "onnxruntime", 3.0, "int8"), _row("m2", "eager", 1.0), _row("m2", "tvm", 0.5),
+            _row("m2", "onnxruntime", None, error="lowering failed"),
+            _row("k", "edgekit", 1.0, suite="kernel:scan")]  # kernels are not model cases
+    summary = {(s["case"], s["precision"]): s for s in summarize(rows)}
+    assert set(summary) == {("m1", "fp32"), ("m1", "int8"), ("m2", "fp32")}
+    m1 = summary[("m1", "fp32")]
+    assert m1["best"] == "onnxruntime" and m1["best_p50_ms"] == 2.0
+    assert m1["ratio"] == {"eager": 5.0, "executorch": 2.0, "onnxruntime": 1.0, "tvm": 3.0}
+    assert summary[("m1", "int8")]["best"] == "onnxruntime" and summary[("m1", "int8")]["failed"] == {
+        "tvm": "int8 accuracy gate failed"}
+    m2 = summary[("m2", "fp32")]
+    assert m2["best"] == "tvm" and m2["ratio"] == {"eager": 2.0, "tvm": 1.0}
+    assert m2["failed"] == {"onnxruntime": "lowering failed"}
+
+    report = {"machine": {"cpu": "test", "cores": 2, "threads": 2, "versions": {}, "date": "now"}, "limits": {},
+              "seconds": {}, "rows": rows}
+    write_report(report, tmp_path)
+    assert json.loads((tmp_path / "bench.json").read_text())["summary"] == json.loads(json.dumps(
+        summarize(rows)))
+    md = (tmp_path / "bench.md").read_text()
+    assert "| m1 | fp32 | onnxruntime | 2 | 2.00 | 3.00 | 1.00 | eager 5.00 |" in md
+    assert "| m2 | fp32 | tvm | 0.5 |  | 1.00 | failed | eager 2.00 |" in md

@@ -49,8 +49,8 @@ def test_run_and_bench_commands(cli, host_artifacts, zoo_model, tmp_path):
     np.save(x, inputs[0].numpy())
     out = tmp_path / "out.npz"
     code, stdout, _ = cli("run", host_artifacts["tvm"], "--input", x, "--output", out)
-    assert code == 0 and "out0 float32[1, 256, 32]" in stdout
-    assert np.abs(np.load(out)["out0"] - expected).max() <= 1e-4
+    assert code == 0 and "output0 float32[1, 256, 32]" in stdout
+    assert np.abs(np.load(out)["output0"] - expected).max() <= 1e-4
     code, stdout, _ = cli("bench", host_artifacts["onnxruntime"], "--iters", "5", "--json")
     stats = json.loads(stdout)
     assert code == 0 and stats["backend"] == "onnxruntime" and 0 < stats["min_ms"] <= stats["p50_ms"] <= stats["p90_ms"]

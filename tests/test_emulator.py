@@ -86,7 +86,7 @@ def test_cli_run_on_aarch64_artifact(artifacts, spine_model, tmp_path):
                 "--output", str(tmp_path / "out.npz")])
     assert code == 0
     with np.load(tmp_path / "out.npz") as out:
-        assert np.abs(out["out0"] - expected).max() < 1e-4
+        assert np.abs(out["output0"] - expected).max() < 1e-4
 
 
 def test_tvm_rpc_loopback(artifacts, spine_model):

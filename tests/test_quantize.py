@@ -100,6 +100,66 @@ def test_weight_only_compiles_with_a_measured_figure(tmp_path):
     assert q["scheme"] == "int8-weight-only" and q["accuracy"]["cosine"] > 0.999
 
 
+@pytest.mark.parametrize("scheme, bits, max_fraction", [("int8-weight-only", 8, 0.30), ("int4-weight-only", 4, 0.18)])
+def test_weight_only_onnxruntime_stores_packed_integers(tmp_path, scheme, bits, max_fraction):
+    """Read from the payload, not the manifest: every Linear becomes MatMulNBits with `bits`-bit weights packed in
+    uint8, no float copy of those weights is left, and model.onnx shrinks to the integer size."""
+    import onnx
+    from onnx import numpy_helper
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.GELU(), torch.nn.Linear(512, 256)).eval()
+    x = (torch.randn(1, 6, 256),)
+    fp32 = edgekit.compile_model(model, x, backend="onnxruntime", output=tmp_path / "f")
+    art = edgekit.compile_model(model, x, backend="onnxruntime", output=tmp_path / "q", quantize=scheme)
+    graph = onnx.load(str(art / "model.onnx"))
+    packed = [n for n in graph.graph.node if n.op_type == "MatMulNBits"]
+    assert len(packed) == 2 and all(a.i == bits for n in packed for a in n.attribute if a.name == "bits")
+    weights = {t.name: numpy_helper.to_array(t) for t in graph.graph.initializer}
+    assert all(weights[n.input[1]].dtype == np.uint8 for n in packed)
+    assert not [w for w in weights.values() if w.dtype == np.float32 and w.size >= 256 * 256]  # no float weights
+    fraction = (art / "model.onnx").stat().st_size / (fp32 / "model.onnx").stat().st_size
+    assert fraction <= max_fraction, fraction
+    manifest = edgekit.load(art).manifest
+    assert "MatMulNBits" in manifest.quantization["compute"]
+    y = edgekit.load(art).run([x[0].numpy()])[0]
+    assert np.abs(y - model(x[0]).detach().numpy()).max() < (0.02 if bits == 8 else 0.2)
+
+
+@pytest.mark.parametrize("backend", ["executorch", "onnxruntime"])
+@pytest.mark.parametrize("scheme, max_fraction", [("int8-dynamic", 0.30), ("int4-dynamic", 0.18)])
+def test_dynamic_int8_stores_integer_weights_and_runs_integer_kernels(tmp_path, backend, scheme, max_fraction):
+    """int8 activations at run time, 8- or 4-bit weights in the payload (read from the file): on ExecuTorch the
+    XNNPACK delegate holds the packed weights (the .pte shrinks), on ONNX Runtime MatMulNBits at accuracy level 4."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.GELU(), torch.nn.Linear(512, 256)).eval()
+    x = (torch.randn(1, 6, 256),)
+    fp32 = edgekit.compile_model(model, x, backend=backend, output=tmp_path / "f")
+    art = edgekit.compile_model(model, x, backend=backend, output=tmp_path / "q", quantize=scheme)
+    entry = edgekit.load(art).manifest.entry
+    fraction = (art / entry).stat().st_size / (fp32 / entry).stat().st_size
+    assert fraction <= max_fraction, fraction
+    if backend == "onnxruntime":
+        import onnx
+
+        nodes = onnx.load(str(art / entry)).graph.node
+        levels = [a.i for n in nodes if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "accuracy_level"]
+        assert levels == [4, 4]
+    manifest = edgekit.load(art).manifest
+    assert manifest.quantization["scheme"] == scheme and "int8 activations" in manifest.quantization["compute"]
+    y = edgekit.load(art).run([x[0].numpy()])[0]
+    expected = model(x[0]).detach().numpy()
+    assert 0 < np.abs(y - expected).max() < (0.05 if scheme == "int8-dynamic" else 0.3)
+
+
+def test_dynamic_int8_is_refused_where_no_backend_kernel_exists(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Linear(16, 16)).eval()
+    with pytest.raises(EdgekitError, match="int8-dynamic is not available for backend 'tvm'"):
+        edgekit.compile_model(model, (torch.randn(1, 16),), backend="tvm", output=tmp_path / "t",
+                              quantize="int8-dynamic")
+    assert not (tmp_path / "t").exists()
+
+
 def test_quantization_errors(tmp_path, zoo_model):
     module, inputs, _ = zoo_model
     with pytest.raises(EdgekitError, match="needs calibration data"):

@@ -8,6 +8,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -381,17 +382,21 @@ def test_unreadable_sources_are_refused_with_the_reason(tmp_path):
     video, wav = _video(tmp_path / "v.avi", 2), tmp_path / "a.wav"
     wav.write_bytes(b"RIFF")
     tmp_path.chmod(0o755)
+    out = Path(tempfile.mkdtemp(prefix="edgekit-out-"))  # pytest's own base folder is 0700: -o goes where that
+    out.chmod(0o777)                                      # user may write, so only the source is refused
     for path in (video, wav):
         path.chmod(0o000 if os.geteuid() else 0o600)
     user = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] if os.geteuid() == 0 else []
     if user and not shutil.which("setpriv"):
         pytest.skip("running as root without setpriv to drop privileges")
-    for command in (["pose", "live", "--source", str(video), "--headless", "-o", str(tmp_path / "o.mp4")],
+    for command in (["pose", "live", "--source", str(video), "--headless", "-o", str(out / "o.mp4")],
                     ["asr", "live", "--source", str(wav)]):
         run = subprocess.run(user + [sys.executable, "-m", "edgekit.cli", *command], capture_output=True, text=True,
                              timeout=300, cwd=tmp_path, env=os.environ | {"HOME": str(tmp_path)})
         assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
         assert "permission denied" in run.stderr and Path(command[3]).name in run.stderr, run.stderr
+    assert not list(out.iterdir())  # nothing written for a refused command
+    out.rmdir()
 
 
 class _FakeInputStream:

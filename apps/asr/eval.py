@@ -8,6 +8,7 @@ from pathlib import Path
 
 import jiwer
 
+from edgekit.apps.progress import track
 from edgekit.errors import EdgekitError
 
 from .features import SAMPLE_RATE, load_audio
@@ -54,11 +55,12 @@ def wer(references: list[str], hypotheses: list[str]) -> float:
     return jiwer.wer(references, hypotheses, reference_transform=NORMALIZE, hypothesis_transform=NORMALIZE)
 
 
-def evaluate(transcribe, utterances: list[Utterance]) -> dict:
+def evaluate(transcribe, utterances: list[Utterance], on_row=None) -> dict:
     """`transcribe(audio_16k) -> text` over every utterance: WER, RTF (wall seconds / audio seconds), CPU RTF
-    (this process's CPU seconds, all threads, / audio seconds: steadier than RTF on a shared machine), texts."""
+    (this process's CPU seconds, all threads, / audio seconds: steadier than RTF on a shared machine), texts.
+    `on_row` gets each utterance's row (wav, reference, hypothesis) as it is transcribed."""
     rows, compute, cpu, audio_seconds = [], 0.0, 0.0, 0.0
-    for utt in utterances:
+    for utt in track(utterances, "asr eval", unit="clips"):
         audio = load_audio(utt.wav)
         start, start_cpu = time.perf_counter(), time.process_time()
         text = transcribe(audio)
@@ -66,5 +68,7 @@ def evaluate(transcribe, utterances: list[Utterance]) -> dict:
         cpu += time.process_time() - start_cpu
         audio_seconds += len(audio) / SAMPLE_RATE
         rows.append({"wav": utt.wav.name, "reference": utt.reference, "hypothesis": text})
+        if on_row:
+            on_row(rows[-1])
     return {"wer": wer([r["reference"] for r in rows], [r["hypothesis"] for r in rows]),
             "rtf": compute / audio_seconds, "cpu_rtf": cpu / audio_seconds, "audio_seconds": audio_seconds, "utterances": rows}

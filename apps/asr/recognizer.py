@@ -25,14 +25,18 @@ __all__ = ["BACKENDS", "CACHE_LEN", "SambaRecognizer", "StepDecoder", "WhisperRe
 class WhisperRecognizer(WhisperApp):
     """`recognizer(audio_16k) -> text` for up to `window` seconds of audio (longer audio: see `vad.windows`)."""
 
-    def __init__(self, model_dir=None, backend: str = "eager", artifacts=None, window: int = WINDOW_SECONDS):
+    def __init__(self, model_dir=None, backend: str = "eager", artifacts=None, window: int = WINDOW_SECONDS,
+                 quantize: str | None = None):
         check_backend(backend)
+        if quantize and backend == "eager":
+            raise EdgekitError(f"--quantize {quantize} compiles integer kernels; add --backend onnxruntime or "
+                               "executorch (eager runs the float PyTorch model).")
         if not 1 <= window <= WINDOW_SECONDS:
             raise EdgekitError(f"window {window} s: Whisper windows are 1 to {WINDOW_SECONDS} s.")
         model_dir = Path(model_dir) if model_dir else default_model_dir()
         whisper = load_whisper(model_dir)
         self.whisper, self.backend, self.dims = whisper, backend, whisper.dims
-        encoder, self.step = graphs(whisper, backend, artifacts, window * SAMPLE_RATE)
+        encoder, self.step = graphs(whisper, backend, artifacts, window * SAMPLE_RATE, quantize)
         super().__init__(encoder, self._eager_decoder if backend == "eager" else self._step_decoder,
                          Vocabulary.from_dir(model_dir), window)
 
@@ -45,14 +49,16 @@ class WhisperRecognizer(WhisperApp):
         return StepDecoder(self.step, self.dims, cross)
 
 
-def graphs(whisper: Whisper, backend: str, artifacts, samples: int) -> tuple[Graph, Graph]:
-    """(encoder, decoder step) for `samples`-long windows as numpy-in, numpy-out callables on `backend`."""
+def graphs(whisper: Whisper, backend: str, artifacts, samples: int,
+           quantize: str | None = None) -> tuple[Graph, Graph]:
+    """(encoder, decoder step) for `samples`-long windows as numpy-in, numpy-out callables on `backend`
+    (quantize: a key of common.QUANTIZE)."""
     inputs = example_inputs(whisper.dims, CACHE_LEN, samples)
     seconds = samples // SAMPLE_RATE
     return (graph(WhisperEncoder(whisper).eval(), inputs.encoder, f"whisper-tiny.en-encoder-{seconds}s", backend,
-                  artifacts),
+                  artifacts, quantize),
             graph(WhisperDecoderStep(whisper, CACHE_LEN).eval(), inputs.decoder,
-                  f"whisper-tiny.en-decoder-step-{seconds}s", backend, artifacts))
+                  f"whisper-tiny.en-decoder-step-{seconds}s", backend, artifacts, quantize))
 
 
 class SambaRecognizer(SambaApp):

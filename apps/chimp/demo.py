@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 
-from edgekit.apps.video import Sink, add_run_and_live, live_overlay, open_video, run_frames
+from edgekit.apps.progress import JsonLines
+from edgekit.apps.video import Sink, add_run_and_live, frame_count, live_overlay, open_video, run_frames
 from edgekit.errors import EdgekitError
 
 VIDEO_SUFFIXES = {".mp4", ".avi"}
@@ -20,11 +20,13 @@ def register(subparsers) -> None:
     add_run_and_live(commands, _model_options, run_command, live_command,
                      run_help="tracks and behaviors for every frame of a video, with an overlay",
                      input_help="video file", output_help="overlay video to write (.mp4)",
-                     json_help="print the tracks as one JSON object on stdout")
+                     json_help="print JSON lines on stdout as frames are done: one object per frame (tracks), "
+                               "then a summary object")
 
     ev = commands.add_parser("eval", help="HOTA, MOTA, IDF1 and behavior mAP on a ChimpACT-format folder")
     ev.add_argument("--data", required=True, help="folder with annotations.json (e.g. from `edgekit chimp synth`)")
-    ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    ev.add_argument("--json", action="store_true", help="print JSON lines: one object per video as it is done, "
+                                                       "then the metrics of each model in a summary object")
     ev.add_argument("--baseline", nargs="?", const="", metavar="WEIGHTS",
                     help="also evaluate these weights (default: the shipped detector without temporal fusion)")
     _model_options(ev)
@@ -32,9 +34,9 @@ def register(subparsers) -> None:
 
     syn = commands.add_parser("synth", help="render synthetic chimpanzee videos with exact ground truth")
     syn.add_argument("--out", required=True, help="folder to write (images/ + annotations.json)")
-    syn.add_argument("--videos", type=int, default=8)
+    syn.add_argument("--videos", type=int, default=8, help="how many synthetic videos to render")
     syn.add_argument("--frames", type=int, default=64, help="frames per video")
-    syn.add_argument("--seed", type=int, default=0)
+    syn.add_argument("--seed", type=int, default=0, help="random seed of the scenes (same seed, same videos)")
     syn.add_argument("--size", default="320x256", type=_size, help="WIDTHxHEIGHT")
     syn.set_defaults(func=synth_command)
 
@@ -83,13 +85,16 @@ def run_command(args) -> int:
         tracks = app(frame)
         return {"frame": index, "tracks": [t.as_json() for t in tracks]}, draw(frame, tracks)
 
-    records, elapsed = run_frames(frames, args.max_frames, step, Sink(args.output, fps))
+    lines = JsonLines(args.json)
+    records, elapsed = run_frames(frames, args.max_frames, step, Sink(args.output, fps), name="chimp run",
+                                  total=frame_count(str(source)), json_lines=lines)
     if not records:
         raise EdgekitError(f"{source}: no frames could be read. Check that the file is a readable video.")
-    if args.json:
-        print(json.dumps({"frames": records}))
     ids = {t["track_id"] for r in records for t in r["tracks"]}
-    print(f"chimp: {len(records)} frames, {len(ids)} tracks, {len(records) / elapsed:.1f} FPS ({args.backend})"
+    fps = len(records) / elapsed
+    lines.summary({"frames": len(records), "tracks": len(ids), "fps": round(fps, 3), "backend": args.backend,
+                   "output": args.output})
+    print(f"chimp: {len(records)} frames, {len(ids)} tracks, {fps:.1f} FPS ({args.backend})"
           + (f"; overlay: {args.output}" if args.output else ""), file=sys.stderr)
     return 0
 
@@ -106,13 +111,15 @@ def eval_command(args) -> int:
     from edgekit.apps.chimp.model import SINGLE_WEIGHTS, default_weights
 
     dataset = data.load(args.data)
-    results = {"model": evaluate(_app_factory(args, args.weights), dataset)}
+    lines = JsonLines(args.json)
+    models = {"model": args.weights}
     if args.baseline is not None:
-        baseline = args.baseline or str(default_weights(SINGLE_WEIGHTS))
-        results["baseline"] = evaluate(_app_factory(args, baseline), dataset)
-    if args.json:
-        print(json.dumps(results, indent=2))
-    else:
+        models["baseline"] = args.baseline or str(default_weights(SINGLE_WEIGHTS))
+    results = {name: evaluate(_app_factory(args, weights), dataset,
+                              on_video=lambda figures, name=name: lines.item("video", {"model": name, **figures}))
+               for name, weights in models.items()}
+    lines.summary(results)
+    if not args.json:
         for name, m in results.items():
             print(f"{name}: HOTA {m['HOTA']:.3f}  MOTA {m['MOTA']:.3f}  IDF1 {m['IDF1']:.3f}  "
                   f"behavior mAP {m['behavior_mAP']:.3f}  ({m['videos']} videos, {m['frames']} frames, "

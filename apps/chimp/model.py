@@ -162,8 +162,8 @@ class ChimpModel:
         small weights shipped with the app."""
         path = Path(path) if path else default_weights()
         if not path.is_file():
-            raise EdgekitError(f"chimp weights {path} not found. Pass --weights FILE.pt (written by "
-                               "`make train-chimp`).")
+            raise EdgekitError(f"chimp weights {path} not found. Write them with `make train-chimp`, "
+                               "or name a file for one command: `edgekit chimp run ... --weights FILE.pt`.")
         state = torch.load(path, map_location="cpu", weights_only=True)
         model = cls.new(state["frames"], state["behaviors"])
         model.detector.load_state_dict(state["detector"])

@@ -2,7 +2,6 @@
 with a skeleton overlay; the 3D lifters measured on held-out synthetic motion."""
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -13,7 +12,9 @@ from edgekit.apps.pose.app import PoseApp, TrackLifter, draw
 from edgekit.apps.pose.model import BlazePose, lifter_runner, runners
 from edgekit.apps.media import check_image
 from edgekit.apps.runners import add_backend_arguments
-from edgekit.apps.video import IMAGE_SUFFIXES, Sink, add_run_and_live, live_overlay, open_video, run_frames
+from edgekit.apps.progress import JsonLines
+from edgekit.apps.video import (IMAGE_SUFFIXES, Sink, add_run_and_live, frame_count, live_overlay, open_video,
+                               run_frames)
 from edgekit.errors import EdgekitError
 
 
@@ -25,7 +26,8 @@ def register(subparsers) -> None:
                            run_help="keypoints for every frame of an image or video, with an overlay",
                            input_help="image or video file",
                            output_help="overlay to write: .png/.jpg for an image, .mp4 for a video",
-                           json_help="print the keypoints as one JSON object on stdout",
+                           json_help="print JSON lines on stdout as frames are done: one object per frame "
+                                     "(keypoints, 3D joints), then a summary object",
                            frames_help="stop after this many video frames")
     run.add_argument("--lifter", help="3D lifter weights (default: the shipped KTPFormer, apps/pose/weights)")
 
@@ -36,7 +38,7 @@ def register(subparsers) -> None:
     ev.add_argument("--lifter", help="KTPFormer weights (default: apps/pose/weights/ktpformer.pt)")
     ev.add_argument("--baseline", help="single-frame MLP weights (default: apps/pose/weights/mlp_lifter.pt)")
     add_backend_arguments(ev, "where KTPFormer runs")
-    ev.add_argument("--json", action="store_true", help="print the figures as JSON")
+    ev.add_argument("--json", action="store_true", help="print the figures as one JSON summary object")
     ev.set_defaults(func=eval_3d_command)
 
 
@@ -50,7 +52,7 @@ def _common_options(parser: argparse.ArgumentParser) -> None:
                              "(3x4 for 768x576), so near and distant persons are both found (default: %(default)s)")
     parser.add_argument("--detect-every", type=int, default=5,
                         help="run the detector every N frames to find new persons (tracked ones need none)")
-    parser.add_argument("--max-persons", type=int, default=8)
+    parser.add_argument("--max-persons", type=int, default=8, help="most persons tracked per frame")
 
 
 def _tiles(text: str) -> tuple[int, int] | str:
@@ -88,13 +90,17 @@ def run_command(args) -> int:
                  for p, j in zip(persons, joints)]
         return {"frame": index, "persons": found}, draw(frame, persons)
 
-    records, elapsed = run_frames(frames, args.max_frames, step, Sink(args.output, fps, default_fps=10.0))
+    lines = JsonLines(args.json)
+    records, elapsed = run_frames(frames, args.max_frames, step, Sink(args.output, fps, default_fps=10.0),
+                                  name="pose run", total=1 if is_image else frame_count(str(source)),
+                                  json_lines=lines)
     if not records:
         raise EdgekitError(f"{source}: no frames could be read. Check that the file is a readable video.")
-    if args.json:
-        print(json.dumps({"frames": records}))
     persons = sum(len(r["persons"]) for r in records)
-    print(f"pose: {len(records)} frames, {persons} person detections, {len(records) / elapsed:.2f} FPS "
+    fps = len(records) / elapsed
+    lines.summary({"frames": len(records), "person_detections": persons, "fps": round(fps, 3),
+                   "backend": args.backend, "output": args.output})
+    print(f"pose: {len(records)} frames, {persons} person detections, {fps:.2f} FPS "
           f"({args.backend}, 2D + 3D)" + (f"; overlay: {args.output}" if args.output else ""), file=sys.stderr)
     return 0
 
@@ -119,9 +125,8 @@ def eval_3d_command(args) -> int:
     results = pose_eval.evaluate({"ktpformer": (lift, frames),
                                   "mlp": (pose_eval.torch_lift(mlp), mlp.frames)}, data)
     results["ktpformer"]["backend"] = args.backend
-    if args.json:
-        print(json.dumps(results, indent=2))
-    else:
+    JsonLines(args.json).summary(results)
+    if not args.json:
         for name in ("ktpformer", "mlp"):
             r = results[name]
             print(f"{name}: MPJPE {r['mpjpe_mm']:.1f} mm, jitter {r['jitter_mm_per_frame2']:.2f} mm/frame^2, "

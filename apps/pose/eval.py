@@ -11,6 +11,7 @@ import torch
 
 from edgekit.apps.pose import motion
 from edgekit.apps.pose.skeleton import normalize
+from edgekit.apps.progress import track
 from edgekit.apps.runners import eager
 
 EVAL_SEED = 20_240_917  # a generator stream of its own: training (seed 0, ...) never sees these sequences
@@ -60,7 +61,7 @@ def evaluate(lifters: dict[str, tuple[Lift, int]], data) -> dict:
     results = {}
     for name, (lift, frames) in lifters.items():
         errors, jitter, accel_error = [], [], []
-        for truth, points_2d in data:
+        for truth, points_2d in track(data, f"pose eval-3d: {name}", unit="sequences"):
             predicted = lift_sequence(lift, frames, points_2d)
             errors.append(np.linalg.norm(predicted - truth, axis=-1).ravel() * 1000)
             jitter.append(acceleration(predicted).ravel())

@@ -37,8 +37,9 @@ class BlazePose:
         weights_dir = Path(weights_dir) if weights_dir is not None else paths.weights("mediapipe")
         missing = [f for f in (DETECTOR_FILE, LANDMARK_FILE) if not (weights_dir / f).is_file()]
         if missing:
-            raise EdgekitError(f"{', '.join(missing)} not found in {weights_dir}. Point --weights (or "
-                               "EDGEKIT_WEIGHTS/mediapipe) at MediaPipe's pose .tflite files.")
+            raise EdgekitError(f"{', '.join(missing)} not found in {weights_dir}. Point edgekit at the weights "
+                               "folder holding mediapipe/ (`edgekit paths --set weights=DIR`, or EDGEKIT_WEIGHTS=DIR); "
+                               "for one command: `edgekit pose run ... --weights DIR` (MediaPipe's pose .tflite files).")
         return cls(*(Network(*load_tflite(weights_dir / f), files=(weights_dir / f,))
                      for f in (DETECTOR_FILE, LANDMARK_FILE)))
 

@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 from skimage.metrics import structural_similarity
 
+from edgekit.apps.progress import track
 from edgekit.errors import EdgekitError
 
 IMAGE_SUFFIXES = (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -94,14 +95,18 @@ class ImageScore:
     bicubic_psnr_y: float
 
 
-def evaluate(upscale: Callable[[np.ndarray], np.ndarray], data: str | Path, scale: int) -> list[ImageScore]:
-    """Score `upscale` (uint8 RGB LR -> uint8 RGB SR) on every HR image under `data`."""
+def evaluate(upscale: Callable[[np.ndarray], np.ndarray], data: str | Path, scale: int,
+             on_score: Callable[[ImageScore], None] | None = None) -> list[ImageScore]:
+    """Score `upscale` (uint8 RGB LR -> uint8 RGB SR) on every HR image under `data`; `on_score` gets each score as
+    it is computed."""
     scores = []
-    for path in dataset_images(data):
+    for path in track(dataset_images(data), "superres eval", unit="images"):
         hr = read_rgb(path)
         hr = hr[: hr.shape[0] - hr.shape[0] % scale, : hr.shape[1] - hr.shape[1] % scale]
         lr = imresize(hr, 1 / scale)
         psnr, ssim = psnr_ssim_y(upscale(lr), hr, scale)
         bicubic, _ = psnr_ssim_y(imresize(lr, scale), hr, scale)
         scores.append(ImageScore(path.stem, psnr, ssim, bicubic))
+        if on_score:
+            on_score(scores[-1])
     return scores

@@ -146,7 +146,9 @@ def check_scale(scale: int) -> None:
 
 def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
-        raise EdgekitError(f"CFSR weights not found: {path}. Pass --weights PATH or set EDGEKIT_WEIGHTS.")
+        raise EdgekitError(f"CFSR weights not found: {path}. Point edgekit at the weights folder "
+                           "(`edgekit paths --set weights=DIR`, or EDGEKIT_WEIGHTS=DIR), or name the file for one "
+                           "command: `edgekit superres run ... --weights FILE`.")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for foreign files

@@ -43,9 +43,49 @@ def lower(source: Source, target: Target, out: Path, entry: str) -> Lowered:
                                "attributes, try --backend tvm, or re-export the model.") from None
     finally:
         raw.unlink(missing_ok=True)
-    return Lowered({"opset": OPSET, "graph_optimization": level,
+    shared = share_transposed_weights(out / entry)
+    return Lowered({"opset": OPSET, "graph_optimization": level, "shared_transposed_weights": shared,
                                   "providers": ["CUDAExecutionProvider", "CPUExecutionProvider"]
                                   if target.cuda_arch else ["CPUExecutionProvider"]})
+
+
+def share_transposed_weights(path: Path) -> list[str]:
+    """Store a weight used both as W and as W.T once (tied embeddings: Whisper's token embedding feeds a Gather and,
+    transposed, the logits MatMul; offline constant folding writes the transpose as a second initializer). Each
+    such copy becomes a Transpose node on the original, which ONNX Runtime folds again in memory at load. Returns
+    the initializers replaced."""
+    import hashlib
+
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    matrices = {t.name: numpy_helper.to_array(t) for t in graph.initializer if len(t.dims) == 2}
+    order = {name: i for i, name in enumerate(matrices)}
+    by_digest = {}
+    for name, array in matrices.items():
+        by_digest.setdefault((array.shape, array.dtype.str, hashlib.sha256(array.tobytes()).digest()), name)
+    replaced = {}
+    for name, array in matrices.items():
+        transposed = np.ascontiguousarray(array.T)
+        original = by_digest.get((transposed.shape, transposed.dtype.str,
+                                  hashlib.sha256(transposed.tobytes()).digest()))
+        if original and order[original] < order[name] and original not in replaced and array.size >= 4096:
+            replaced[name] = original   # the later one (the folded transpose) goes; the model's own name stays
+    if not replaced:
+        return []
+    keep = [t for t in graph.initializer if t.name not in replaced]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+    nodes = [helper.make_node("Transpose", [original], [name], name=f"edgekit_shared_{name}", perm=[1, 0])
+             for name, original in replaced.items()]
+    rest = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes + rest)
+    onnx.save(model, str(path))
+    return sorted(replaced)
 
 
 def export_onnx(source: TorchSource, path: Path) -> None:

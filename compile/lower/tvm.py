@@ -21,6 +21,30 @@ from . import Lowered
 
 
 def import_relax(source: Source, target_dict: dict):
+    return _bounded_takes(_import_relax(source, target_dict))
+
+
+def _bounded_takes(mod):
+    """`R.take(..., mode="fast")` (the frontends' select / index / Gather) as mode "clip": the same result for every
+    in-range index and none out of memory for the others; TVM prints a warning per fast-mode take it legalizes."""
+    import tvm
+    from tvm import relax
+
+    @relax.expr_functor.mutator
+    class BoundedTake(relax.PyExprMutator):
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            if isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.take" and call.attrs.mode == "fast":
+                return relax.op.take(call.args[0], call.args[1], axis=call.attrs.axis, mode="clip")
+            return call
+
+    for gv, fn in list(mod.functions.items()):
+        if isinstance(fn, relax.Function):
+            mod[gv] = BoundedTake(mod).visit_expr(fn)
+    return mod
+
+
+def _import_relax(source: Source, target_dict: dict):
     if isinstance(source, TorchSource):
         from tvm.relax.frontend.torch import from_exported_program
 

@@ -7,6 +7,8 @@ then each fused PrimFunc is rewritten by one rule:
 * reductions (conv, matmul, pooling, channel means): tile the output so that a small block (rows x 2 vectors)
   accumulates in registers while the reduction loops run outside it; the outer spatial loops are fused and run
   in parallel; the fused epilogue (bias, activation, residual) is computed per tile while it is hot;
+  a row that is no multiple of the vector (40, 20, 14, 7 pixels) takes a narrower register, else the output
+  channels are vectorised instead, over operands transposed per call so that the channels are contiguous;
 * everything else (elementwise, padding, layout moves): parallelise, vectorise the innermost loop.
 
 Kernels the rule cannot handle keep TVM's loops. The rules are the default: they add well under a second to a
@@ -30,7 +32,7 @@ from tvm.s_tir.schedule import ScheduleError
 from tvm.s_tir.schedule.analysis import is_output_block
 
 _OPAQUE = 8  # relax OpPatternKind.kOpaque: FuseOps leaves such calls alone
-_ROWS = 4  # register tile: _ROWS x (2 vectors) accumulators = 8 vector registers
+_MIN_LANES = 4  # narrowest vector the rule emits (a 128-bit register of fp32)
 
 
 def schedule(mod, tvm_target: dict, database: Path | None = None):
@@ -236,6 +238,9 @@ def _tile_reduction(sch, block, lanes: int) -> None:
     extents = [int(iv.dom.extent) for iv in ivs]
     vec = spatial[-1] if spatial else None
     width = _vector_width(extents[vec], lanes) if vec is not None else 0
+    if vec is not None and not width:
+        vec, width = _transposed_vector_axis(sch, block, spatial, extents, lanes) or (vec, 0)
+        ivs = sch.get(block).iter_vars
     if not width or not _contiguous(sch.get(block), ivs[vec].var):
         if spatial:
             sch.reorder(*[loops[i] for i in spatial + reduce])
@@ -246,7 +251,7 @@ def _tile_reduction(sch, block, lanes: int) -> None:
     tiled = {vec: vec_o}
     inner = [vec_i]
     if row is not None:
-        row_o, row_i = sch.split(loops[row], [None, _largest_divisor(extents[row], _ROWS)])
+        row_o, row_i = sch.split(loops[row], [None, _largest_divisor(extents[row], _rows(width, lanes))])
         tiled[row] = row_o
         inner.insert(0, row_i)
     outer = [tiled.get(i, loops[i]) for i in spatial]
@@ -268,6 +273,39 @@ def _tile_reduction(sch, block, lanes: int) -> None:
     sch.decompose_reduction(block, loops[reduce[0]])  # the init copies the unrolled, vectorised tile loops
 
 
+def _transposed_vector_axis(sch, block, spatial, extents, lanes):
+    """When the innermost output axis cannot be vectorised (rows of 7 or 14 pixels), an output-channel axis can be:
+    each operand it indexes (a pointwise conv's weights; a depthwise conv's weights and input) is copied once per
+    call, transposed so that the axis is its last dimension. Returns (axis, width), or None when no axis
+    qualifies (an operand indexes it in more than one dimension)."""
+    stmt = sch.get(block)
+    for axis in reversed(spatial[:-1]):
+        width = _vector_width(extents[axis], lanes)
+        var = stmt.iter_vars[axis].var
+        users = {i: [d for d, rng in enumerate(r.region) if _uses(rng.min, var)] for i, r in enumerate(stmt.reads)}
+        users = {i: dims for i, dims in users.items() if dims}
+        if not width or not users or any(len(dims) != 1 for dims in users.values()):
+            continue
+        try:
+            for read, (dim,) in users.items():
+                _move_dim_last(sch, block, read, dim, len(stmt.reads[read].region))
+        except ScheduleError:
+            return None
+        return axis, width
+    return None
+
+
+def _move_dim_last(sch, block, read: int, dim: int, rank: int) -> None:
+    """The block's `read`-th operand, copied into a buffer whose last dimension is the operand's `dim`."""
+    from tvm.tirx import IndexMap
+
+    if dim == rank - 1:
+        return
+    sch.cache_read(block, read, "global")
+    sch.transform_layout(block, ("read", read), IndexMap.from_func(
+        lambda *i: [*i[:dim], *i[dim + 1:], i[dim]], ndim=rank))
+
+
 def _parallel_vectorize(sch, block, lanes: int) -> None:
     """Vectorise the innermost loop by whole vectors and parallelise the loops outside it. The innermost loop is
     never fused into the parallel one: that would put div/mod index arithmetic on every element."""
@@ -283,8 +321,19 @@ def _parallel_vectorize(sch, block, lanes: int) -> None:
 
 
 def _vector_width(extent: int, lanes: int) -> int:
-    """Two vectors per row when the extent allows (hides FMA latency), else one, else none."""
-    return next((w for w in (2 * lanes, lanes) if extent % w == 0), 0)
+    """Two vectors per row when the extent allows (hides FMA latency), else one, else a narrower register (AVX-512
+    with rows of 40 or 20 pixels: 8 or 4 lanes, in a ymm or xmm register), else none."""
+    widths = (2 * lanes, lanes, lanes // 2, lanes // 4)
+    return next((w for w in widths if w >= _MIN_LANES and extent % w == 0), 0)
+
+
+def _rows(width: int, lanes: int) -> int:
+    """Register-tile rows: enough accumulators (rows x registers per row) to fill half the vector register file,
+    so the FMAs of independent accumulators hide each other's latency and the operands still fit beside them.
+    AVX2 (8 lanes) has 16 vector registers; AVX-512 (16 lanes) and NEON (4 lanes) have 32."""
+    registers = 16 if lanes == 8 else 32
+    per_row = -(-width // lanes)
+    return max(1, registers // 2 // per_row)
 
 
 def _largest_divisor(extent: int, limit: int) -> int:

@@ -17,10 +17,11 @@ import numpy as np
 from edgekit.errors import EdgekitError
 
 from ..source import FileSource, TorchSource
-from .configs import CONFIGS, Int4WeightOnly, Int8Static, Int8WeightOnly, describe, parse
+from .configs import CONFIGS, Int4WeightOnly, Int8Dynamic, Int8Static, Int8WeightOnly, QuantConfig, describe, parse
 from .gate import TaskMetric
 
-__all__ = ["CONFIGS", "Int8Static", "Int8WeightOnly", "Int4WeightOnly", "QuantPlan", "quantize_", "parse"]
+__all__ = ["CONFIGS", "Int8Static", "Int8WeightOnly", "Int4WeightOnly", "Int8Dynamic", "QuantPlan", "quantize_",
+           "parse"]
 
 _TRANSFORMS: dict[tuple[type, str], Callable] = {}
 ALL_BACKENDS = ("executorch", "tvm", "onnxruntime")
@@ -36,7 +37,7 @@ def register(config_type: type, backends: tuple[str, ...]):
 
 @dataclass
 class QuantPlan:
-    config: Int8Static | Int8WeightOnly | Int4WeightOnly
+    config: QuantConfig
     calibration: list[list[np.ndarray]]
     held_out: list[list[np.ndarray]]
     max_drop: float | None = None
@@ -57,13 +58,18 @@ def quantize_(model, config) -> list[str]:
     if isinstance(config, Int8Static):
         raise EdgekitError("int8 static quantization needs calibration data; use compile_model(..., quantize='int8', "
                            "calibration=[...]).")
+    if isinstance(config, Int8Dynamic):
+        raise EdgekitError(f"{config.name} quantizes activations inside a backend's kernels; use "
+                           f"compile_model(..., quantize={config.name!r}) with backend executorch or onnxruntime.")
     return quantize_linears(model, config)
 
 
 def apply(source: TorchSource, plan: QuantPlan, backend: str, skip: frozenset[str]):
     transform = _TRANSFORMS.get((type(plan.config), backend))
     if transform is None:
-        raise EdgekitError(f"{plan.config.name} is not available for backend {backend!r}.")
+        offered = sorted(b for (config, b) in _TRANSFORMS if config is type(plan.config))
+        raise EdgekitError(f"{plan.config.name} is not available for backend {backend!r} (it has no kernels for it "
+                           f"here); use --backend {' or '.join(offered)}, or another --quantize scheme.")
     return transform(source, plan, skip)
 
 
@@ -109,8 +115,16 @@ def simulate(source: TorchSource, plan: QuantPlan, skip: frozenset[str], only: f
     from .weight_only import quantize_linears
 
     model = copy.deepcopy(source.module)
-    quantize_linears(model, plan.config, skip=layers - int8)
+    quantize_linears(model, _weight_config(plan.config), skip=layers - int8)
     return model
+
+
+def _weight_config(config) -> Int8WeightOnly | Int4WeightOnly:
+    """The weight rounding of a config (dynamic int8 simulates as its weights: activation rounding per token is far
+    smaller than the weights' per-channel error)."""
+    if not isinstance(config, Int8Dynamic):
+        return config
+    return Int8WeightOnly() if config.weight_bits == 8 else Int4WeightOnly(group_size=config.group_size or 32)
 
 
 def candidate_layers(source: TorchSource, plan: QuantPlan) -> list[str]:
@@ -135,6 +149,16 @@ def manifest_record(plan: QuantPlan, backend: str, skip: frozenset[str]) -> dict
               "held_out_samples": len(plan.held_out)}
     if isinstance(plan.config, Int8Static):
         record["compute"] = compute[backend]
+    elif isinstance(plan.config, Int8Dynamic) and backend == "executorch":
+        record["compute"] = (f"Linear layers on XNNPACK's dynamically quantized kernels: int8 activations per token, "
+                             f"{plan.config.weight_bits}-bit weights per output channel")
+    elif isinstance(plan.config, Int8Dynamic):
+        record["compute"] = (f"Linear layers as MatMulNBits with int8 activations (accuracy_level 4): "
+                             f"{_bits(plan.config)}-bit weights packed in blocks of {ort_block_size(plan.config)} "
+                             "input rows")
+    elif backend == "onnxruntime":
+        record["compute"] = (f"Linear layers as MatMulNBits: {_bits(plan.config)}-bit weights packed in blocks of "
+                             f"{ort_block_size(plan.config)} input rows, dequantized inside the GEMM")
     else:
         record["compute"] = "integer weights dequantized to fp32 at run time"
     return record
@@ -173,7 +197,49 @@ def _int8_qdq(source: TorchSource, plan: QuantPlan, skip: frozenset[str]) -> Fil
     return FileSource(qdq, "onnx", source.name, [t.detach().numpy() for t in source.example_inputs])
 
 
-@register(Int8WeightOnly, ALL_BACKENDS)
-@register(Int4WeightOnly, ALL_BACKENDS)
+@register(Int8WeightOnly, ("onnxruntime",))
+@register(Int4WeightOnly, ("onnxruntime",))
+@register(Int8Dynamic, ("onnxruntime",))
+def _weight_only_ort(source: TorchSource, plan: QuantPlan, skip: frozenset[str]) -> FileSource:
+    from ..lower.onnxruntime import export_onnx
+    from .ort import quantize_weight_only
+
+    fp32 = plan.workdir / "fp32.onnx"
+    export_onnx(source, fp32)
+    out = plan.workdir / f"{source.name}.{plan.config.name}.onnx"
+    quantize_weight_only(fp32, out, _bits(plan.config), ort_block_size(plan.config), skip,
+                         int8_activations=isinstance(plan.config, Int8Dynamic))
+    return FileSource(out, "onnx", source.name, [t.detach().numpy() for t in source.example_inputs])
+
+
+@register(Int8Dynamic, ("executorch",))
+def _dynamic_pt2e(source: TorchSource, plan: QuantPlan, skip: frozenset[str]) -> TorchSource:
+    from .pt2e import quantize_dynamic_pt2e
+
+    module = quantize_dynamic_pt2e(source.module, source.example_inputs, _int8_layers(source, plan, skip),
+                                   weight_bits=plan.config.weight_bits)
+    return TorchSource(module, source.example_inputs, source.name)
+
+
+def _bits(config) -> int:
+    if isinstance(config, Int8Dynamic):
+        return config.weight_bits
+    return 8 if isinstance(config, Int8WeightOnly) else 4
+
+
+def ort_block_size(config) -> int:
+    """MatMulNBits' block of input rows per scale: the config's group size (a power of two >= 16), else 128."""
+    size = config.group_size or ORT_DEFAULT_BLOCK
+    if size < 16 or size & (size - 1):
+        raise EdgekitError(f"group size {size} does not fit ONNX Runtime's MatMulNBits, which takes a power of two "
+                           ">= 16; choose e.g. 32, 64 or 128.")
+    return size
+
+
+ORT_DEFAULT_BLOCK = 128  # Int8WeightOnly's per-channel default as MatMulNBits blocks (it has no per-channel form)
+
+
+@register(Int8WeightOnly, ("executorch", "tvm"))
+@register(Int4WeightOnly, ("executorch", "tvm"))
 def _weight_only(source: TorchSource, plan: QuantPlan, skip: frozenset[str]) -> TorchSource:
     return TorchSource(simulate(source, plan, skip), source.example_inputs, source.name)

@@ -99,7 +99,8 @@ def _choose(source: TorchSource, plan: QuantPlan) -> frozenset[str]:
         return frozenset()
     rows = sensitivity(source, plan)
     if not plan.auto_fallback:
-        raise EdgekitError(sensitivity_report(rows, whole.drop, plan.max_drop, whole.metric))
+        raise EdgekitError(sensitivity_report(rows, whole.drop, plan.max_drop, whole.metric)
+                           + layer_table(source, plan, frozenset()))
     ranked = fallback_order(source, plan)
 
     def fits(k: int) -> bool:
@@ -121,8 +122,9 @@ class GateFailed(EdgekitError):
     """The compiled artifact's accuracy figure is over the budget."""
 
 
-def check_final(source: TorchSource, plan: QuantPlan, run_artifact) -> Score:
-    """The figure that ships: the real artifact on the held-out samples against fp32 eager."""
+def check_final(source: TorchSource, plan: QuantPlan, run_artifact, skip=frozenset()) -> Score:
+    """The figure that ships: the real artifact on the held-out samples against fp32 eager (`skip`: its float
+    layers, for the report's layer table)."""
     final = score(fp32_runner(source, plan), run_artifact, plan.held_out, plan.task_metric)
     if plan.max_drop is not None and final.drop > plan.max_drop:
         hint = ("\n(measured on the compiled artifact, after returning layers to float up to the rebuild limit; "
@@ -130,5 +132,18 @@ def check_final(source: TorchSource, plan: QuantPlan, run_artifact) -> Score:
                 "was written)")
         raise GateFailed(sensitivity_report(sensitivity(source, plan), final.drop, plan.max_drop, final.metric,
                                             plan.auto_fallback)
-                         + hint)
+                         + hint + layer_table(source, plan, skip))
     return final
+
+
+def layer_table(source: TorchSource, plan: QuantPlan, skip: frozenset[str]) -> str:
+    """`edgekit inspect`'s table for the worst layers (lowest SQNR against fp32 eager) of the quantized model, as
+    the fake-quant simulation computes it on the first held-out sample."""
+    import torch
+
+    from ..layers import simulated_table
+
+    sample = [torch.from_numpy(x) for x in plan.held_out[0]]
+    text = simulated_table(source.module, simulate(source, plan, skip), sample)
+    return (f"\nWorst layers (edgekit inspect, {plan.config.name} simulation vs fp32 eager, one held-out sample):"
+            f"\n{text}") if text else ""

@@ -33,11 +33,24 @@ class Int4WeightOnly:
     name: str = "int4-weight-only"
 
 
-CONFIGS = {c.name: c for c in (Int8Static(), Int8WeightOnly(), Int4WeightOnly())}
+@dataclass(frozen=True)
+class Int8Dynamic:
+    """Linear layers with int8 activations quantized per token at run time (no calibration) and integer weights:
+    8-bit per output channel, or 4-bit (`weight_bits=4`) per channel (ExecuTorch/XNNPACK qc4w) or in blocks of
+    `group_size` input rows (ONNX Runtime's MatMulNBits). The integer GEMM kernels of the transformer case."""
+    weight_bits: int = 8
+    group_size: int | None = None
+    version: int = 1
+    name: str = "int8-dynamic"
 
 
-def parse(name_or_config) -> Int8Static | Int8WeightOnly | Int4WeightOnly:
-    if isinstance(name_or_config, (Int8Static, Int8WeightOnly, Int4WeightOnly)):
+INT4_DYNAMIC = Int8Dynamic(weight_bits=4, group_size=64, name="int4-dynamic")
+CONFIGS = {c.name: c for c in (Int8Static(), Int8WeightOnly(), Int4WeightOnly(), Int8Dynamic(), INT4_DYNAMIC)}
+QuantConfig = Int8Static | Int8WeightOnly | Int4WeightOnly | Int8Dynamic
+
+
+def parse(name_or_config) -> QuantConfig:
+    if isinstance(name_or_config, (Int8Static, Int8WeightOnly, Int4WeightOnly, Int8Dynamic)):
         return name_or_config
     if name_or_config not in CONFIGS:
         raise EdgekitError(f"unknown quantization {name_or_config!r}. Choose one of: {', '.join(CONFIGS)}.")

@@ -39,6 +39,25 @@ def quantize_pt2e(module, example_inputs: tuple, calibration: list[tuple], layer
         return _private_dequantize(convert_pt2e(prepared))
 
 
+def quantize_dynamic_pt2e(module, example_inputs: tuple, layers: frozenset[str], *, weight_bits: int = 8):
+    """`layers` (Linear) with int8 activations quantized per token at run time and `weight_bits` symmetric per-channel
+    weights: XNNPACK's qd8-f32-qc8w / qc4w kernels once lowered; the rest float. No calibration: only the weight
+    observers run (on the example inputs)."""
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
+                                                                         get_symmetric_quantization_config)
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    qmax = 2 ** (weight_bits - 1) - 1
+    config = get_symmetric_quantization_config(is_per_channel=True, is_dynamic=True, weight_qmin=-qmax - 1,
+                                               weight_qmax=qmax)
+    quantizer = XNNPACKQuantizer().set_global(config)
+    quantizer.set_filter_function(_layer_filter(layers))
+    with torch.no_grad(), quiet_torch_logs():
+        prepared = prepare_pt2e(torch.export.export(module, example_inputs).module(), quantizer)
+        prepared(*example_inputs)
+        return convert_pt2e(prepared)
+
+
 def _private_dequantize(gm):
     """One dequantize node per user. convert_pt2e copies a shared dequantize only for annotated users, so an
     unannotated op (CFSR's `conv_after_body(...) + shallow`, both int8 layer outputs, feeding int8 `upsample.0`)

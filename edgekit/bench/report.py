@@ -8,6 +8,8 @@ from .. import backends
 
 
 def write_report(report: dict, output: Path) -> None:
+    """bench.json, bench.md and the plots; adds report["summary"] (`summarize`) first, so both files carry it."""
+    report["summary"] = summarize(report["rows"])
     output.mkdir(parents=True, exist_ok=True)
     _atomic_write(output / "bench.json", json.dumps(report, indent=2))
     _atomic_write(output / "bench.md", markdown(report))
@@ -25,6 +27,43 @@ def _fmt(v, spec=".3g") -> str:
     return "" if v is None else format(v, spec)
 
 
+def summarize(rows: list[dict]) -> list[dict]:
+    """Per model case (or app pipeline) and precision: the fastest compiled backend of this run and every timed
+    implementation's p50 divided by that backend's p50 (peers such as eager included); failed backends with why."""
+    compiled = set(backends.names())
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r["suite"] in ("models", "app"):
+            groups.setdefault((r["suite"], r["case"], r["precision"]), []).append(r)
+    summary = []
+    for (suite, case, precision), group in groups.items():
+        timed = {r["impl"]: r["p50_ms"] for r in group if r.get("p50_ms") is not None}
+        ours = {impl: ms for impl, ms in timed.items() if impl in compiled}
+        failed = {r["impl"]: r["error"] for r in group if r.get("error")}
+        if not ours and not failed:
+            continue  # no compiled backend in this group (e.g. peers only)
+        best = min(ours, key=ours.get) if ours else None
+        summary.append({"suite": suite, "case": case, "precision": precision, "best": best,
+                        "best_p50_ms": ours.get(best), "ratio": {impl: ms / ours[best] for impl, ms in timed.items()}
+                        if best else {}, "failed": failed})
+    return summary
+
+
+def summary_markdown(summary: list[dict]) -> list[str]:
+    """The per-model table: one column per registered backend (time ÷ the fastest backend), then the peers."""
+    names = backends.names()
+    lines = ["Per model: the fastest backend of this run, and each implementation's p50 ÷ its p50.", "",
+             "| case | precision | fastest backend | p50 ms | " + " | ".join(names) + " | peers |",
+             "|---|---|---|---|" + "---|" * len(names) + "---|"]
+    for s in summary:
+        cells = [f"{s['ratio'][n]:.2f}" if n in s["ratio"] else "failed" if n in s["failed"] else ""
+                 for n in names]
+        peers = ", ".join(f"{impl} {r:.2f}" for impl, r in s["ratio"].items() if impl not in names)
+        lines.append(f"| {s['case']} | {s['precision']} | {s['best'] or 'none'} | {_fmt(s['best_p50_ms'])} | "
+                     + " | ".join(cells) + f" | {peers} |")
+    return lines + [""]
+
+
 def markdown(report: dict) -> str:
     m = report["machine"]
     lines = [f"Machine: {m['cpu']}, {m['cores']} cores, {m['threads']} threads; "
@@ -35,6 +74,7 @@ def markdown(report: dict) -> str:
     if limits:
         lines += ["Measured limits: " + ", ".join(f"{k} {_fmt(v, '.1f')}" for k, v in limits.items()
                                                   if k != "threads"), ""]
+    lines += summary_markdown(report.get("summary") or summarize(report["rows"]))
     lines += ["| suite | case | impl | precision | shape | p50 ms | per unit or FPS | GFLOP/s or GB/s | % of limit | "
               "payload KiB | time ÷ best peer |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:

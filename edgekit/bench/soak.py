@@ -118,18 +118,23 @@ def _run_for(app: str, soak: SoakSpec, args, video: Path, audio: Path, tmp: Path
 
 
 def _downscaled(video: Path, out: Path, factor: int) -> Path:
+    """A copy of `video` at 1/factor of its size, H.264 like every video edgekit writes."""
     import cv2
+
+    from edgekit.apps.video import VideoWriter
 
     reader = cv2.VideoCapture(str(video))
     fps = reader.get(cv2.CAP_PROP_FPS) or 10.0
     size = (int(reader.get(cv2.CAP_PROP_FRAME_WIDTH)) // factor, int(reader.get(cv2.CAP_PROP_FRAME_HEIGHT)) // factor)
-    writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
-    ok, frame = reader.read()
-    while ok:
-        writer.write(cv2.resize(frame, size, interpolation=cv2.INTER_AREA))
+    writer = VideoWriter(out, fps, *size)
+    try:
         ok, frame = reader.read()
-    reader.release()
-    writer.release()
+        while ok:
+            writer.write(cv2.cvtColor(cv2.resize(frame, size, interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB))
+            ok, frame = reader.read()
+    finally:
+        reader.release()
+        writer.close()
     return out
 
 

@@ -1,6 +1,5 @@
 """ASR app: CTranslate2 reader, log-mel front end, KV-cached decoding, VAD windows, live streaming, CLI."""
 import argparse
-import json
 import shutil
 import struct
 import subprocess
@@ -16,6 +15,7 @@ from scipy.io import wavfile
 
 from edgekit.apps.asr import convert_ct2, demo, features, live, vad
 from edgekit.apps.asr.eval import read_dataset, wer
+from edgekit.apps.progress import read_json_lines
 from edgekit.apps.asr.recognizer import CACHE_LEN, WhisperRecognizer, default_model_dir
 from edgekit.errors import EdgekitError
 
@@ -212,9 +212,10 @@ def test_wer_ignores_case_and_punctuation():
 @needs_data
 def test_cli_transcribe_json(capsys):
     assert cli("transcribe", str(CLIP), "--window", "10", "--json") == 0
-    out = json.loads(capsys.readouterr().out)
-    assert set(out) == {"text", "rtf"} and out["rtf"] > 0
+    windows, out = read_json_lines(capsys.readouterr().out)  # a line per window as it is done, then the summary
+    assert set(out) == {"type", "text", "rtf"} and out["rtf"] > 0
     assert wer([CLIP_TEXT], [out["text"]]) <= 0.25
+    assert windows and out["text"] == " ".join(w["text"] for w in windows if w["text"])
 
 
 @needs_data
@@ -225,8 +226,8 @@ def test_cli_eval_json(capsys, tmp_path):
     shutil.copy(CLIP, data / "clip.wav")
     (data / "transcription").write_text(f"<s> seven of clubs </s> (003)\n<s> {CLIP_TEXT} </s> (clip)\n")
     assert cli("eval", "--data", str(data), "--window", "10", "--json") == 0
-    out = json.loads(capsys.readouterr().out)
-    assert [u["wav"] for u in out["utterances"]] == ["003.wav", "clip.wav"]
+    clips, out = read_json_lines(capsys.readouterr().out)  # a line per clip as it is transcribed, then the summary
+    assert [c["wav"] for c in clips] == [u["wav"] for u in out["utterances"]] == ["003.wav", "clip.wav"]
     assert out["wer"] <= 0.25 and out["rtf"] > 0     # "7 of clubs" for "seven of clubs" counts as one error
 
 
@@ -364,7 +365,7 @@ def test_compiled_backend_matches_eager(tmp_path, recognizer, backend):
 @needs_data
 def test_librivox_wer_eager(capsys):
     assert cli("eval", "--data", str(LIBRIVOX), "--json") == 0
-    assert json.loads(capsys.readouterr().out)["wer"] <= 0.12
+    assert read_json_lines(capsys.readouterr().out)[1]["wer"] <= 0.12
 
 
 # --- Samba-ASR ----------------------------------------------------------------------------------------------

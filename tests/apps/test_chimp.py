@@ -15,6 +15,7 @@ from edgekit.apps.chimp.app import TrackResult, decode
 from edgekit.apps.chimp.model import INPUT_HW, STRIDE, ChimpModel, Detector
 from edgekit.apps.chimp.runners import build_app
 from edgekit.apps.chimp.tracker import Tracker, TrackerConfig
+from edgekit.apps.progress import read_json_lines
 from edgekit.cli import main as edgekit_main
 from edgekit.errors import EdgekitError
 
@@ -232,7 +233,8 @@ def _frame_count(path: Path) -> int:
 def test_cli_run_writes_every_frame(tiny, tmp_path, capsys):
     count = _as_video(tiny, tmp_path / "clip.mp4")
     assert cli("run", tmp_path / "clip.mp4", "-o", tmp_path / "overlay.mp4", "--json") == 0
-    frames = json.loads(capsys.readouterr().out)["frames"]
+    frames, summary = read_json_lines(capsys.readouterr().out)  # a line per frame as it is done, then the summary
+    assert summary["frames"] == count and summary["tracks"] == len({t["track_id"] for f in frames for t in f["tracks"]})
     assert [f["frame"] for f in frames] == list(range(count)) == list(range(_frame_count(tmp_path / "overlay.mp4")))
     tracks = [t for f in frames for t in f["tracks"]]
     assert tracks and all(len(t["box"]) == 4 and set(t["behaviors"]) == set(synth.BEHAVIORS) for t in tracks)
@@ -241,7 +243,8 @@ def test_cli_run_writes_every_frame(tiny, tmp_path, capsys):
 def test_cli_eval_and_synth(tmp_path, capsys):
     assert cli("synth", "--out", tmp_path, "--videos", 1, "--frames", 12, "--seed", 5, "--size", "160x128") == 0
     assert cli("eval", "--data", tmp_path, "--json", "--baseline") == 0
-    results = json.loads(capsys.readouterr().out)
+    videos, results = read_json_lines(capsys.readouterr().out)  # a line per video and model, then the summary
+    assert [(v["model"], v["frames"]) for v in videos] == [("model", 12), ("baseline", 12)]
     for name in ("model", "baseline"):
         assert results[name]["frames"] == 12
         assert {"HOTA", "MOTA", "IDF1", "behavior_mAP"} <= set(results[name])
@@ -274,7 +277,7 @@ def test_onnxruntime_backend_matches_eager(tiny, tmp_path, shipped):
 @pytest.mark.skipif(not DEMO_VIDEO.is_file(), reason="shared demo.mp4 not found next to the repo (../shared)")
 def test_real_footage_every_frame_has_an_entry(tmp_path, capsys):
     assert cli("run", DEMO_VIDEO, "-o", tmp_path / "demo.mp4", "--json") == 0
-    frames = json.loads(capsys.readouterr().out)["frames"]
+    frames, _ = read_json_lines(capsys.readouterr().out)
     assert len(frames) == _frame_count(DEMO_VIDEO) == _frame_count(tmp_path / "demo.mp4")
     assert sum(bool(f["tracks"]) for f in frames) > len(frames) // 2
 

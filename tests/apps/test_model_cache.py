@@ -188,3 +188,18 @@ def test_key_covers_options_by_content():
     assert len({k0, other_data, other_metric}) == 3
     assert key(module, inputs, **base, options={"atol": 1e-3}) != key(module, inputs, **base, options={"atol": 1e-4})
     assert key(module, inputs, backend="tvm", target="host") != key(module, inputs, **base)
+
+
+def test_cache_hit_hashes_each_file_once(tmp_path, monkeypatch):
+    """A cache hit checks the entry's checksums under its lock and loads those verified bytes: one read_verified per
+    load (it used to verify in the lookup and again in edgekit.load)."""
+    from edgekit import artifact
+
+    module, inputs = tiny()
+    cache.load(module, inputs, name="tiny", backend="onnxruntime", cache_dir=tmp_path)  # the miss compiles
+    reads = []
+    real = artifact.read_verified
+    monkeypatch.setattr(artifact, "read_verified", lambda *a, **k: reads.append(a[0]) or real(*a, **k))
+    model = cache.load(module, inputs, name="tiny", backend="onnxruntime", cache_dir=tmp_path)
+    assert len(reads) == 1, reads
+    assert np.allclose(model.run([inputs[0].numpy()])[0], module(inputs[0]).detach().numpy(), atol=1e-5)

@@ -1,6 +1,5 @@
 """The BlazePose pipeline: geometry and decoding units, then the real models on real photos and video."""
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +9,7 @@ cv2 = pytest.importorskip("cv2")
 
 from edgekit.apps.pose import app as pose  # noqa: E402
 from edgekit.apps.pose.demo import register  # noqa: E402
+from edgekit.apps.progress import read_json_lines  # noqa: E402
 from edgekit.errors import EdgekitError  # noqa: E402
 
 SHARED = Path(__file__).parents[2] / "../shared"
@@ -190,8 +190,8 @@ def run_cli(*argv: str) -> int:
 def test_cli_prints_json_and_writes_the_overlay(tmp_path, capsys):
     out = tmp_path / "overlay.png"
     assert run_cli("pose", "run", str(PHOTO), "-o", str(out), "--json", "--weights", str(WEIGHTS)) == 0
-    result = json.loads(capsys.readouterr().out)
-    (frame,) = result["frames"]
+    (frame,), summary = read_json_lines(capsys.readouterr().out)  # a line per frame, then the summary
+    assert frame["type"] == "frame" and summary["frames"] == 1 and summary["person_detections"] == 1
     assert frame["frame"] == 0 and len(frame["persons"]) == 1
     assert np.array(frame["persons"][0]["keypoints_2d"]).shape == (33, 3)
     joints = np.array(frame["persons"][0]["joints_3d"])
@@ -211,8 +211,8 @@ def test_cli_finds_several_pedestrians_in_the_video(tmp_path, capsys):
     out = tmp_path / "overlay.mp4"
     assert run_cli("pose", "run", str(VIDEO), "-o", str(out), "--json", "--weights", str(WEIGHTS),
                    "--max-frames", "12") == 0  # default detector views: no --tiles needed
-    frames = json.loads(capsys.readouterr().out)["frames"]
-    assert len(frames) == 12
+    frames, summary = read_json_lines(capsys.readouterr().out)
+    assert len(frames) == summary["frames"] == 12
     assert max(len(f["persons"]) for f in frames) >= 2
     video = cv2.VideoCapture(str(out))
     assert video.get(cv2.CAP_PROP_FRAME_COUNT) == 12 and video.get(cv2.CAP_PROP_FRAME_WIDTH) == 768
@@ -331,8 +331,8 @@ def test_shipped_ktpformer_beats_the_single_frame_mlp():
 
 def test_eval_3d_cli_prints_both_lifters(capsys):
     assert run_cli("pose", "eval-3d", "--sequences", "1", "--json") == 0
-    results = json.loads(capsys.readouterr().out)
-    assert results["data"]["sequences"] == 1
+    items, results = read_json_lines(capsys.readouterr().out)
+    assert items == [] and results["data"]["sequences"] == 1
     assert results["ktpformer"]["mpjpe_mm"] > 0 and results["mlp"]["mpjpe_mm"] > 0
 
 

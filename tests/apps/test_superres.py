@@ -1,6 +1,5 @@
 """CFSR app: checkpoint fidelity, eval protocol, tiling, file formats, CLI errors, live video."""
 import argparse
-import json
 from pathlib import Path
 
 import cv2
@@ -9,6 +8,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from edgekit.apps.progress import read_json_lines
 from edgekit.apps.superres import app, demo, eval as sr_eval, model
 from edgekit.errors import EdgekitError
 
@@ -169,10 +169,13 @@ def test_eval_cli_json_on_crops(tmp_path, capsys):
     for name in ("bird", "head"):
         cv2.imwrite(str(tmp_path / f"{name}.png"), cv2.cvtColor(crop(name, 96, 80), cv2.COLOR_RGB2BGR))
     assert cli("eval", "--scale", "2", "--data", str(tmp_path), "--weights", str(ckpt(2)), "--json") == 0
-    report = json.loads(capsys.readouterr().out)
+    images, report = read_json_lines(capsys.readouterr().out)  # one line per image as scored, then the summary
     assert report["n_images"] == 2 and report["backend"] == "eager" and report["precision"] == "fp32"
     assert report["psnr_y"] > report["bicubic_psnr_y"] + 1  # CFSR clearly beats bicubic
-    assert 0 < report["ssim_y"] < 1 and [r["name"] for r in report["images"]] == ["bird", "head"]
+    assert 0 < report["ssim_y"] < 1 and [r["name"] for r in images] == ["bird", "head"]
+    assert {r["type"] for r in images} == {"image"} and report["images"] == [
+        {k: v for k, v in r.items() if k != "type"} for r in images]
+    assert report["psnr_y"] == pytest.approx(np.mean([r["psnr_y"] for r in images]))
 
 
 @pytest.mark.skipif(not VIDEO.is_file(), reason="shared sample video not found")
@@ -207,7 +210,7 @@ def test_compiled_artifact_matches_eager_and_is_cached(tmp_path, sr_x2):
 def set5_eval(capsys, scale: int, *options: str) -> dict:
     assert cli("eval", "--scale", str(scale), "--data", str(SET5), "--weights", str(ckpt(scale)), "--json",
                *options) == 0
-    return json.loads(capsys.readouterr().out)
+    return read_json_lines(capsys.readouterr().out)[1]
 
 
 @pytest.mark.slow

@@ -1,0 +1,6 @@
+"""`python -m edgekit ...`: the `edgekit` command."""
+import sys
+
+from edgekit.cli import main
+
+sys.exit(main())
