@@ -58,8 +58,10 @@ jetson phone: setup emulator
 emulator: setup
 	$(EDGEKIT) device emulator setup
 
+# DEVICE=tracker://HOST:PORT/KEY: the models' TVM rows on that pool of devices, in parallel (docs/guide.md)
 bench: setup
-	$(EDGEKIT) bench --suite all --report-dir reports $(if $(FILTER),--filter '$(FILTER)')
+	$(EDGEKIT) bench --suite all --report-dir reports $(if $(FILTER),--filter '$(FILTER)') \
+	  $(if $(DEVICE),--device '$(DEVICE)')
 
 # the kernels alone, beside their peers: reports/kernels/bench.{json,md} + plots
 bench-kernels: setup

@@ -90,7 +90,8 @@ def _where(tgt, device: str | None) -> str:
             return "host"
         raise EdgekitError(f"--backend auto times every candidate where it will run, and target {tgt.name!r} does "
                            "not run natively here (an aarch64 emulator or missing GPU would time the wrong machine). "
-                           "Pass --device rpc://HOST:PORT (TVM RPC server on the device) or --device adb://SERIAL "
+                           "Pass --device rpc://HOST:PORT (TVM RPC server on the device), tracker://HOST:PORT/KEY (a "
+                           "device from a TVM RPC tracker) or adb://SERIAL "
                            "(ExecuTorch on a phone), or choose one backend with --backend.")
     _device_runner(device)
     return device
@@ -103,11 +104,10 @@ def _device_runner(device: str):
     if device.startswith("adb://"):
         adb.parse_url(device)
         return adb.run_adb
-    if device.startswith("rpc://"):
-        rpc.parse_url(device)
+    if device.startswith(("rpc://", "tracker://")):
+        rpc.check_device(device)
         return rpc.run_remote
-    raise EdgekitError(f"--device {device!r}: expected rpc://HOST:PORT (TVM RPC server) or adb://[SERIAL] "
-                       "(ExecuTorch on a phone).")
+    raise EdgekitError(f"--device {device!r}: expected {rpc.SCHEMES}, or adb://[SERIAL] (ExecuTorch on a phone).")
 
 
 def _measure(art: Path, device: str | None, warmup: int, iters: int) -> dict:

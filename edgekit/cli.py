@@ -87,6 +87,8 @@ def known_failure(exc: BaseException, args=None) -> str | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .runtimes.rpc import SCHEMES as DEVICE_HELP  # the TVM device addresses, described where they are parsed
+
     fmt = common_options.HelpFormatter
     parser = argparse.ArgumentParser(prog="edgekit", description="Compile models for edge devices and run them.",
                                      formatter_class=fmt)
@@ -104,8 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", required=True, help=f"{' | '.join(backends.names())} (see `edgekit targets`), or "
                                                     "auto: compile, verify and time every backend of the target and "
                                                     "ship the fastest")
-    p.add_argument("--device", help="with --backend auto: time the candidates on this device, rpc://HOST:PORT (TVM "
-                                    "RPC) or adb://[SERIAL] (ExecuTorch); needed for targets that do not run here")
+    p.add_argument("--device", help=f"with --backend auto: time the candidates on this device, {DEVICE_HELP}, or "
+                                    "adb://[SERIAL] (ExecuTorch); needed for targets that do not run here")
     p.add_argument("--output", "-o", required=True, help="artifact directory to create")
     p.add_argument("--name", help="model name recorded in the manifest (default: from --model)")
     p.add_argument("--force", action="store_true", help="replace --output if it is an edgekit artifact (anything "
@@ -171,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", "-i", action="append", default=[], help=".npy file, once per model input, in order")
     p.add_argument("--output", "-o", required=True, help=".npz file to write, one array per output named as in the "
                                                          "manifest (output0, output1, ... for PyTorch models)")
+    p.add_argument("--device", help=f"run a TVM artifact on a remote device: {DEVICE_HELP}")
     _trust_flags(p)
     p.set_defaults(func=cmd_run)
 
@@ -182,7 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report-dir", default="reports", help="suite: where bench.json/bench.md/plots go")
     p.add_argument("--warmup", type=int, default=3, help="untimed runs first")
     p.add_argument("--iters", type=int, default=20, help="timed runs")
-    p.add_argument("--device", help="run on a remote device: rpc://HOST:PORT (TVM RPC server)")
+    p.add_argument("--device", help=f"run on a remote device: {DEVICE_HELP}, or adb://[SERIAL] (ExecuTorch); with "
+                                    "--suite and a tracker: the models' TVM rows, compiled for the target KEY names, "
+                                    "on every device of KEY in parallel")
     p.add_argument("--json", action="store_true", help="print JSON")
     _trust_flags(p)
     p.set_defaults(func=cmd_bench)
@@ -435,9 +440,15 @@ def cmd_run(args) -> int:
     # the artifact is checked (policy, containment, checksums) and the inputs against its manifest before any payload
     # reaches a runtime: a refused input never runs artifact code
     policy = _policy(args)
-    check_inputs(read_verified(args.artifact, policy).manifest.inputs, inputs)
-    model = load(args.artifact, trust=policy)
-    named = dict(zip(output_names(model.manifest), model.run(inputs)))
+    manifest = read_verified(args.artifact, policy).manifest
+    check_inputs(manifest.inputs, inputs)
+    if args.device:  # checked here; the upload reads the files again (see README, Trust model)
+        from .runtimes.rpc import run_remote
+
+        outputs, _ = run_remote(args.device, Path(args.artifact), manifest, inputs)
+    else:
+        outputs = load(args.artifact, trust=policy).run(inputs)
+    named = dict(zip(output_names(manifest), outputs))
     out = Path(args.output)
     write_file(out, lambda f: _savez(f, named))
     print(f"wrote {out}: " + ", ".join(f"{name} {y.dtype}{list(y.shape)}" for name, y in named.items()))
@@ -492,7 +503,11 @@ def cmd_bench(args) -> int:
     if args.suite:
         from .bench.suite import run
 
-        report = run(Path(args.report_dir), args.filter, iters=args.iters)
+        if args.device and not args.device.startswith("tracker://"):
+            raise EdgekitError(f"--suite all --device takes a pool, tracker://HOST:PORT/KEY; {args.device!r} is not "
+                               "one. Register the board with a tracker (`edgekit device serve`), or time one "
+                               "artifact: `edgekit bench ARTIFACT --device URL`.")
+        report = run(Path(args.report_dir), args.filter, iters=args.iters, device=args.device)
         print(f"wrote {args.report_dir}/bench.json, bench.md and plots ({len(report['rows'])} rows)")
         return 0
     if not args.artifact:

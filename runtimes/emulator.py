@@ -224,8 +224,10 @@ def _run_executorch(root, work: Path, guest: str, manifest, inputs, bench: dict)
 # ---------------------------------------------------------------- TVM RPC server
 
 @contextmanager
-def rpc_server(port: int = 9090, timeout_s: float = 180):
-    """A TVM RPC server inside the emulator on 127.0.0.1:PORT: proves the rpc:// path without a board."""
+def rpc_server(port: int = 9090, timeout_s: float = 180, tracker: str | None = None, key: str | None = None):
+    """A TVM RPC server inside the emulator on 127.0.0.1:PORT: proves the rpc:// path without a board. With
+    `tracker` (HOST:PORT) and `key` it registers with that TVM RPC tracker instead, a device of tracker://.../KEY."""
+    register = ["--tracker", tracker, "--key", key] if tracker else []
     root = require_sysroot()
     with tempfile.NamedTemporaryFile("w+", prefix="edgekit-rpc-", suffix=".log") as log, \
             tempfile.TemporaryDirectory(prefix="edgekit-rpc-", dir=root / "tmp") as tmp:
@@ -234,11 +236,12 @@ def rpc_server(port: int = 9090, timeout_s: float = 180):
         _lend(work)
         proc = subprocess.Popen([*_chroot(root), *_guest_env(guest, {"PYTHONDONTWRITEBYTECODE": "1"}), "python3",
                                  "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1", "--port", str(port),
-                                 "--port-end", str(port + 1)],
+                                 "--port-end", str(port + 1), *register],
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             _wait_for(lambda: "bind to" in Path(log.name).read_text(), proc, timeout_s, log.name)
-            yield f"rpc://127.0.0.1:{port}"
+            # registered moments after it binds: `rpc.devices(url)` lists it as 127.0.0.1:PORT/KEY then
+            yield f"tracker://{tracker}/{key}" if tracker else f"rpc://127.0.0.1:{port}"
         finally:
             with suppress(ProcessLookupError):  # its own session: the server and its worker processes
                 os.killpg(proc.pid, signal.SIGTERM)

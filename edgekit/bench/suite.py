@@ -103,6 +103,116 @@ def bench_model(case: ModelCase, workdir: Path | None, iters: int, progress) -> 
     return rows
 
 
+DEVICE_BACKEND = "tvm"  # what rpc:// and tracker:// devices run
+
+
+def bench_on_devices(cases: list[ModelCase], url: str, workdir: Path | None, iters: int, progress,
+                     wait_s: float | None = None) -> list[dict]:
+    """`--device tracker://HOST:PORT/KEY`: each case's TVM rows (fp32, and int8 with a recipe), compiled for the
+    target the key names and timed on the pool's devices in parallel: one thread per device registered under the
+    key, each holding one tracker session and taking the next artifact. Each row names its device (HOST:PORT/KEY)
+    and when it ran there (`started`, `ended`: epoch seconds)."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ..runtimes import rpc
+
+    target = device_target(url)
+    rpc.devices(url, wait_s)  # at least one device of the key (or a clear error) before anything compiles
+    jobs, rows = _compile_for_device(cases, target, workdir, progress)
+    if not jobs:
+        return rows
+    queue, errors = deque(jobs), []
+    sessions = min(len(rpc.devices(url, wait_s)), len(jobs))  # the pool as it is now, after the compiles
+    with ThreadPoolExecutor(sessions) as threads:
+        for got in [threads.submit(_device_worker, url, queue, iters, wait_s, errors, progress)
+                    for _ in range(sessions)]:
+            rows += got.result()
+    if queue:  # no device took these: every request failed
+        raise errors[0]
+    return rows
+
+
+def device_target(url: str) -> str:
+    """The target a tracker key names (the convention: devices register under their target's name)."""
+    from ..errors import EdgekitError
+    from ..runtimes import rpc
+    from ..targets import TARGETS
+
+    *_, key = rpc.parse_tracker_url(url)
+    if key not in TARGETS or DEVICE_BACKEND not in backends.for_target(key):
+        raise EdgekitError(f"tracker key {key!r} names no target with {DEVICE_BACKEND}; the suite compiles for the "
+                           f"target its devices' key names. Register them under one of: "
+                           f"{', '.join(t for t in TARGETS if DEVICE_BACKEND in backends.for_target(t))}.")
+    return key
+
+
+def _compile_for_device(cases, target: str, workdir, progress) -> tuple[list[tuple], list[dict]]:
+    """(jobs: (case, precision, artifact) to run, rows of variants that did not compile or verify)."""
+    from ..compile import cache
+    from ..errors import EdgekitError
+
+    jobs, failed = [], []
+    for case in cases:
+        for precision, options in [("fp32", {})] + ([("int8", case.int8.options())] if case.int8 else []):
+            progress(f"{case.name}: {DEVICE_BACKEND} {precision} for {target}")
+            try:
+                art = cache.compiled(case.module, case.inputs, name=case.name, backend=DEVICE_BACKEND, target=target,
+                                     cache_dir=workdir, **case.tolerance.options(), **options)
+            except EdgekitError as exc:
+                failed.append(_device_row(case, precision, target, None, error=str(exc).splitlines()[0]))
+                continue
+            jobs.append((case, precision, art))
+    return jobs, failed
+
+
+def _device_worker(url: str, queue, iters: int, wait_s: float | None, errors: list, progress) -> list[dict]:
+    """One device session from the tracker, running queued artifacts until none is left."""
+    from ..errors import EdgekitError
+    from ..runtimes import rpc
+
+    try:
+        session, name = rpc.request(url, wait_s)
+    except EdgekitError as exc:  # e.g. a device busy elsewhere: the other threads may drain the queue
+        errors.append(exc)
+        return []
+    rows = []
+    while queue:
+        try:
+            case, precision, art = queue.popleft()
+        except IndexError:  # another thread took the last one
+            break
+        progress(f"{case.name}: {DEVICE_BACKEND} {precision} on {name}")
+        rows.append(_run_on_device(session, name, case, precision, art, iters))
+    return rows
+
+
+def _run_on_device(session, name: str, case: ModelCase, precision: str, art: Path, iters: int) -> dict:
+    from ..artifact import load_verified
+    from ..runtimes import rpc
+    from ..runtimes.model import example_inputs
+
+    manifest = load_verified(art)
+    started = time.time()
+    try:
+        _, stats = rpc.run_on(session, art, manifest, example_inputs(manifest),
+                              benchmark={"warmup": 2, "iters": iters})
+    except Exception as exc:  # the device's own error types (TVM): a row that says so, the others still run
+        return _device_row(case, precision, manifest.target, name, started=started,
+                           error=f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}")
+    payload = sum((art / f).stat().st_size for f in manifest.files)
+    return _device_row(case, precision, manifest.target, name, stats, payload, started)
+
+
+def _device_row(case, precision, target, device, stats=None, payload=None, started=None, error=None) -> dict:
+    row = {"suite": "models", "case": case.name, "impl": DEVICE_BACKEND, "precision": precision,
+           "shape": [list(t.shape) for t in case.inputs],
+           **{k: (stats or {}).get(k) for k in ("p50_ms", "p90_ms", "min_ms")}, "payload_bytes": payload,
+           "peer": None, "ratio_to_best_peer": None, "target": target, "device": device,
+           "started": started, "ended": time.time() if started else None}
+    return {**row, "error": error} if error else row
+
+
 def bench_kernels(names, progress) -> tuple[list[dict], dict]:
     rows, limits = [], {}
     for name in names:
@@ -123,10 +233,13 @@ def bench_kernels(names, progress) -> tuple[list[dict], dict]:
     return rows, limits
 
 
-def run(output: Path, pattern: str | None = None, iters: int = 20) -> dict:
+def run(output: Path, pattern: str | None = None, iters: int = 20, device: str | None = None,
+        cases: list | None = None, cache_dir: Path | None = None) -> dict:
+    """The suite -> output/bench.{json,md} and plots. `device` (tracker://HOST:PORT/KEY): the model cases' TVM rows
+    run on that pool instead (`bench_on_devices`); app pipelines and kernels time this machine, so they are left
+    out and listed under "skipped". `cases`: instead of `model_cases()`; `cache_dir`: another artifact cache."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from ..errors import EdgekitError
     from .report import write_report
 
     os.environ.setdefault("TVM_NUM_THREADS", str(THREADS))
@@ -134,7 +247,6 @@ def run(output: Path, pattern: str | None = None, iters: int = 20) -> dict:
 
     torch.set_num_threads(THREADS)
     keep = re.compile(pattern) if pattern else None
-    rows, limits, seconds = [], {}, {}  # seconds: wall time per case, to see where a run's time goes
     start = time.perf_counter()
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn()) as bar:
         task = bar.add_task("starting", total=None)
@@ -142,26 +254,41 @@ def run(output: Path, pattern: str | None = None, iters: int = 20) -> dict:
         def progress(msg):
             bar.update(task, description=msg)
 
-        for case in model_cases():
-            if keep is None or keep.search(case.name):
-                t0 = time.perf_counter()
-                if isinstance(case, AppCase):
-                    try:
-                        rows += case.run(None, progress)
-                    except EdgekitError as exc:  # a backend the app could not build: a row that says so
-                        rows.append({"suite": "app", "case": case.name, "impl": "all", "precision": "fp32",
-                                     "shape": None, "p50_ms": None, "p90_ms": None, "min_ms": None,
-                                     "payload_bytes": None, "peer": None, "ratio_to_best_peer": None,
-                                     "error": str(exc).splitlines()[0]})
-                else:
-                    rows += bench_model(case, None, iters, progress)
-                seconds[case.name] = round(time.perf_counter() - t0, 1)
-        t0 = time.perf_counter()
-        kernel_rows, limits = bench_kernels([k for k in KERNEL_BENCHES if keep is None or keep.search(k)],
-                                            progress)
-        seconds["kernels"] = round(time.perf_counter() - t0, 1)
-        rows += kernel_rows
+        cases = [c for c in (model_cases() if cases is None else cases) if keep is None or keep.search(c.name)]
+        if device:
+            rows = bench_on_devices([c for c in cases if isinstance(c, ModelCase)], device, cache_dir, iters,
+                                    progress)
+            skipped = [c.name for c in cases if not isinstance(c, ModelCase)] + list(KERNEL_BENCHES)
+            extra, limits, seconds = {"device": device, "skipped": skipped}, {}, {}
+        else:
+            kernels = [k for k in KERNEL_BENCHES if keep is None or keep.search(k)]
+            rows, limits, seconds = _run_here(cases, kernels, cache_dir, iters, progress)
+            extra = {}
     seconds["total"] = round(time.perf_counter() - start, 1)
-    report = {"machine": machine(), "limits": limits, "seconds": seconds, "rows": rows}
+    report = {"machine": machine(), **extra, "limits": limits, "seconds": seconds, "rows": rows}
     write_report(report, output)
     return report
+
+
+def _run_here(cases, kernels, cache_dir, iters: int, progress) -> tuple[list[dict], dict, dict]:
+    """Every case and kernel on this machine: (rows, measured limits, wall seconds per case)."""
+    from ..errors import EdgekitError
+
+    rows, seconds = [], {}  # seconds: wall time per case, to see where a run's time goes
+    for case in cases:
+        t0 = time.perf_counter()
+        if isinstance(case, AppCase):
+            try:
+                rows += case.run(cache_dir, progress)
+            except EdgekitError as exc:  # a backend the app could not build: a row that says so
+                rows.append({"suite": "app", "case": case.name, "impl": "all", "precision": "fp32",
+                             "shape": None, "p50_ms": None, "p90_ms": None, "min_ms": None,
+                             "payload_bytes": None, "peer": None, "ratio_to_best_peer": None,
+                             "error": str(exc).splitlines()[0]})
+        else:
+            rows += bench_model(case, cache_dir, iters, progress)
+        seconds[case.name] = round(time.perf_counter() - t0, 1)
+    t0 = time.perf_counter()
+    kernel_rows, limits = bench_kernels(kernels, progress)
+    seconds["kernels"] = round(time.perf_counter() - t0, 1)
+    return rows + kernel_rows, limits, seconds
