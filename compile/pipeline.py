@@ -137,8 +137,35 @@ def _build(staging, source, oracle, inputs, tgt, lowering, plan, skip, step) -> 
         verify={"status": "skipped", "reason": "disabled with --no-verify"},
         example_inputs=_inputs_record(source, oracle, inputs),
         const_inputs=getattr(source, "const_inputs", None) or None)
+    manifest.sizes = sizes(staging.path, source)
     staging.seal(manifest)
     return manifest, expected
+
+
+def sizes(payload_dir: Path, source) -> dict:
+    """The payload's bytes beside the model's weights as given to compile (every distinct parameter and buffer, or
+    ONNX initializer, in the dtype it is stored in there): an artifact much larger than its weights stores something
+    twice; a quantized one shows what it saved."""
+    payload = sum(p.stat().st_size for p in payload_dir.rglob("*") if p.is_file() and p.name != "manifest.json")
+    weights = _weight_bytes(source)
+    return {"payload_bytes": payload, "weight_bytes": weights,
+            "payload_per_weight_byte": round(payload / weights, 4) if weights else None}
+
+
+def _weight_bytes(source) -> int | None:
+    if isinstance(source, sources.TorchSource):
+        seen = {}  # tied weights share one storage: counted once
+        for t in source.module.state_dict(keep_vars=True).values():
+            seen.setdefault((t.data_ptr(), t.dtype, tuple(t.shape)), t.numel() * t.element_size())
+        return sum(seen.values())
+    if isinstance(source, sources.FileSource) and source.kind == "onnx":
+        import onnx
+        from onnx import helper
+
+        graph = onnx.load(str(source.path), load_external_data=False).graph
+        return sum(int(np.prod(t.dims, dtype=np.int64)) *
+                   np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize for t in graph.initializer)
+    return None
 
 
 def _plan(source, quantize, calibration, inputs, max_drop, auto_fallback, task_metric) -> QuantPlan | None:

@@ -51,6 +51,7 @@ class Manifest:
     example_inputs: dict | None = None   # where verification's inputs came from, with their sha256
     const_inputs: dict | None = None     # model inputs folded into the graph as constants (name -> sha256...)
     selection: dict | None = None        # --backend auto: every candidate's p50 (or why it dropped out), the choice
+    sizes: dict | None = None            # payload bytes beside the model's weight bytes as given (dtype as stored)
     schema_version: int = SCHEMA_VERSION
 
     def to_json(self) -> str:
@@ -114,6 +115,8 @@ def _check_types(m: Manifest, where: str) -> None:
         raise bad("quantization", f"must be an object or null (got {type(m.quantization).__name__})")
     if m.selection is not None and not isinstance(m.selection, dict):
         raise bad("selection", f"must be an object or null (got {type(m.selection).__name__})")
+    if m.sizes is not None and not isinstance(m.sizes, dict):
+        raise bad("sizes", f"must be an object or null (got {type(m.sizes).__name__})")
     if not isinstance(m.toolchain, dict) or not all(_is_str(k) and _is_str(v) for k, v in m.toolchain.items()):
         raise bad("toolchain", "must map package names to version strings")
     for attr in ("backend_info", "verify"):

@@ -227,7 +227,7 @@ for _ in range(60):
 BAD_VALUES = {"null": None, "true": True, "int": 7, "float": -1.5, "string": "x", "list": [], "dict": {},
               "deep": DEEP, "huge-int": 10 ** 40}
 FIELDS = ["model", "backend", "target", "arch", "precision", "entry", "files", "inputs", "outputs", "quantization",
-          "toolchain", "backend_info", "verify", "schema_version", "extra_field"]
+          "toolchain", "backend_info", "verify", "sizes", "schema_version", "extra_field"]
 
 
 @pytest.mark.parametrize("value", BAD_VALUES, ids=list(BAD_VALUES))
@@ -242,7 +242,8 @@ def test_manifest_field_of_the_wrong_type(case, reference, field, value):
     if code == 0:  # only values that are fine where they are (null quantization, empty verify, a model name)
         assert (field, value) in {("quantization", "null"), ("verify", "dict"), ("backend_info", "dict"),
                                   ("toolchain", "dict"), ("model", "string"), ("target", "string"), ("quantization", "dict"),
-                                  ("precision", "string")}, f"{field}={value!r} accepted"
+                                  ("precision", "string"), ("sizes", "null"), ("sizes", "dict")}, \
+            f"{field}={value!r} accepted"
         assert_correct_output(out, reference)
 
 

@@ -30,6 +30,9 @@ def test_onnxruntime_stores_a_tied_embedding_once(tmp_path):
     assert (art / "model.onnx").stat().st_size <= 1.15 * weights
     loaded = edgekit.load(art)
     assert loaded.manifest.backend_info["shared_transposed_weights"]
+    sizes = loaded.manifest.sizes  # the manifest's figures: the embedding once, and the payload beside it
+    assert sizes["weight_bytes"] == weights and sizes["payload_bytes"] == (art / "model.onnx").stat().st_size
+    assert sizes["payload_per_weight_byte"] <= 1.15
     for t in (7, 2999):
         y = loaded.run([np.array([[t]])])[0]
         np.testing.assert_allclose(y, model(torch.tensor([[t]])).detach().numpy(), rtol=1e-5, atol=1e-5)
@@ -69,3 +72,13 @@ def test_onnxruntime_packs_a_tied_embedding_once(tmp_path, scheme, max_fraction)
         expected = model(torch.tensor([[t]])).detach().numpy()
         y = loaded.run([np.array([[t]])])[0]
         assert np.corrcoef(y.ravel(), expected.ravel())[0, 1] > (0.999 if scheme == "int8-dynamic" else 0.98)
+
+
+def test_blazepose_detector_artifact_is_the_size_of_its_weights(tmp_path, shared):
+    """MediaPipe's detector (fp16, partly sparse in the .tflite; dense fp32 once imported): the ONNX Runtime artifact
+    holds those weights and little else."""
+    model = shared / "weights" / "mediapipe" / "pose_detection.tflite"
+    art = edgekit.compile_model(str(model), None, backend="onnxruntime", output=tmp_path / "d")
+    sizes = edgekit.load(art).manifest.sizes
+    assert sizes["weight_bytes"] > 10_000_000
+    assert 1.0 <= sizes["payload_per_weight_byte"] <= 1.15, sizes
