@@ -112,20 +112,16 @@ def _python(code: str, *args, cwd: Path) -> dict:
 @pytest.fixture(scope="module")
 def ort_artifact(tmp_path_factory):
     """A MatMul + Relu ONNX model compiled here with onnxruntime, its input and the numpy reference."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    import importlib.util
 
     import edgekit
 
+    spec = importlib.util.spec_from_file_location("wheel_check", REPO / "tools" / "wheel_check.py")
+    wheel_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(wheel_check)  # the same MatMul + Relu model the wheel check runs on the device side
     root = tmp_path_factory.mktemp("packaging")
-    w = np.linspace(-1, 1, 12, dtype=np.float32).reshape(4, 3)
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"]), helper.make_node("Relu", ["y"], ["z"])], "tiny",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
-        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [2, 3])], [numpy_helper.from_array(w, "w")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, root / "tiny.onnx")
+    w = wheel_check.WEIGHT
+    wheel_check.onnx_model(root / "tiny.onnx")
     x = np.random.default_rng(1).standard_normal((2, 4)).astype(np.float32)
     np.save(root / "x.npy", x)
     art = edgekit.compile_model(str(root / "tiny.onnx"), target="host", backend="onnxruntime", output=root / "art")

@@ -55,12 +55,17 @@ def test_video_writer_refuses_an_unwritable_place(tmp_path):
         VideoWriter(blocker / "out.mp4", 25.0, 64, 48)
 
 
-def test_soak_input_copy_is_h264(tmp_path):
-    source = tmp_path / "source.mp4"
-    writer = VideoWriter(source, 10.0, 160, 120)
-    for frame in frames(4, 160, 120):
+def write_video(path, count: int, width: int, height: int, fps: float = 10.0):
+    """`count` of `frames(...)` written with VideoWriter; returns the path."""
+    writer = VideoWriter(path, fps, width, height)
+    for frame in frames(count, width, height):
         writer.write(frame)
     writer.close()
+    return path
+
+
+def test_soak_input_copy_is_h264(tmp_path):
+    source = write_video(tmp_path / "source.mp4", 4, 160, 120)
     out = soak._downscaled(source, tmp_path / "small.mp4", 2)
     info, decoded = decode(out)
     assert (info.codec, info.width, info.height, len(decoded)) == ("h264", 80, 60, 4)
@@ -71,11 +76,7 @@ def test_superres_live_video_and_compare_crop(tmp_path):
     from edgekit.apps.superres import demo
     from edgekit.cli import main
 
-    source = tmp_path / "in.mp4"
-    writer = VideoWriter(source, 10.0, 64, 48)
-    for frame in frames(3, 64, 48):
-        writer.write(frame)
-    writer.close()
+    source = write_video(tmp_path / "in.mp4", 3, 64, 48)
     out = tmp_path / "live.mp4"
     assert main(["superres", "live", "--source", str(source), "--headless", "-o", str(out), "--scale", "2",
                  "--weights", str(CFSR_X2), "--max-frames", "3"]) == 0
