@@ -28,8 +28,8 @@ from typing import Any, Literal
 
 from edgekit.errors import EdgekitError
 
-__all__ = ["Tolerance", "QuantRecipe", "CompileSpec", "ModelBuilder", "ModelEntry", "ModelCase", "AppCase",
-           "SoakSpec", "AppSpec"]
+__all__ = ["Tolerance", "QuantRecipe", "CompileSpec", "ModelBuilder", "ModelEntry", "DynamicBench", "ModelCase",
+           "AppCase", "SoakSpec", "AppSpec"]
 
 # (run, held-out samples) -> score, higher is better; `run(inputs) -> outputs` is the fp32 or the int8 model
 TaskMetric = Callable[[Callable[[list], list], list], float]
@@ -112,6 +112,15 @@ class ModelEntry:
         return spec
 
 
+@dataclass(frozen=True)
+class DynamicBench:
+    """Bench rows for dynamic shapes: one artifact compiled with `dynamic` (--dynamic text, sizes named, e.g.
+    "input0:2=h:16..256,3=w:16..256") timed at each of `sizes` ({size name: value}) beside a static artifact compiled
+    for that size."""
+    dynamic: str
+    sizes: tuple[dict[str, int], ...]
+
+
 @dataclass
 class ModelCase:
     """Bench case: one network compiled on every backend (fp32, and int8 when it has a recipe) beside its peers."""
@@ -122,6 +131,7 @@ class ModelCase:
     peers: dict[str, Callable[[], object]] = field(default_factory=dict)   # extra peers, e.g. authors' ONNX
     work_unit: tuple[str, float] | None = None  # ("MP", megapixels per run) -> also report ms per unit
     tolerance: Tolerance = field(default_factory=Tolerance)  # the model's verify tolerance
+    dynamic: DynamicBench | None = None         # enables the dynamic-vs-static rows
 
     @classmethod
     def from_spec(cls, name: str, spec: CompileSpec, **kwargs) -> "ModelCase":

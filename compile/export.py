@@ -9,10 +9,14 @@ import traceback
 
 from edgekit.errors import EdgekitError
 
+from .dynamic import to_torch
 from .source import TorchSource
 
 _USER_FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\w+)\n\s+(.+)')
 _HINTS = (
+    ("constraint violation", "the model fixes or relates a dimension named in --dynamic (torch.export's message "
+                             "above says which, and may suggest a narrower range or a relation such as 2*h); "
+                             "adjust --dynamic accordingly, or keep that axis static"),
     ("data-dependent", "the model branches or sizes a tensor on its values; use torch.where / torch.cond, or "
                        "move the decision out of forward()"),
     ("numpy", "forward() calls .numpy() or other non-torch code; keep forward() in torch ops"),
@@ -23,9 +27,10 @@ _HINTS = (
 def export_torch(source: TorchSource):
     import torch
 
+    shapes = to_torch(source.dynamic, len(source.example_inputs)) if source.dynamic else None
     try:
         with torch.no_grad(), quiet_torch_logs():
-            return torch.export.export(source.module, source.example_inputs)
+            return torch.export.export(source.module, source.example_inputs, dynamic_shapes=shapes)
     except Exception as exc:  # torch.export raises many unrelated types; all mean "cannot export"
         raise EdgekitError(describe_export_failure(source.name, exc)) from None
 

@@ -125,10 +125,12 @@ class InputSpec:
     name: str
     shape: list[int]
     dtype: str
+    symbolic: dict = None  # axis -> the dim's name in the graph (dim_param, or "" when it has none)
 
 
 def input_specs(model, path: Path) -> list[InputSpec]:
-    """The graph's real inputs (initializers excluded), with static shapes and artifact dtypes checked up front."""
+    """The graph's real inputs (initializers excluded) with artifact dtypes checked up front. A symbolic axis has
+    size 0 in `shape` and its dim_param in `symbolic` (it compiles once --dynamic gives its range)."""
     from onnx import helper
 
     initializers = {i.name for i in model.graph.initializer}
@@ -144,14 +146,14 @@ def input_specs(model, path: Path) -> list[InputSpec]:
         if not inp.type.HasField("tensor_type"):
             raise EdgekitError(f"{path}: input {inp.name!r} is not a tensor (sequence, map or optional); edgekit "
                                "artifacts take tensors. Export the model with tensor inputs.")
+        if not t.HasField("shape"):
+            raise EdgekitError(f"{path}: input {inp.name!r} has no shape (not even its rank); edgekit needs each "
+                               "input's rank. Re-export the model with input shapes.")
         dims = [d.dim_value if d.HasField("dim_value") else 0 for d in t.shape.dim]
-        if any(d <= 0 for d in dims) and not all(d.HasField("dim_value") for d in t.shape.dim):
-            raise EdgekitError(f"{path}: input {inp.name!r} has a dynamic shape {dims}; edgekit compiles static "
-                               "shapes. Fix the shape first, e.g. `python -m onnxruntime.tools.make_dynamic_shape_"
-                               "fixed --input_name NAME --input_shape 1,3,224,224 in.onnx out.onnx`.")
+        symbolic = {axis: d.dim_param for axis, d in enumerate(t.shape.dim) if not d.HasField("dim_value")}
         dtype = _dtype_name(helper, t.elem_type)
         _check_dtype(path, "input", inp.name, dtype, users.get(inp.name))
-        specs.append(InputSpec(inp.name, dims, dtype))
+        specs.append(InputSpec(inp.name, dims, dtype, symbolic))
     for out in model.graph.output:
         if out.type.HasField("tensor_type"):
             _check_dtype(path, "output", out.name, _dtype_name(helper, out.type.tensor_type.elem_type),

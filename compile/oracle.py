@@ -35,7 +35,9 @@ def float64_outputs(model, inputs: list[np.ndarray]) -> tuple[list[np.ndarray] |
 
     try:
         if isinstance(model, TorchSource):
-            return _torch_float64(model.module, model.example_inputs), None
+            import torch
+
+            return _torch_float64(model.module, [torch.from_numpy(np.array(x)) for x in inputs]), None
         if model.kind == "onnx":
             return _onnx_float64(model.path, inputs), None
     except Exception as exc:  # noqa: BLE001 - any op without a float64 kernel means "no oracle", never a failure

@@ -6,11 +6,12 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.artifact import Manifest, StagingDir, TensorSpec
+from edgekit.artifact import DTYPES, Manifest, StagingDir, TensorSpec
 from edgekit.errors import EdgekitError
 from edgekit import backends, trust
 from edgekit.targets import get_target, host_arch
 
+from . import dynamic
 from . import source as sources
 from .lower import versions
 from .quantize import Int8Static, QuantPlan, manifest_record, parse
@@ -27,7 +28,7 @@ def compile_model(model, example_inputs=None, *, target: str = "host", backend: 
                   atol: float | None = None, rtol: float | None = None, progress: bool = False,
                   quantize=None, calibration=None, max_drop: float | None = None, auto_fallback: bool = False,
                   task_metric=None, const_inputs=None, sign=None, float_layers=(),
-                  debug: bool = False) -> Path:
+                  debug: bool = False, dynamic_shapes=None) -> Path:
     """Compile `model` (torch Module + example inputs, or a path to .onnx / .tflite / FILE.py:FUNC) into an
     artifact directory at `output`; returns its path. Nothing is written unless every step succeeds.
 
@@ -39,26 +40,34 @@ def compile_model(model, example_inputs=None, *, target: str = "host", backend: 
     debug: a throwaway build for `edgekit inspect` (never shipped): written without verification, quantized or not.
     example_inputs for a model file: an .npz path, a dict {input name or inputN: array} or a list of arrays, used
     for verification and recorded by sha256; const_inputs: {ONNX input name: array or .npy path} folded into the
-    graph as constants (the artifact has one input fewer for each)."""
+    graph as constants (the artifact has one input fewer for each).
+    dynamic_shapes: axes whose size varies at run time, each with its range: torch.export's own form ({input name:
+    {axis: torch.export.Dim(name, min=, max=)}} or one entry per input) or edgekit's text ("input0:2=64..1024,3=64..1024",
+    or a list of such strings; compile/dynamic.py). One artifact takes every size in range; it is verified at the
+    example's size and at the smallest, an odd and the largest size."""
     tgt = get_target(target)
     lowering = backends.check(tgt, backend)
     _check_source_kind(model, lowering)
-    source, oracle = _as_source(model, example_inputs, name, const_inputs, lowering)
+    source, oracle = _as_source(model, example_inputs, name, const_inputs, lowering, dynamic_shapes)
     step = _stepper(progress)
     inputs = _numpy_inputs(source)
+    if source.dynamic and quantize is not None:
+        raise EdgekitError("--quantize with --dynamic is not supported yet: quantize a static artifact per size, or "
+                           "compile the dynamic one in float.")
+    input_sets = _verification_sets(source, inputs)
     plan = _plan(source, quantize, calibration, inputs, max_drop, auto_fallback, task_metric)
     if plan and not check and not debug:
         raise EdgekitError("--no-verify cannot be combined with --quantize: a quantized artifact ships only with a "
                            "measured accuracy figure.")
     skip = frozenset()
-    oracle64 = None  # (float64 reference outputs or None, why not), computed once at the first verification
+    oracle64 = None  # per input set: (float64 reference outputs or None, why not), computed at the first verification
     with StagingDir(output, force=force) as staging:
         if plan:
             with step(f"quantizing ({plan.config.name})" + (", choosing float layers" if max_drop is not None
                                                               else "")):
                 skip = choose_float_layers(source, plan) | frozenset(float_layers)
         for refit in range(MAX_REFITS + 1):
-            manifest, expected = _build(staging, source, oracle, inputs, tgt, lowering, plan, skip, step)
+            manifest, expected = _build(staging, source, oracle, input_sets, tgt, lowering, plan, skip, step)
             if not check:
                 manifest.verify.update(_model_record(model))
                 staging.seal(manifest)
@@ -67,11 +76,11 @@ def compile_model(model, example_inputs=None, *, target: str = "host", backend: 
                                                             if tgt.arch != host_arch() else "")):
                 # quantized artifacts are judged by the accuracy gate, not by fp32 tolerances
                 if plan is None and atol is None and rtol is None and oracle64 is None:
-                    oracle64 = float64_outputs(source if isinstance(source, sources.TorchSource) else oracle,
-                                               inputs)
+                    oracle64 = [float64_outputs(source if isinstance(source, sources.TorchSource) else oracle, s)
+                                for s in input_sets]
                 with _naming_outputs(source):
-                    manifest.verify = verify(staging.path, inputs, expected, atol, rtol, enforce=plan is None,
-                                             **_oracle_args(oracle64))
+                    manifest.verify = _verify_sets(staging.path, input_sets, expected, atol, rtol, plan is None,
+                                                   oracle64)
                 manifest.verify.update(_model_record(model))
                 if plan and manifest.verify["status"] == "pass":
                     try:
@@ -105,6 +114,38 @@ def _model_record(model) -> dict:
     return {"model": str(Path(model).absolute())}
 
 
+def _verification_sets(source, inputs: list[np.ndarray]) -> list[list[np.ndarray]]:
+    """The example inputs; with dynamic axes also the smallest, an odd and the largest size (values drawn from the
+    example's own values)."""
+    if not source.dynamic:
+        return [inputs]
+    sets = [inputs] + [dynamic.inputs_at(source.dynamic, inputs, size, seed=i)
+                       for i, size in enumerate(dynamic.sizes(source.dynamic))]
+    unique = {tuple(tuple(x.shape) for x in s): s for s in reversed(sets)}  # the example's own shape: its values
+    return list(reversed(unique.values()))
+
+
+def _verify_sets(path: Path, input_sets, expected_sets, atol, rtol, enforce: bool, oracle64) -> dict:
+    """verify() at every input set; one set: its record as is, several: the worst errors and each size's record."""
+    results = []
+    for i, (inputs, expected) in enumerate(zip(input_sets, expected_sets)):
+        try:
+            results.append(verify(path, inputs, expected, atol, rtol, enforce=enforce,
+                                  **_oracle_args(oracle64[i] if oracle64 else None)))
+        except EdgekitError as exc:
+            if len(input_sets) == 1:
+                raise
+            raise EdgekitError(f"at input shape(s) {dynamic.shape_text(inputs)}: {exc}") from None
+    if len(results) == 1:
+        return results[0]
+    merged = dict(max(results, key=lambda r: r["max_abs_err"]))
+    merged["sizes"] = [{"input_shapes": [list(x.shape) for x in inputs], "max_abs_err": r["max_abs_err"],
+                        "max_rel_err": r["max_rel_err"], "outputs": r["outputs"]}
+                       for inputs, r in zip(input_sets, results)]
+    merged["max_rel_err"] = max(r["max_rel_err"] for r in results)
+    return merged
+
+
 def _oracle_args(oracle64) -> dict:
     """verify()'s float64 reference (None: quantized or --atol/--rtol given, so no float64 rule applies)."""
     if oracle64 is None:
@@ -116,8 +157,9 @@ def _oracle_args(oracle64) -> dict:
 MAX_REFITS = 4  # artifact rebuilds with more float layers when the artifact misses the budget the simulation met
 
 
-def _build(staging, source, oracle, inputs, tgt, lowering, plan, skip, step) -> tuple[Manifest, list]:
-    """Quantize (keeping `skip` in float), lower and write the manifest; returns it and the reference outputs."""
+def _build(staging, source, oracle, input_sets, tgt, lowering, plan, skip, step) -> tuple[Manifest, list]:
+    """Quantize (keeping `skip` in float), lower and write the manifest; returns it and the reference outputs of
+    each input set (the first: the example inputs)."""
     backend = lowering.name
     lowered_source = source
     if plan:
@@ -126,11 +168,13 @@ def _build(staging, source, oracle, inputs, tgt, lowering, plan, skip, step) -> 
     with step(f"lowering {source.name} with {backend} for {tgt.name}"), _original_path(source):
         lowered = _lower(lowering, hooked(lowered_source), tgt, staging.path)
     with step("computing reference outputs"), _original_path(oracle):
-        expected = reference_outputs(oracle, inputs)
+        expected = [reference_outputs(oracle, inputs) for inputs in input_sets]
+    inputs = input_sets[0]
     manifest = Manifest(
         model=source.name, backend=backend, target=tgt.name, arch=tgt.arch,
-        inputs=[_spec(f"input{i}", x) for i, x in enumerate(inputs)],
-        outputs=[_spec(f"output{i}", y) for i, y in enumerate(expected)],
+        inputs=[_spec(f"input{i}", x, dynamic.specs(source.dynamic, i)) for i, x in enumerate(inputs)],
+        outputs=[_spec(f"output{i}", y, _seen_ranges(f"output{i}", [e[i] for e in expected]))
+                 for i, y in enumerate(expected[0])],
         toolchain=versions("torch", *lowering.toolchain), entry=lowering.entry,
         backend_info=lowered.backend_info, precision=plan.config.name if plan else "fp32",
         quantization=manifest_record(plan, backend, skip) if plan else None,
@@ -140,6 +184,16 @@ def _build(staging, source, oracle, inputs, tgt, lowering, plan, skip, step) -> 
     manifest.sizes = sizes(staging.path, source)
     staging.seal(manifest)
     return manifest, expected
+
+
+def _seen_ranges(name: str, outputs: list[np.ndarray]) -> dict | None:
+    """An output's axes that changed size across the verified input sizes: the smallest and largest seen."""
+    axes = {}
+    for axis in range(outputs[0].ndim):
+        seen = [y.shape[axis] for y in outputs]
+        if min(seen) != max(seen):
+            axes[str(axis)] = {"name": f"{name}_{axis}", "min": int(min(seen)), "max": int(max(seen))}
+    return axes or None
 
 
 def sizes(payload_dir: Path, source) -> dict:
@@ -252,11 +306,11 @@ def _naming_outputs(source):
         raise EdgekitError(f"{exc} ({named}: try another backend for that op.)") from None
 
 
-def _as_source(model, example_inputs, name, const_inputs=None, lowering=None):
+def _as_source(model, example_inputs, name, const_inputs=None, lowering=None, dynamic_shapes=None):
     """(what gets lowered, what the artifact is checked against): a .tflite is lowered through PyTorch but
     checked against the TFLite runtime itself, so importer errors cannot hide."""
     if isinstance(model, (str, Path)):
-        source = sources.from_spec(str(model), example_inputs, const_inputs)
+        source = sources.from_spec(str(model), example_inputs, const_inputs, dynamic_shapes)
         if lowering is not None and isinstance(source, sources.FileSource) and source.kind == "onnx":
             source = sources.fold_shape_inputs(source, lowering)
     elif const_inputs:
@@ -267,6 +321,8 @@ def _as_source(model, example_inputs, name, const_inputs=None, lowering=None):
         source = sources.from_user_arrays(model, example_inputs, name)
     else:
         source = sources.from_module(model, example_inputs, name)
+    if isinstance(source, sources.TorchSource) and not source.dynamic:
+        source = sources.with_dynamic(source, dynamic_shapes)
     oracle = source
     if isinstance(source, sources.FileSource) and source.kind == "tflite":
         # every backend goes through edgekit's TFLite->PyTorch importer: TVM's own TFLite frontend fails on
@@ -293,10 +349,10 @@ def _numpy_inputs(source) -> list[np.ndarray]:
     return source.example_inputs
 
 
-def _spec(name: str, x: np.ndarray) -> TensorSpec:
-    if x.dtype.name not in ("float32", "float16", "int64", "int32", "int8", "uint8", "bool"):
+def _spec(name: str, x: np.ndarray, ranges: dict | None = None) -> TensorSpec:
+    if x.dtype.name not in DTYPES:
         raise EdgekitError(f"{name}: dtype {x.dtype} is not supported in artifacts.")
-    return TensorSpec(name, [int(d) for d in x.shape], x.dtype.name)
+    return TensorSpec(name, [int(d) for d in x.shape], x.dtype.name, ranges)
 
 
 def _stepper(enabled: bool):

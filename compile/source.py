@@ -15,6 +15,8 @@ import numpy as np
 
 from edgekit.errors import EdgekitError
 
+from . import dynamic
+
 
 @dataclass
 class TorchSource:
@@ -22,7 +24,7 @@ class TorchSource:
     example_inputs: tuple
     name: str
     inputs_record: dict | None = None
-
+    dynamic: dict = field(default_factory=dict)  # compile/dynamic.py Dims by input index: axes that vary
 
 
 @dataclass
@@ -35,6 +37,7 @@ class FileSource:
     inputs_record: dict | None = None    # where the example inputs came from (+ sha256): recorded in the manifest
     const_inputs: dict = field(default_factory=dict)  # input name -> {sha256, shape, dtype, reason}: folded away
     origin: Path | None = None           # the user's file, when `path` is a private copy with inputs folded in
+    dynamic: dict = field(default_factory=dict)  # compile/dynamic.py Dims by input index: the symbolic axes
 
 
 Source = TorchSource | FileSource
@@ -52,14 +55,17 @@ def from_module(module, example_inputs, name: str | None = None) -> TorchSource:
     return TorchSource(module.eval(), tuple(example_inputs), name or type(module).__name__)
 
 
-def from_spec(spec: str, example_inputs=None, const_inputs=None) -> Source:
+def from_spec(spec: str, example_inputs=None, const_inputs=None, dynamic=None) -> Source:
     """Parse the CLI's --model: FILE.py:FUNC, model.onnx or model.tflite. `example_inputs`: the user's (an .npz
     path, a dict by input name or a list of arrays); `const_inputs`: {input name: array or .npy path} to fold into
-    an ONNX graph as constants."""
+    an ONNX graph as constants; `dynamic`: the axes that vary (compile/dynamic.py normalize())."""
     if const_inputs and not spec.endswith(".onnx"):
         raise EdgekitError("--const-inputs folds inputs of an ONNX model into its graph; --model is not a .onnx file.")
     if spec.endswith(".onnx"):
-        return _onnx_source(Path(spec), example_inputs, const_inputs or {})
+        return _onnx_source(Path(spec), example_inputs, const_inputs or {}, dynamic)
+    if dynamic and spec.endswith(".tflite"):
+        raise EdgekitError(f"--dynamic: {spec} is a .tflite model, verified against the TFLite runtime at its one "
+                           "input shape. Export the model to ONNX (or compile its PyTorch source) to vary a dimension.")
     if spec.endswith(".tflite"):
         path = Path(spec)
         if not path.is_file():
@@ -76,20 +82,39 @@ def from_spec(spec: str, example_inputs=None, const_inputs=None) -> Source:
         raise EdgekitError(f"--model {spec!r}: expected FILE.py:FUNC (FUNC() returns (module, example_inputs)), "
                            "a .onnx file or a .tflite file.")
     source = _call_builder(Path(file), func)
-    return with_user_inputs(source, example_inputs) if example_inputs is not None else source
+    source = with_user_inputs(source, example_inputs, dynamic) if example_inputs is not None else source
+    return with_dynamic(source, dynamic)
 
 
-def with_user_inputs(source: TorchSource, example_inputs) -> TorchSource:
-    """A torch source whose example inputs are the user's arrays (named by forward()'s parameters or input0...)."""
+def torch_input_names(source: TorchSource) -> list[str]:
+    """forward()'s parameter names for the example inputs (input0... where they do not line up)."""
+    count = len(source.example_inputs)
+    try:
+        params = list(inspect.signature(source.module.forward).parameters)[:count]
+    except (TypeError, ValueError):
+        params = []
+    return params if len(params) == count else [f"input{i}" for i in range(count)]
+
+
+def with_dynamic(source: TorchSource, given) -> TorchSource:
+    """The torch source with its dynamic axes (None: static), checked against its example inputs."""
+    names = torch_input_names(source)
+    source.dynamic = dynamic.normalize(given, names)
+    dynamic.check(source.dynamic, names, [t.detach().numpy() for t in source.example_inputs])
+    return source
+
+
+def with_user_inputs(source: TorchSource, example_inputs, given_dynamic=None) -> TorchSource:
+    """A torch source whose example inputs are the user's arrays (named by forward()'s parameters or input0...);
+    on axes named dynamic their size may differ from the builder's example."""
     import torch
 
     ours = [t.detach().numpy() for t in source.example_inputs]
-    try:
-        params = list(inspect.signature(source.module.forward).parameters)[:len(ours)]
-    except (TypeError, ValueError):
-        params = []
-    names = params if len(params) == len(ours) else [f"input{i}" for i in range(len(ours))]
-    arrays, record = user_inputs(example_inputs, names, [(list(x.shape), x.dtype.name) for x in ours])
+    names = torch_input_names(source)
+    dims = dynamic.normalize(given_dynamic, names)
+    specs = [([None if a in dims.get(i, {}) else n for a, n in enumerate(x.shape)], x.dtype.name)
+             for i, x in enumerate(ours)]
+    arrays, record = user_inputs(example_inputs, names, specs)
     return TorchSource(source.module, tuple(torch.from_numpy(np.array(x)) for x in arrays), source.name, record)
 
 
@@ -127,11 +152,13 @@ def user_inputs(given, names: list[str], specs: list[tuple[list[int], str]] | No
             x = x.detach().numpy()
         if not isinstance(x, np.ndarray):
             raise EdgekitError(f"example input {name!r} is a {type(x).__name__}; expected a numpy array.")
-        if specs is not None:
+        if specs is not None:  # a None in the shape: a dynamic axis, any size (its range is checked later)
             shape, dtype = specs[i]
-            if list(x.shape) != list(shape) or x.dtype.name != dtype:
+            if x.ndim != len(shape) or any(want is not None and n != want for n, want in zip(x.shape, shape)) \
+                    or x.dtype.name != dtype:
+                want = ", ".join("any" if n is None else str(n) for n in shape)
                 raise EdgekitError(f"example input {name!r} is {x.dtype.name}{list(x.shape)}; the model's input "
-                                   f"is {dtype}{list(shape)}.")
+                                   f"is {dtype}[{want}].")
         out.append(np.asarray(x, order="C"))  # (ascontiguousarray would make a 0-d array 1-d)
     if "sha256" not in record:
         record["sha256"] = arrays_digest(out)
@@ -147,7 +174,7 @@ def arrays_digest(arrays: list[np.ndarray]) -> str:
     return h.hexdigest()
 
 
-def _onnx_source(path: Path, example_inputs, const_inputs: dict) -> FileSource:
+def _onnx_source(path: Path, example_inputs, const_inputs: dict, given_dynamic=None) -> FileSource:
     from . import onnx_model
 
     if not path.is_file():
@@ -164,8 +191,11 @@ def _onnx_source(path: Path, example_inputs, const_inputs: dict) -> FileSource:
         work = _scratch_copy(model, path)
     specs = onnx_model.input_specs(model, path)
     names = [s.name for s in specs]
+    dims = dynamic.normalize(given_dynamic, names, {i: s.symbolic for i, s in enumerate(specs)})
+    _check_onnx_dims(path, specs, dims)
     if example_inputs is not None:
-        arrays, record = user_inputs(example_inputs, names, [(s.shape, s.dtype) for s in specs])
+        arrays, record = user_inputs(example_inputs, names, [(_shape_or_none(s, dims.get(i, {})), s.dtype)
+                                                             for i, s in enumerate(specs)])
     else:
         uses = onnx_model.shape_uses(model)
         if uses:
@@ -178,12 +208,43 @@ def _onnx_source(path: Path, example_inputs, const_inputs: dict) -> FileSource:
                 f"--example-inputs FILE.npz (arrays named {', '.join(names)}) to compile and verify on your values, "
                 f"or --const-inputs {u.input}=FILE.npy to fold {u.input!r} into the graph as a constant (the "
                 f"artifact then has one input fewer).")
-        arrays = _random_inputs([(s.shape, s.dtype) for s in specs])
+        levels = dynamic.sizes(dims)
+        middle = levels[len(levels) // 2]  # the odd size between the bounds
+        arrays = _random_inputs([([middle[d.name] if (d := dims.get(i, {}).get(a)) else n
+                                   for a, n in enumerate(s.shape)], s.dtype) for i, s in enumerate(specs)])
         record = {"source": "generated", "how": "seeded random [0, 1)", "sha256": arrays_digest(arrays)}
-    source = FileSource(work, "onnx", path.stem, arrays, names, record, records, path if work != path else None)
+    dynamic.check(dims, names, arrays)
+    source = FileSource(work, "onnx", path.stem, arrays, names, record, records, path if work != path else None,
+                        dims)
     if work != path:
         weakref.finalize(source, _remove_tree, work.parent)
     return source
+
+
+def _shape_or_none(spec, axes: dict) -> list:
+    return [None if a in axes else n for a, n in enumerate(spec.shape)]
+
+
+def _check_onnx_dims(path: Path, specs, dims: dict) -> None:
+    """Every symbolic axis has a range from --dynamic; every axis named there is symbolic in the graph."""
+    for i, s in enumerate(specs):
+        given = dims.get(i, {})
+        missing = [a for a in s.symbolic if a not in given]
+        if missing:
+            axes = ", ".join(f"axis {a}" + (f" ({s.symbolic[a]!r})" if s.symbolic[a] else "") for a in missing)
+            example = ",".join(f"{a}=1..512" for a in missing)
+            raise EdgekitError(f"{path}: input {s.name!r} has symbolic {axes}; edgekit compiles it once you give each "
+                               f"range (it verifies the smallest and largest size): --dynamic '{s.name}:{example}' "
+                               "with your bounds. Or fix the shape: `python -m onnxruntime.tools.make_dynamic_shape_"
+                               "fixed --input_name NAME --input_shape 1,3,224,224 in.onnx out.onnx`.")
+        fixed = [a for a in given if a not in s.symbolic]
+        if fixed:
+            a = fixed[0]
+            size = s.shape[a] if a < len(s.shape) else None
+            what = f"is fixed to {size} in the graph" if size is not None else f"does not exist (rank {len(s.shape)})"
+            raise EdgekitError(f"--dynamic {s.name}:{a}: axis {a} of {s.name!r} {what}; only the model's symbolic "
+                               "axes can vary. Re-export the model with that axis dynamic (torch.onnx.export's "
+                               "dynamic_shapes), or compile its PyTorch source with --dynamic.")
 
 
 def _const_array(name: str, value) -> np.ndarray:
@@ -324,8 +385,13 @@ def fold_shape_inputs(source: FileSource, lowering) -> FileSource:
                      "reason": f"{lowering.name} takes shape operands only as constants: folded with the example "
                                f"value ({use.describe()})"}
     keep = [i for i, n in enumerate(source.input_names) if n not in values]
+    varying = [source.input_names[i] for i in source.dynamic if i not in keep]
+    if varying:
+        raise EdgekitError(f"{source.origin or source.path}: input {varying[0]!r} sets a shape and {lowering.name} "
+                           "folds such inputs with their example value, so it cannot also be --dynamic. Use --backend "
+                           "onnxruntime for a varying shape operand.")
     result = FileSource(work, "onnx", source.name, [source.example_inputs[i] for i in keep],
                         [source.input_names[i] for i in keep], source.inputs_record, consts,
-                        source.origin or source.path)
+                        source.origin or source.path, {keep.index(i): axes for i, axes in source.dynamic.items()})
     weakref.finalize(result, _remove_tree, work.parent)
     return result

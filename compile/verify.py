@@ -21,7 +21,7 @@ def reference_outputs(source, inputs: list[np.ndarray]) -> list[np.ndarray]:
         import torch
 
         with torch.no_grad():
-            out = source.module(*source.example_inputs)
+            out = source.module(*(torch.from_numpy(np.array(x)) for x in inputs))
         return [t.detach().numpy() for t in flatten(out)]
     if source.kind == "onnx":
         return _onnx_reference(source, inputs)

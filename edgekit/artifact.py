@@ -26,11 +26,19 @@ DTYPES = ("float32", "float16", "int64", "int32", "int8", "uint8", "bool")
 @dataclass
 class TensorSpec:
     name: str
-    shape: list[int]
+    shape: list[int]      # the size verification's example input had (a dynamic axis: any size in its range)
     dtype: str
+    # dynamic axes: {axis as a string: {"name": symbol, "min": int, "max": int}}; axes sharing a symbol (within or
+    # across inputs) take one size. None: every axis is static. Outputs record the sizes seen at min and max.
+    dynamic: dict | None = None
 
     def describe(self) -> str:
-        return f"{self.name}: {self.dtype}{list(self.shape)}"
+        dims = [f"{d['min']}..{d['max']}" if (d := (self.dynamic or {}).get(str(i))) else str(n)
+                for i, n in enumerate(self.shape)]
+        return f"{self.name}: {self.dtype}[{', '.join(dims)}]"
+
+    def max_shape(self) -> list[int]:
+        return [int((self.dynamic or {}).get(str(i), {}).get("max", n)) for i, n in enumerate(self.shape)]
 
 
 @dataclass
@@ -55,7 +63,11 @@ class Manifest:
     schema_version: int = SCHEMA_VERSION
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True)
+        data = asdict(self)
+        for spec in data["inputs"] + data["outputs"]:
+            if spec["dynamic"] is None:  # static specs keep the three keys every edgekit reads
+                del spec["dynamic"]
+        return json.dumps(data, indent=2, sort_keys=True)
 
     @classmethod
     def from_dict(cls, data: object, where: str) -> "Manifest":
@@ -80,8 +92,9 @@ class Manifest:
 
 
 def _spec(s: object, where: str) -> dict:
-    if not isinstance(s, dict) or set(s) != {"name", "shape", "dtype"}:
-        raise EdgekitError(f"{where}: malformed tensor spec {_short(s)}; expected keys name, shape, dtype. {FIX}")
+    if not isinstance(s, dict) or not {"name", "shape", "dtype"} <= set(s) <= {"name", "shape", "dtype", "dynamic"}:
+        raise EdgekitError(f"{where}: malformed tensor spec {_short(s)}; expected keys name, shape, dtype (and "
+                           f"dynamic). {FIX}")
     return s
 
 
@@ -134,8 +147,9 @@ def _check_types(m: Manifest, where: str) -> None:
                                    f"of non-negative ints, dtype one of {', '.join(DTYPES)}). {FIX}")
             if len(spec.shape) > MAX_RANK:
                 raise bad(f"{kind}[{i}].shape", f"has rank {len(spec.shape)}; at most {MAX_RANK} dims are accepted")
+            _check_dynamic(spec, f"{kind}[{i}].dynamic", bad)
             elements = 1
-            for d in spec.shape:
+            for d in spec.max_shape():
                 elements *= d
             if elements > MAX_ELEMENTS:
                 raise bad(f"{kind}[{i}].shape", f"declares {elements} elements; at most {MAX_ELEMENTS} per tensor "
@@ -143,6 +157,20 @@ def _check_types(m: Manifest, where: str) -> None:
             total += elements * ITEMSIZE[spec.dtype]
     if total > MAX_TOTAL_BYTES:
         raise bad("inputs/outputs", f"declare {total} bytes of tensors; at most {MAX_TOTAL_BYTES} are accepted")
+
+
+def _check_dynamic(spec: TensorSpec, field_: str, bad) -> None:
+    """A dynamic spec maps axes of the shape to {name, min, max} with min <= max."""
+    if spec.dynamic is None:
+        return
+    if not isinstance(spec.dynamic, dict):
+        raise bad(field_, "must be an object mapping axes to ranges, or absent")
+    for axis, dim in spec.dynamic.items():
+        ok = (isinstance(axis, str) and axis.isdigit() and int(axis) < len(spec.shape) and isinstance(dim, dict)
+              and set(dim) == {"name", "min", "max"} and _is_str(dim["name"])
+              and all(type(dim[k]) is int and dim[k] >= 0 for k in ("min", "max")) and dim["min"] <= dim["max"])
+        if not ok:
+            raise bad(f"{field_}.{_short(axis)}", "must be {name, min, max} (0 <= min <= max) for an axis of the shape")
 
 
 def _check_backend_info(m: Manifest, bad) -> None:

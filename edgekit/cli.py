@@ -140,6 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--const-inputs", metavar="NAME=FILE.npy", action="append", default=[],
                    help="fold an ONNX model's input into the graph as a constant (repeatable); the artifact has one "
                         "input fewer")
+    p.add_argument("--dynamic", metavar="INPUT:AXIS=MIN..MAX[,...]", action="append", default=[],
+                   help="let input axes vary at run time within a range, e.g. 'input0:2=64..1024,3=64..1024' "
+                        "(repeatable, one input each; INPUT: input0... or the model's input name; AXIS=NAME:MIN..MAX "
+                        "names a size shared by several axes). One artifact takes every size in range; it is verified "
+                        "at the smallest, an odd and the largest size. An ONNX model's symbolic axes need it")
     p.set_defaults(func=cmd_compile)
 
     p = sub.add_parser("tune", help="tune a model's TVM lowering with MetaSchedule; `compile --backend tvm` applies "
@@ -357,7 +362,8 @@ def cmd_compile(args) -> int:
                    max_drop=(recipe.max_drop if recipe else None) if args.max_drop is None else args.max_drop,
                    auto_fallback=args.auto_fallback or bool(recipe and recipe.auto_fallback),
                    task_metric=recipe.task_metric if recipe else None, sign=args.sign,
-                   **({"const_inputs": const_inputs} if const_inputs else {}))
+                   **({"const_inputs": const_inputs} if const_inputs else {}),
+                   **({"dynamic_shapes": args.dynamic} if args.dynamic else {}))
     from .compile.auto import AUTO, compile_auto, describe
 
     if args.backend == AUTO:

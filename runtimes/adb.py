@@ -12,6 +12,7 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+from contextlib import suppress
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -40,7 +41,13 @@ def run_adb(url: str, artifact_dir: Path, manifest, inputs: list[np.ndarray], *,
         _adb(adb, "push", str(Path(artifact_dir) / entry), *map(str, staged), remote)
         argv = executorch_runner.args(f"{remote}/{entry}", remote, benchmark)
         _shell(adb, "chmod", "+x", f"{DEVICE_DIR}/executorch_runner")
-        proc = _shell(adb, f"{DEVICE_DIR}/executorch_runner", *argv)
+        try:
+            proc = _shell(adb, f"{DEVICE_DIR}/executorch_runner", *argv)
+        except EdgekitError:
+            with suppress(EdgekitError):  # there only when the runner refused an input
+                _adb(adb, "pull", f"{remote}/{executorch_runner.ERROR_FILE}", str(work))
+            executorch_runner.raise_refusal(work, manifest)
+            raise
         for i in range(len(manifest.outputs)):
             _adb(adb, "pull", f"{remote}/out{i}.bin", str(work))
         return executorch_runner.read_result(work, manifest, proc.stdout, benchmark)

@@ -217,7 +217,12 @@ def call_functions(calls: list[tuple[Path, str, list, list[int]]]) -> list[list[
 
 def _run_executorch(root, work: Path, guest: str, manifest, inputs, bench: dict):
     executorch_runner.write_inputs(work, inputs)
-    proc = _emulate(root, [f"/{RUNNER}", *executorch_runner.args(f"{guest}/artifact/{manifest.entry}", guest, bench)])
+    try:
+        proc = _emulate(root, [f"/{RUNNER}", *executorch_runner.args(f"{guest}/artifact/{manifest.entry}", guest,
+                                                                      bench)])
+    except EdgekitError:
+        executorch_runner.raise_refusal(work, manifest)  # an input the program cannot take: say which and why
+        raise
     return executorch_runner.read_result(work, manifest, proc.stdout, bench)
 
 

@@ -1,6 +1,9 @@
-"""Host side of executorch_runner.cpp: raw input files in; raw output files and one JSON line out.
+"""Host side of executorch_runner.cpp: input files in; output files and one JSON line out.
 
-Shared by the emulator and adb, which differ only in how they move the files and start the binary.
+Each input goes as raw bytes (`in<i>.bin`) beside its dtype and shape (`in<i>.shape`, "float32 1,3,64,64"), so a
+program exported with dynamic dims runs at the input's own size. An input that does not fit the program is refused
+by the runner in `error.json`; `raise_refusal()` turns that into the user's error. Shared by the emulator and adb,
+which differ only in how they move the files and start the binary.
 """
 from __future__ import annotations
 
@@ -9,14 +12,29 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit.errors import EdgekitError
+
 from .base import summarize
+
+ERROR_FILE = "error.json"   # written by the runner when it refuses an input
+MAX_ERROR_BYTES = 4096      # a refusal is one short line
 
 
 def write_inputs(work: Path, inputs: list[np.ndarray]) -> list[Path]:
-    paths = [work / f"in{i}.bin" for i in range(len(inputs))]
-    for path, x in zip(paths, inputs):
-        path.write_bytes(np.ascontiguousarray(x).tobytes())
+    """in<i>.bin and in<i>.shape for each input; the paths written (what a device needs pushed)."""
+    paths = []
+    for i, x in enumerate(inputs):
+        x = np.asarray(x, order="C")
+        data, shape = work / f"in{i}.bin", work / f"in{i}.shape"
+        data.write_bytes(x.tobytes())
+        shape.write_text(shape_line(x), encoding="ascii")
+        paths += [data, shape]
     return paths
+
+
+def shape_line(x: np.ndarray) -> str:
+    """What in<i>.shape holds: "DTYPE D0,D1,..." (no dims for a scalar)."""
+    return f"{x.dtype.name} {','.join(str(d) for d in x.shape)}\n"
 
 
 def args(pte: str, work: str, benchmark: dict | None) -> list[str]:
@@ -31,3 +49,21 @@ def read_result(work: Path, manifest, stdout: str, benchmark: dict | None) -> tu
     return outputs, (summarize(report["times_ms"]) if benchmark else None)
 
 
+def raise_refusal(work: Path, manifest) -> None:
+    """After the runner failed: raise the input it refused (work/error.json) as an EdgekitError naming the input,
+    its shape and the program's bound; return when it refused none (the failure was something else)."""
+    path = work / ERROR_FILE
+    if not path.is_file():
+        return
+    try:
+        err = json.loads(path.read_bytes()[:MAX_ERROR_BYTES].decode("ascii", errors="replace"))
+        i, shape, dtype = int(err["input"]), list(err["shape"]), str(err["dtype"])
+        bound, bound_dtype, reason = list(err["bound"]), str(err["bound_dtype"]), str(err["reason"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise EdgekitError(f"the ExecuTorch runner refused an input, but its report {ERROR_FILE} is unreadable "
+                           f"({exc}); rebuild the runner (`edgekit device emulator setup`).") from None
+    name = repr(manifest.inputs[i].name) if 0 <= i < len(manifest.inputs) else str(i)
+    raise EdgekitError(f"input {name} ({dtype} {shape}) does not fit the artifact's ExecuTorch program: {reason}. "
+                       f"Give a {bound_dtype} input of rank {len(bound)} with no dim above {bound} (only a dim "
+                       "compiled with --dynamic may differ from the compiled size; `edgekit info ARTIFACT` lists the "
+                       "ranges), or recompile for the size you need.") from None

@@ -132,12 +132,48 @@ def check_inputs(specs: list[TensorSpec], inputs) -> list[np.ndarray]:
                                f"plain numbers {spec.describe()}. Save it with numpy.save from a numeric array.")
         if x.dtype.kind in "biufc" and not x.dtype.isnative:  # e.g. big-endian '>f4' from another machine
             x = np.asarray(x, dtype=x.dtype.newbyteorder("="))  # same values, this machine's byte order
-        if list(x.shape) != list(spec.shape) or x.dtype != np.dtype(spec.dtype):
+        if not _fits(x, spec) or x.dtype != np.dtype(spec.dtype):
             others = f" All inputs: {expected}." if len(specs) > 1 else ""
             raise EdgekitError(f"input {i} ({spec.name}) is {x.dtype.name}{list(x.shape)}; expected "
-                               f"{spec.describe()}.{others}")
+                               f"{spec.describe()}.{_out_of_range(x, spec)}{others}")
         arrays.append(np.asarray(x, order="C"))  # keeps 0-d inputs 0-d (ascontiguousarray: 1-d)
+    _check_shared_sizes(specs, arrays)
     return arrays
+
+
+def _fits(x: np.ndarray, spec: TensorSpec) -> bool:
+    """Same rank; each static axis its size, each dynamic axis within its range."""
+    if x.ndim != len(spec.shape):
+        return False
+    dynamic = spec.dynamic or {}
+    return all(d["min"] <= n <= d["max"] if (d := dynamic.get(str(axis))) else n == want
+               for axis, (n, want) in enumerate(zip(x.shape, spec.shape)))
+
+
+def _out_of_range(x: np.ndarray, spec: TensorSpec) -> str:
+    """Which axis is wrong and what it accepts: the compiled range of a dynamic axis, or its one size."""
+    if x.ndim != len(spec.shape):
+        return f" It has rank {x.ndim}; the model takes rank {len(spec.shape)}."
+    for axis, (n, want) in enumerate(zip(x.shape, spec.shape)):
+        d = (spec.dynamic or {}).get(str(axis))
+        if d and not d["min"] <= n <= d["max"]:
+            return (f" Axis {axis} ({d['name']}) is {n}, outside the range {d['min']}..{d['max']} it was compiled "
+                    f"for: resize or tile the input, or recompile with a wider --dynamic range.")
+        if not d and n != want:
+            return f" Axis {axis} is {n}; it is static ({want}): recompile with --dynamic to vary it."
+    return ""
+
+
+def _check_shared_sizes(specs: list[TensorSpec], arrays: list[np.ndarray]) -> None:
+    """Axes that share one symbol (e.g. the same sequence length in two inputs) must agree."""
+    seen = {}
+    for spec, x in zip(specs, arrays):
+        for axis, d in (spec.dynamic or {}).items():
+            n = x.shape[int(axis)]
+            first = seen.setdefault(d["name"], (spec.name, axis, n))
+            if first[2] != n:
+                raise EdgekitError(f"{spec.name} axis {axis} is {n} but {first[0]} axis {first[1]} is {first[2]}; "
+                                   f"both are the dynamic size {d['name']!r} and must be equal.")
 
 
 def example_inputs(manifest: Manifest) -> list[np.ndarray]:

@@ -68,3 +68,22 @@ def test_per_model_summary_names_the_fastest_backend_and_each_ratio(tmp_path):
     md = (tmp_path / "bench.md").read_text()
     assert "| m1 | fp32 | onnxruntime | 2 | 2.00 | 3.00 | 1.00 | eager 5.00 |" in md
     assert "| m2 | fp32 | tvm | 0.5 |  | 1.00 | failed | eager 2.00 |" in md
+
+
+def test_dynamic_rows_time_one_artifact_beside_a_static_one_per_size(tmp_path, monkeypatch):
+    """Issue #23: "BACKEND dynamic" and "BACKEND static" rows per size; the ratio is dynamic p50 / static p50."""
+    from edgekit.apps.spec import DynamicBench
+    from edgekit.bench import suite
+
+    monkeypatch.setattr(suite, "compiled_backends", lambda: ("onnxruntime",))
+    module, inputs = fragile.build()
+    case = ModelCase("fragile", module, inputs, dynamic=DynamicBench("input0:0=n:1..16", ({"n": 3}, {"n": 11})))
+    rows = suite.bench_dynamic(case, tmp_path / "artifacts", iters=3, progress=lambda msg: None)
+    assert [(r["impl"], r["shape"]) for r in rows] == [
+        ("onnxruntime dynamic", [[3, 16]]), ("onnxruntime static", [[3, 16]]),
+        ("onnxruntime dynamic", [[11, 16]]), ("onnxruntime static", [[11, 16]])]
+    for dyn, static in zip(rows[::2], rows[1::2]):
+        assert dyn["suite"] == static["suite"] == "dynamic" and dyn["peer"] == "onnxruntime static"
+        assert dyn["ratio_to_best_peer"] == dyn["p50_ms"] / static["p50_ms"] and static["p50_ms"] > 0
+    entries = sorted(p.name for p in (tmp_path / "artifacts").iterdir() if p.is_dir())
+    assert len(entries) == 3, entries  # one dynamic artifact for both sizes, a static one per size

@@ -30,6 +30,7 @@ def lower(source: Source, target: Target, out: Path, entry: str) -> Lowered:
     info = get_delegation_info(edge.exported_program().graph_module)
     program = edge.to_executorch()
     (out / entry).write_bytes(program.buffer)
+    planned = int(sum(program.executorch_program.execution_plan[0].non_const_buffer_sizes))
     non_delegated = sorted({op for op, n in _non_delegated_ops(info).items() if n})
     return Lowered({
         "delegate": "XnnpackBackend",
@@ -38,6 +39,9 @@ def lower(source: Source, target: Target, out: Path, entry: str) -> Lowered:
         "non_delegated_ops": int(info.num_non_delegated_nodes),
         "non_delegated_op_types": non_delegated,
         **({"attention": attention} if attention else {}),
+        # activations' memory, planned ahead of time; with dynamic axes for their largest sizes
+        "planned_memory_bytes": planned,
+        **({"memory_plan": "upper bound of every dynamic axis"} if source.dynamic else {}),
     })
 
 

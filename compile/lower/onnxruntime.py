@@ -44,9 +44,33 @@ def lower(source: Source, target: Target, out: Path, entry: str) -> Lowered:
     finally:
         raw.unlink(missing_ok=True)
     shared = share_transposed_weights(out / entry)
+    symbolic = _symbolic_dims(out / entry, source.dynamic)
     return Lowered({"opset": OPSET, "graph_optimization": level, "shared_transposed_weights": shared,
+                    **({"symbolic_dims": symbolic} if symbolic else {}),
                                   "providers": ["CUDAExecutionProvider", "CPUExecutionProvider"]
                                   if target.cuda_arch else ["CPUExecutionProvider"]})
+
+
+def _symbolic_dims(path: Path, dynamic: dict) -> dict:
+    """The graph's name for each dynamic axis after offline optimisation; an axis it fixed is an error (the artifact
+    would refuse every other size)."""
+    if not dynamic:
+        return {}
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    initializers = {t.name for t in graph.initializer}
+    graph_inputs = [i for i in graph.input if i.name not in initializers]
+    found = {}
+    for index, axes in dynamic.items():
+        dims = graph_inputs[index].type.tensor_type.shape.dim
+        for axis in axes:
+            if dims[axis].HasField("dim_value"):
+                raise EdgekitError(f"ONNX Runtime's offline optimisation fixed input{index} axis {axis} to "
+                                   f"{dims[axis].dim_value}; the artifact would take no other size. Try --backend "
+                                   "executorch or tvm.")
+            found[f"input{index}:{axis}"] = dims[axis].dim_param
+    return found
 
 
 def share_transposed_weights(path: Path) -> list[str]:

@@ -21,6 +21,8 @@ from . import Lowered
 
 
 def import_relax(source: Source, target_dict: dict):
+    """The model as a relax module; a dynamic axis is a symbolic variable whose bounds are attributes of `main`
+    (TVM plans memory for the upper bound)."""
     return _bounded_takes(_import_relax(source, target_dict))
 
 
@@ -57,7 +59,37 @@ def _import_relax(source: Source, target_dict: dict):
         program = _wrap_negative_selects(_decompose_keeping_attention(program))
         return from_exported_program(program, keep_params_as_input=False,
                                      run_ep_decomposition=False, custom_convert_map=kernels)
-    return import_onnx(source.path)
+    return _with_bounds(import_onnx(source.path), _onnx_bounds(source))
+
+
+def _with_bounds(mod, bounds: dict[str, tuple[int, int]]):
+    """Each relax function gets the bounds of its symbolic variables as TVM's `tir_var_lower_bound` /
+    `tir_var_upper_bound` attributes, as the torch frontend sets them from torch.export's ranges."""
+    if not bounds:
+        return mod
+    from tvm import relax
+
+    for gv, fn in list(mod.functions.items()):
+        if isinstance(fn, relax.Function):
+            names = {v.name for v in relax.analysis.defined_symbolic_vars(fn)}
+            lower = {name: lo for name, (lo, _) in bounds.items() if name in names}
+            upper = {name: hi for name, (_, hi) in bounds.items() if name in names}
+            if upper:
+                mod[gv] = fn.with_attrs({"tir_var_lower_bound": lower, "tir_var_upper_bound": upper})
+    return mod
+
+
+def _onnx_bounds(source) -> dict[str, tuple[int, int]]:
+    """An ONNX model's symbolic axes are variables named by their dim_param: each gets its --dynamic range."""
+    if not source.dynamic:
+        return {}
+    import onnx
+
+    graph = onnx.load(str(source.path), load_external_data=False).graph
+    initializers = {t.name for t in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in initializers]
+    return {inputs[index].type.tensor_type.shape.dim[axis].dim_param: (d.min, d.max)
+            for index, axes in source.dynamic.items() for axis, d in axes.items()}
 
 
 # TVM compiles static shapes: an ONNX input that sets a shape (Reshape's shape, Slice's starts, ...) must be a

@@ -227,20 +227,23 @@ def _inline_elementwise(sch) -> None:
 
 
 def _tile_reduction(sch, block, lanes: int) -> None:
-    """Register-tiled reduction with its consumers computed per tile; parallel-only when it cannot vectorise."""
+    """Register-tiled reduction with its consumers computed per tile; parallel-only when it cannot vectorise.
+    A symbolic extent is tiled by a constant with a tail (see _split)."""
     ivs = sch.get(block).iter_vars
     loops = sch.get_loops(block)
-    if len(loops) != len(ivs) or any(not _const(iv.dom.extent) for iv in ivs):
+    if len(loops) != len(ivs):
         return
     kinds = ["R" if _is_reduce_iv(iv) else "S" for iv in ivs]
     spatial = [i for i, k in enumerate(kinds) if k == "S"]
     reduce = [i for i, k in enumerate(kinds) if k == "R"]
-    extents = [int(iv.dom.extent) for iv in ivs]
+    extents = [_extent(iv.dom.extent) for iv in ivs]
     vec = spatial[-1] if spatial else None
     width = _vector_width(extents[vec], lanes) if vec is not None else 0
     if vec is not None and not width:
         vec, width = _transposed_vector_axis(sch, block, spatial, extents, lanes) or (vec, 0)
         ivs = sch.get(block).iter_vars
+        if not width and extents[vec] is None:  # no constant axis to vectorise: the symbolic one, with a tail
+            width = 2 * lanes
     if not width or not _contiguous(sch.get(block), ivs[vec].var):
         if spatial:
             sch.reorder(*[loops[i] for i in spatial + reduce])
@@ -251,26 +254,77 @@ def _tile_reduction(sch, block, lanes: int) -> None:
     tiled = {vec: vec_o}
     inner = [vec_i]
     if row is not None:
-        row_o, row_i = sch.split(loops[row], [None, _largest_divisor(extents[row], _rows(width, lanes))])
+        rows = _rows(width, lanes)
+        row_o, row_i = sch.split(loops[row], [None, rows if extents[row] is None
+                                              else _largest_divisor(extents[row], rows)])
         tiled[row] = row_o
         inner.insert(0, row_i)
     outer = [tiled.get(i, loops[i]) for i in spatial]
     if reuses:  # row blocks innermost: consecutive tiles reuse the vector operand (a conv's input pixels) in cache
         outer.append(outer.pop(spatial.index(row)))
-    sch.reorder(*outer, *[loops[i] for i in reduce], *inner)
-    fused = sch.fuse(*outer)
-    sch.parallel(fused)
+    tails = [tiled[i] for i in (vec, row) if i is not None and extents[i] is None]
+    anchor = _parallel_tiles(sch, outer, tails, [loops[i] for i in reduce], inner)
     consumers = [sch.cache_write(block, 0, "local")] if is_output_block(sch, block) else sch.get_consumers(block)
     for consumer in consumers:
         try:
-            sch.reverse_compute_at(consumer, fused, preserve_unit_loops=True)
+            sch.reverse_compute_at(consumer, anchor, preserve_unit_loops=True)
         except ScheduleError:
             continue  # stays at the root and is scheduled as elementwise
-        sch.vectorize(sch.get_loops(consumer)[-1])
+        _vectorize_innermost(sch, consumer, lanes)
     if row is not None:
         sch.unroll(inner[0])
     sch.vectorize(vec_i)
     sch.decompose_reduction(block, loops[reduce[0]])  # the init copies the unrolled, vectorised tile loops
+    for loop in tails:
+        _partition_tail(sch, loop)
+
+
+def _parallel_tiles(sch, outer, tails, reduce, inner):
+    """Order the tile loops (outer, reduction, in-register) and parallelise the outer ones; returns the innermost
+    outer loop, where the epilogue is computed. Constant extents: all outer loops fused into one parallel loop.
+    The outer loops of symbolic tiles (`tails`) stay unfused, innermost, so that TVM's loop partitioning can
+    separate their predicate-free tiles from the tail; one of them is the parallel loop when the other outer
+    loops have too few iterations to share among threads."""
+    rest = [loop for loop in outer if loop not in tails]
+    if tails and _few(sch, rest):
+        order = [*tails, *rest]
+        sch.reorder(*order, *reduce, *inner)
+        sch.parallel(tails[0])
+        return (rest or tails)[-1]
+    sch.reorder(*rest, *tails, *reduce, *inner)
+    fused = sch.fuse(*rest) if rest else None
+    if fused is not None:
+        sch.parallel(fused)
+    return tails[-1] if tails else fused
+
+
+def _few(sch, loops, minimum: int = 16) -> bool:
+    """The loops' iterations are a known number under `minimum` (too few to keep the cores busy)."""
+    total = 1
+    for loop in loops:
+        extent = sch.get(loop).extent
+        if not _const(extent):
+            return False
+        total *= int(extent)
+    return total < minimum
+
+
+def _partition_tail(sch, loop) -> None:
+    """Ask TVM's LoopPartition to peel the tail tile of a symbolic loop, so the other tiles run without the
+    bounds predicate and vectorise (the tail keeps its predicate and runs scalar)."""
+    sch.annotate(loop, "pragma_loop_partition_hint", 1)
+
+
+def _vectorize_innermost(sch, block, lanes: int) -> None:
+    """Vectorise a block's innermost loop: whole when constant, else by `lanes` with a partitioned tail."""
+    loop = sch.get_loops(block)[-1]
+    extent = sch.get(loop).extent
+    if _const(extent):
+        sch.vectorize(loop)
+        return
+    outer, vector = sch.split(loop, [None, lanes])
+    sch.vectorize(vector)
+    _partition_tail(sch, outer)
 
 
 def _transposed_vector_axis(sch, block, spatial, extents, lanes):
@@ -308,21 +362,32 @@ def _move_dim_last(sch, block, read: int, dim: int, rank: int) -> None:
 
 def _parallel_vectorize(sch, block, lanes: int) -> None:
     """Vectorise the innermost loop by whole vectors and parallelise the loops outside it. The innermost loop is
-    never fused into the parallel one: that would put div/mod index arithmetic on every element."""
+    never fused into the parallel one: that would put div/mod index arithmetic on every element. A symbolic
+    innermost extent is vectorised with a partitioned tail."""
     loops = sch.get_loops(block)
     if not loops:
         return
     extent = sch.get(loops[-1]).extent
-    if _const(extent) and int(extent) % lanes == 0:
+    tail = None
+    if not _const(extent):
+        tail, vector = sch.split(loops[-1], [None, lanes])
+        sch.vectorize(vector)
+        loops = [*loops[:-1], tail]
+    elif int(extent) % lanes == 0:
         outer, vector = sch.split(loops[-1], [None, lanes])
         sch.vectorize(vector)
         loops = [*loops[:-1], outer]
     sch.parallel(sch.fuse(*loops[:-1]) if len(loops) > 1 else loops[0])
+    if tail is not None:
+        _partition_tail(sch, tail)
 
 
-def _vector_width(extent: int, lanes: int) -> int:
+def _vector_width(extent: int | None, lanes: int) -> int:
     """Two vectors per row when the extent allows (hides FMA latency), else one, else a narrower register (AVX-512
-    with rows of 40 or 20 pixels: 8 or 4 lanes, in a ymm or xmm register), else none."""
+    with rows of 40 or 20 pixels: 8 or 4 lanes, in a ymm or xmm register), else none (and none for a symbolic
+    extent)."""
+    if extent is None:
+        return 0
     widths = (2 * lanes, lanes, lanes // 2, lanes // 4)
     return next((w for w in widths if w >= _MIN_LANES and extent % w == 0), 0)
 
@@ -350,7 +415,7 @@ def _row_axis(block, ivs, spatial, vec, extents):
     """The spatial axis tiled into register rows: prefer one the vector operand does not depend on (output
     channels of a conv, rows of a matmul), so each loaded vector feeds several accumulators. Returns
     (axis or None, whether the vector operand is reused across it)."""
-    candidates = [i for i in spatial if i != vec and extents[i] > 1]
+    candidates = [i for i in spatial if i != vec and (extents[i] is None or extents[i] > 1)]
     if not candidates:
         return None, False
     vec_reads = [r for r in block.reads if _uses(r.region[-1].min, ivs[vec].var)]
@@ -369,3 +434,8 @@ def _is_reduce_iv(iv) -> bool:
 
 def _const(expr) -> bool:
     return isinstance(expr, (int, tirx.IntImm))
+
+
+def _extent(expr) -> int | None:
+    """A loop or block-iter extent as an int; None when it is symbolic (a dynamic dimension)."""
+    return int(expr) if _const(expr) else None

@@ -36,14 +36,15 @@ def machine() -> dict:
 
 
 def model_cases() -> list[ModelCase | AppCase]:
-    from ..apps.spec import QuantRecipe
+    from ..apps.spec import DynamicBench, QuantRecipe
     from ..zoo import conv_attention
 
     module, inputs = conv_attention()
     import torch
 
     calib = [(torch.randn(*inputs[0].shape, generator=torch.Generator().manual_seed(i)),) for i in range(8)]
-    cases = [ModelCase("conv_attention", module, inputs, int8=QuantRecipe(calib))]
+    dynamic = DynamicBench("input0:2=h:16..128,3=w:16..128", ({"h": 32, "w": 32}, {"h": 97, "w": 61}))
+    cases = [ModelCase("conv_attention", module, inputs, int8=QuantRecipe(calib), dynamic=dynamic)]
     for app in registry.apps():
         cases.extend(app.bench_cases())
     return cases
@@ -101,6 +102,71 @@ def bench_model(case: ModelCase, workdir: Path | None, iters: int, progress) -> 
               "p50_ms": None, "p90_ms": None, "min_ms": None, "payload_bytes": None, "peer": None,
               "ratio_to_best_peer": None, "error": error} for (impl, precision), error in failures.items()]
     return rows
+
+
+def bench_dynamic(case: ModelCase, workdir: Path | None, iters: int, progress) -> list[dict]:
+    """Rows `suite: dynamic` of a case with a DynamicBench: per backend and size, "BACKEND dynamic" (the one artifact
+    compiled with the case's --dynamic) and "BACKEND static" (compiled for that size), timed call by call in turn so
+    that the machine's drift falls on both; the dynamic row's ratio is its p50 over the static one's."""
+    import torch
+
+    from .. import load
+    from ..compile import cache, dynamic
+    from ..errors import EdgekitError
+
+    example = [t.numpy() for t in case.inputs]
+    dims = dynamic.normalize(case.dynamic.dynamic, [f"input{i}" for i in range(len(example))])
+    rows = []
+
+    def row(impl, shape, stats=None, payload=None, ratio=None, error=None):
+        return {"suite": "dynamic", "case": case.name, "impl": impl, "precision": "fp32", "shape": shape,
+                **{k: (stats or {}).get(k) for k in ("p50_ms", "p90_ms", "min_ms")}, "payload_bytes": payload,
+                "peer": impl.replace("dynamic", "static") if ratio else None, "ratio_to_best_peer": ratio,
+                **({"error": error} if error else {})}
+
+    def compiled(inputs, **options):
+        art = cache.compiled(case.module, inputs, name=case.name, backend=backend, cache_dir=workdir,
+                             **case.tolerance.options(), **options)
+        model = load(art, trust=False)  # the compiled-model cache's own entry
+        return model, sum((art / f).stat().st_size for f in model.manifest.files)
+
+    for backend in compiled_backends():
+        progress(f"{case.name}: {backend} dynamic")
+        try:
+            dyn, dyn_bytes = compiled(case.inputs, dynamic_shapes=case.dynamic.dynamic)
+        except EdgekitError as exc:
+            rows.append(row(f"{backend} dynamic", None, error=str(exc).splitlines()[0]))
+            continue
+        for size in case.dynamic.sizes:
+            inputs = dynamic.inputs_at(dims, example, size)
+            shape = [list(x.shape) for x in inputs]
+            progress(f"{case.name}: {backend} static {dynamic.shape_text(inputs)}")
+            try:
+                static, static_bytes = compiled(tuple(torch.from_numpy(x) for x in inputs))
+            except EdgekitError as exc:
+                rows.append(row(f"{backend} static", shape, error=str(exc).splitlines()[0]))
+                continue
+            times = _alternating([dyn, static], inputs, iters)
+            ratio = times[0]["p50_ms"] / times[1]["p50_ms"]
+            rows += [row(f"{backend} dynamic", shape, times[0], dyn_bytes, ratio),
+                     row(f"{backend} static", shape, times[1], static_bytes)]
+    return rows
+
+
+def _alternating(models, inputs, iters: int, warmup: int = 2) -> list[dict]:
+    """Each model's timing stats of `run(inputs)`, the models called in turn on every iteration."""
+    from ..runtimes.base import summarize
+
+    for model in models:
+        for _ in range(warmup):
+            model.run(inputs)
+    times = [[] for _ in models]
+    for _ in range(max(1, iters)):
+        for model, ts in zip(models, times):
+            t0 = time.perf_counter()
+            model.run(inputs)
+            ts.append((time.perf_counter() - t0) * 1e3)
+    return [summarize(ts) for ts in times]
 
 
 DEVICE_BACKEND = "tvm"  # what rpc:// and tracker:// devices run
@@ -287,6 +353,8 @@ def _run_here(cases, kernels, cache_dir, iters: int, progress) -> tuple[list[dic
                              "error": str(exc).splitlines()[0]})
         else:
             rows += bench_model(case, cache_dir, iters, progress)
+            if case.dynamic:
+                rows += bench_dynamic(case, cache_dir, iters, progress)
         seconds[case.name] = round(time.perf_counter() - t0, 1)
     t0 = time.perf_counter()
     kernel_rows, limits = bench_kernels(kernels, progress)
