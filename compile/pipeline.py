@@ -276,11 +276,17 @@ def _lower(lowering, source, tgt, out):
     except EdgekitError:
         raise
     except Exception as exc:
+        text = " ".join(str(exc).split())[:300] or type(exc).__name__
+        others = [b for b in backends.names() if b != lowering.name]
+        if getattr(source, "dynamic", None) and not (isinstance(source, sources.FileSource) and source.kind == "onnx"):
+            sizes = ", ".join(f"{d.name} {d.min}..{d.max}" for d in dynamic.symbols(source.dynamic).values())
+            raise EdgekitError(f"{lowering.name} failed to lower {source.name} with dynamic sizes ({sizes}) for "
+                               f"{tgt.name} ({type(exc).__name__}: {text}). Try --backend {' or '.join(others)}, or "
+                               "compile without --dynamic (one artifact per size).") from None
         if not (isinstance(source, sources.FileSource) and source.kind == "onnx"):
             raise
         from .onnx_model import nodes_named_in
 
-        text = " ".join(str(exc).split())[:300] or type(exc).__name__
         others = [b for b in backends.names() if b != lowering.name and "onnx" in backends.get(b).sources]
         nodes = nodes_named_in(source.path, text)
         at = f" at {', '.join(nodes[:3])}{' ...' if len(nodes) > 3 else ''}" if nodes else ""

@@ -21,7 +21,7 @@ from scipy.special import logsumexp
 from .common import CACHE_LEN, Graph
 from .ctc_beam import BeamOptions, Scorer, beam_search
 from .features import HOP, SAMPLE_RATE, pad_window
-from .samba import SUBSAMPLE, greedy_ctc
+from .samba import MIN_HOPS, SUBSAMPLE, frame_audio, greedy_ctc
 
 MAX_TOKENS_PER_SECOND = 10   # fast speech is ~5; the cap stops a looping decode early
 TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
@@ -138,13 +138,19 @@ class StepDecoder:
 
 
 class SambaApp:
-    """`app(audio_16k) -> text` with Samba-ASR. graph: audio (1, samples) -> CTC log-probabilities and encoder
-    states; `samples` the compiled window it takes (audio is padded to it; None: any length). With `beam` and
-    `scorer` (the decoder), CTC prefix beam search with the decoder's scores added; without, the best path."""
+    """`app(audio_16k) -> text` with Samba-ASR. With `beam` and `scorer` (the decoder), CTC prefix beam search with
+    the decoder's scores added; without, the best path.
 
-    def __init__(self, graph: Graph, window: int, samples: int | None = None, beam: BeamOptions | None = None,
-                 scorer: Scorer | None = None):
-        self.graph, self.window, self.samples, self.beam, self.scorer = graph, window, samples, beam, scorer
+    graph: audio -> CTC log-probabilities and encoder states. `max_hops` None: the graph takes (1, samples) of any
+    length (eager). Else a compiled SambaFramedGraph, (1, hops, HOP) for min_hops..max_hops hops: with a dynamic
+    length (min_hops MIN_HOPS) each utterance is zero-padded to the next hop (and to 0.5 s), never to the window;
+    a static graph (min_hops = max_hops) takes the window, which audio is padded to. Longer audio is cut to
+    max_hops."""
+
+    def __init__(self, graph: Graph, window: int, max_hops: int | None = None, beam: BeamOptions | None = None,
+                 scorer: Scorer | None = None, min_hops: int = MIN_HOPS):
+        self.graph, self.window, self.max_hops, self.beam, self.scorer = graph, window, max_hops, beam, scorer
+        self.min_hops = min_hops
 
     def warm_up(self) -> SambaApp:
         self(np.zeros(SAMPLE_RATE, np.float32))
@@ -153,11 +159,14 @@ class SambaApp:
     def __call__(self, audio: np.ndarray, draft: str = "") -> str:
         """`draft` is accepted for the live streamer's sake and not needed: CTC decoding is one pass."""
         frames = max((len(audio) // HOP + 1) // SUBSAMPLE, 1)
-        x = pad_window(audio, self.samples) if self.samples else audio[None].astype(np.float32)
+        if self.max_hops is None:
+            x = audio[None].astype(np.float32)
+        else:
+            x = frame_audio(audio, self.max_hops, self.min_hops)
         log_probs, encoded = self.graph(x)
         if self.beam is None:
             return greedy_ctc(log_probs[0, :frames])
-        # the encoder is causal: its states for the audio are the same with or without the window's padding
+        # the encoder is causal: its states for the audio are the same with or without the padding after it
         return beam_search(log_probs[0, :frames], self.scorer, encoded[:, :frames], self.beam)
 
 

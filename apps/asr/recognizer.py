@@ -6,20 +6,20 @@ from pathlib import Path
 
 import torch
 
-from edgekit.apps.runners import check_backend
+from edgekit.apps.runners import check_backend, runner
 from edgekit.errors import EdgekitError
 
 from .app import SambaApp, StepDecoder, Vocabulary, WhisperApp
-from .common import BACKENDS, CACHE_LEN, Graph, default_model_dir, graph
+from .common import BACKENDS, CACHE_LEN, VERIFY_TOLERANCE, Graph, default_model_dir, graph
 from .convert_ct2 import load_whisper
 from .ctc_beam import BeamOptions
-from .features import SAMPLE_RATE, WINDOW_SECONDS
-from .samba import WEIGHTS, SambaGraph, load
+from .features import HOP, SAMPLE_RATE, WINDOW_SECONDS
+from .samba import DYNAMIC_BACKENDS, MIN_HOPS, WEIGHTS, SambaFramedGraph, SambaGraph, dynamic_range, load
 from .samba_decoder import decoder_scorer
 from .whisper import CachedDecoder, Whisper, WhisperDecoderStep, WhisperEncoder, example_inputs
 
 __all__ = ["BACKENDS", "CACHE_LEN", "SambaRecognizer", "StepDecoder", "WhisperRecognizer", "default_model_dir",
-           "graphs"]
+           "graphs", "samba_graph"]
 
 
 class WhisperRecognizer(WhisperApp):
@@ -62,18 +62,38 @@ def graphs(whisper: Whisper, backend: str, artifacts, samples: int,
 
 
 class SambaRecognizer(SambaApp):
-    """`recognizer(audio_16k) -> text` with Samba-ASR: eager (the edgekit scan kernel) or a compiled graph for
-    `window` seconds (audio is padded to it; longer audio: see `vad.windows`)."""
+    """`recognizer(audio_16k) -> text` with Samba-ASR: eager (the edgekit scan kernel, any length) or a compiled
+    graph. On DYNAMIC_BACKENDS (ONNX Runtime, TVM) one artifact with a dynamic length, 0.5 s to `window` seconds: each
+    utterance runs at its own length, padded only to the next 10 ms hop; on the others a static `window`-second
+    graph that audio is padded to. Longer audio is cut to the window (see `vad.windows`)."""
 
     def __init__(self, weights=None, backend: str = "eager", artifacts=None, window: int = 10):
         check_backend(backend)
+        if window < 1:
+            raise EdgekitError(f"window {window} s: Samba windows are 1 s or longer. Pass --window 1 or more.")
         self.model = load(weights or WEIGHTS)
-        samples = window * SAMPLE_RATE
-        ctc = graph(SambaGraph(self.model).eval(), (torch.zeros(1, samples),), f"samba-ctc-{window}s", backend,
-                    artifacts)
+        max_hops = min_hops = window * SAMPLE_RATE // HOP
+        if backend == "eager":
+            ctc, max_hops = graph(SambaGraph(self.model).eval(), (torch.zeros(1, window * SAMPLE_RATE),),
+                                  f"samba-ctc-{window}s", backend, artifacts), None
+        else:
+            ctc = samba_graph(self.model, backend, artifacts, window)
+            if backend in DYNAMIC_BACKENDS:
+                min_hops = MIN_HOPS
         # With a decoder: CTC beam search with its scores added, the settings training chose (ctc_beam.py).
         beam = scorer = None
         if self.model.decoder is not None:
             beam = BeamOptions(**self.model.meta.get("beam", {}))
             scorer = decoder_scorer(self.model, backend, artifacts, beam.beam)
-        super().__init__(ctc, window, None if backend == "eager" else samples, beam, scorer)
+        super().__init__(ctc, window, max_hops, beam, scorer, min_hops)
+
+
+def samba_graph(model, backend: str, artifacts, window: int) -> Graph:
+    """The compiled Samba graph (SambaFramedGraph) up to `window` s as a numpy callable on `backend`: on
+    DYNAMIC_BACKENDS one artifact for 0.5 s .. `window` s (samba.dynamic_range; verified at its shortest, an odd and
+    its longest length), elsewhere a static one for `window` s."""
+    example = (torch.zeros(1, window * SAMPLE_RATE // HOP, HOP),)
+    if backend not in DYNAMIC_BACKENDS:
+        return graph(SambaFramedGraph(model).eval(), example, f"samba-ctc-{window}s", backend, artifacts)
+    return runner(SambaFramedGraph(model).eval(), example, f"samba-ctc-dyn-{window}s", backend,
+                  cache_dir=artifacts, progress=True, dynamic_shapes=dynamic_range(window), **VERIFY_TOLERANCE)

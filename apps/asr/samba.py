@@ -26,7 +26,7 @@ from edgekit.errors import EdgekitError
 from edgekit.kernels.scan.mamba_block import MambaBlock
 
 from .common import ALPHABET
-from .features import HOP, N_FFT, LogMel
+from .features import HOP, N_FFT, SAMPLE_RATE, LogMel
 
 WEIGHTS = Path(__file__).with_name("weights") / "samba.pt"
 SUBSAMPLE = 4  # 100 log-mel frames/s -> 25 encoder frames/s: 1.5-2 frames a character at 170 words/min
@@ -232,6 +232,41 @@ class SambaGraph(nn.Module):
     def forward(self, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         encoded = self.model.encoder(self.front(audio))
         return F.log_softmax(self.model.head(encoded), dim=-1), encoded
+
+
+class SambaFramedGraph(SambaGraph):
+    """SambaGraph over audio cut into hops: (1, hops, HOP) -> the same outputs as SambaGraph on (1, hops * HOP).
+
+    The compiled form, with `hops` a dynamic axis (`dynamic_range`): the encoder is a Mamba scan and takes any
+    length, but the log-mel frame count is samples // HOP, and torch.export cannot prove the guards that floor
+    division leaves over a raw sample count; in hops the frame count is the axis itself. Callers pad audio to
+    the next multiple of HOP (at most 9.9 ms), not to a window."""
+
+    def forward(self, hops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return super().forward(hops.flatten(1))
+
+
+MIN_HOPS = 50  # 0.5 s: the shortest audio a compiled Samba graph takes (shorter audio is zero-padded to it)
+# Backends whose Samba artifact takes a dynamic length. ExecuTorch's XNNPACK delegate refuses a reshape of the
+# chunked scan with two dynamic dimensions: there the graph stays static, one window long, and audio is padded to it.
+DYNAMIC_BACKENDS = ("onnxruntime", "tvm")
+
+
+def dynamic_range(window: int) -> str:
+    """compile_model's dynamic_shapes for SambaFramedGraph: 0.5 s .. `window` seconds, in hops of HOP samples."""
+    return f"input0:1=hops:{MIN_HOPS}..{window * SAMPLE_RATE // HOP}"
+
+
+def frame_audio(audio: np.ndarray, max_hops: int | None = None, min_hops: int = MIN_HOPS) -> np.ndarray:
+    """(samples,) float audio -> (1, hops, HOP) float32 for SambaFramedGraph: zero-padded to the next multiple of
+    HOP and to at least `min_hops` hops (a static graph: min_hops = max_hops); cut to `max_hops` (None: not cut)."""
+    hops = max(-(-len(audio) // HOP), min_hops)
+    if max_hops is not None:
+        hops = min(hops, max_hops)
+    out = np.zeros(hops * HOP, np.float32)
+    n = min(len(audio), len(out))
+    out[:n] = audio[:n]
+    return out.reshape(1, hops, HOP)
 
 
 def encode_text(text: str) -> list[int]:

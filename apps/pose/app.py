@@ -149,11 +149,16 @@ class PoseApp:
 
 class TrackLifter:
     """3D joints per tracked person: the lifter (numpy (1, T, 17, 2) normalised window -> [(1, T, 17, 3)]) runs
-    on the last `frames` 2D poses of the person's track, the first one repeated until the track is that long,
-    and the window's last output is the person's 17 joints (metres, root-relative, camera axes)."""
+    on the person's track so far, at most its last `frames` 2D poses, and the window's last output is the person's
+    17 joints (metres, root-relative, camera axes). A lifter that takes `min_frames`..`frames` frames (a dynamic
+    frame axis; model.lifter_runner gives both) gets the frames the track has, from its first frame on; a track
+    shorter than `min_frames` (default: `frames`, a fixed-window lifter) has its first pose repeated up to it."""
 
-    def __init__(self, lifter: Model, frames: int):
-        self.lifter, self.frames = lifter, frames
+    def __init__(self, lifter: Model, frames: int, min_frames: int | None = None):
+        min_frames = frames if min_frames is None else min_frames
+        if not 1 <= min_frames <= frames:
+            raise EdgekitError(f"TrackLifter: min_frames {min_frames} must be in 1..frames ({frames}).")
+        self.lifter, self.frames, self.min_frames = lifter, frames, min_frames
         self.history: dict[int, list[np.ndarray]] = {}
 
     def __call__(self, persons: Sequence[Person]) -> list[np.ndarray]:
@@ -161,7 +166,7 @@ class TrackLifter:
         for person in persons:
             past = (self.history.get(person.track, []) + [skeleton.from_blazepose(person.keypoints[:, :2])])
             history[person.track] = past = past[-self.frames:]
-            window = np.stack([past[0]] * (self.frames - len(past)) + past)
+            window = np.stack([past[0]] * (self.min_frames - len(past)) + past)
             joints.append(self.lifter(skeleton.normalize(window)[None])[0][0, -1])
         self.history = history  # a track not seen in this frame has ended
         return joints

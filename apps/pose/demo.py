@@ -115,7 +115,7 @@ def eval_3d_command(args) -> int:
 
     if args.sequences < 1:
         raise EdgekitError("--sequences must be at least 1.")
-    ktpformer, frames = lifter_runner(args.backend, args.artifacts, args.lifter)
+    ktpformer, frames, _ = lifter_runner(args.backend, args.artifacts, args.lifter)
     mlp = lifting.load(args.baseline or lifting.MLP_WEIGHTS)
     data = pose_eval.held_out(args.sequences, **({} if args.seed is None else {"seed": args.seed}))
     if args.backend == "eager":

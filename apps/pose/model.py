@@ -13,8 +13,8 @@ from edgekit.compile.tflite_import import load_tflite
 from edgekit.apps.spec import CompileSpec, Tolerance
 from edgekit.errors import EdgekitError
 
-__all__ = ["BACKENDS", "BlazePose", "Network", "Runner", "VERIFY_TOLERANCE", "compile_models", "lifter_network",
-           "lifter_runner", "runners"]
+__all__ = ["BACKENDS", "BlazePose", "Network", "Runner", "VERIFY_TOLERANCE", "compile_models",
+           "lifter_dynamic_shapes", "lifter_network", "lifter_runner", "runners"]
 DETECTOR_FILE = "pose_detection.tflite"
 LANDMARK_FILE = "pose_landmark_full.tflite"
 
@@ -70,16 +70,31 @@ def lifter_network(weights: str | Path | None = None) -> Network:
     return Network(model, (example,))
 
 
-def lifter_runner(backend: str, artifacts=None, weights: str | Path | None = None) -> tuple[Runner, int]:
-    """(lifter, window frames): the lifter as a numpy callable on `backend`. Eager runs attention through
-    edgekit.kernels.attention; compiled artifacts come from the compiled-model cache in `artifacts` (None:
+def lifter_dynamic_shapes(module: torch.nn.Module) -> str | None:
+    """compile_model's dynamic_shapes for the lifter: KTPFormer takes any window of MIN_FRAMES..frames frames (axis 1
+    of its one input, named `frames`); None for a single-frame lifter (the MLP), whose artifact stays static."""
+    frames = getattr(module, "frames", 1)
+    if not isinstance(module, lifting.KTPFormer) or frames <= lifting.MIN_FRAMES:
+        return None
+    return f"input0:1=frames:{lifting.MIN_FRAMES}..{frames}"
+
+
+def lifter_runner(backend: str, artifacts=None, weights: str | Path | None = None) -> tuple[Runner, int, int]:
+    """(lifter, window frames, fewest frames): the lifter as a numpy callable on `backend`, taking (1, T, 17, 2)
+    windows of any T in fewest..window (KTPFormer: MIN_FRAMES..frames; the MLP: 1). Eager runs attention through
+    edgekit.kernels.attention; a compiled KTPFormer is ONE artifact with a dynamic frame axis (lifter_dynamic_shapes,
+    verified at the smallest, an odd and the largest T) from the compiled-model cache in `artifacts` (None:
     edgekit.paths.artifact_cache()), keyed by the weights, so retrained weights get a new artifact."""
     check_backend(backend)
     network = lifter_network(weights)
+    module = network.module
     if backend == "eager":
-        lifting.use_kernel(network.module)
+        lifting.use_kernel(module)
     path = Path(weights) if weights else lifting.KTPFORMER_WEIGHTS
-    return run_network(network, path.stem, backend, artifacts, tolerance={}), network.module.frames
+    dynamic = lifter_dynamic_shapes(module)
+    options = {"dynamic_shapes": dynamic} if dynamic and backend != "eager" else {}
+    fewest = lifting.MIN_FRAMES if dynamic else module.frames
+    return run_network(network, path.stem, backend, artifacts, tolerance={}, **options), module.frames, fewest
 
 
 def runners(model: BlazePose, backend: str, artifacts=None) -> tuple[Runner, Runner]:
@@ -90,7 +105,9 @@ def runners(model: BlazePose, backend: str, artifacts=None) -> tuple[Runner, Run
             run_network(model.landmarker, "pose_landmark_full", backend, artifacts))
 
 
-def run_network(network: Network, name: str, backend: str, artifacts=None, tolerance: dict | None = None) -> Runner:
-    """One network on `backend`, verified within VERIFY_TOLERANCE (or `tolerance`) when compiled."""
+def run_network(network: Network, name: str, backend: str, artifacts=None, tolerance: dict | None = None,
+                **options) -> Runner:
+    """One network on `backend`, verified within VERIFY_TOLERANCE (or `tolerance`) when compiled; options:
+    compile_model's (e.g. dynamic_shapes)."""
     return runner(network.module, network.example_inputs, name, backend, cache_dir=artifacts, files=network.files,
-                  **(VERIFY_TOLERANCE if tolerance is None else tolerance))
+                  **(VERIFY_TOLERANCE if tolerance is None else tolerance), **options)

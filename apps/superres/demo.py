@@ -15,7 +15,8 @@ from edgekit.apps.progress import JsonLines, say
 from edgekit.apps.video import LiveSource, Sink, add_live_arguments, show, use_window
 from edgekit.errors import EdgekitError
 
-from .app import BACKENDS, CACHE_HELP, build_sr, check_tiling, upscale_image, upscale_rgb
+from .app import (BACKENDS, CACHE_HELP, MAX_TILE, MIN_SIZE, build_sr, check_tiling, tiling_for, upscale_image,
+                  upscale_rgb)
 from .eval import evaluate
 from .model import SCALES, check_scale
 
@@ -23,6 +24,9 @@ FORMATTER = argparse.ArgumentDefaultsHelpFormatter
 WINDOW = "edgekit superres (q to quit)"
 COMPARE_DEFAULT = Path("-")  # --compare without a name: beside the output
 COMPARE_CROP = 160  # output pixels per side of the --compare crop, shown at twice that size
+# run/live --tile: the largest LR piece per model call; 640 runs a VGA frame (640x480) or smaller in one call, and
+# compiled backends build one artifact for every LR side in 16..640
+TILE = 640
 
 
 def register(subparsers) -> None:
@@ -32,8 +36,9 @@ def register(subparsers) -> None:
 
     ev = commands.add_parser("eval", help="PSNR-Y/SSIM-Y on an HR image folder (SR-literature protocol)",
                              formatter_class=FORMATTER)
-    # 56: every Set5/Set14 LR image at x2-x4 is at least this big, so no image is padded to the tile
-    _model_args(ev, tile=56, overlap=12)
+    # 56: every Set5/Set14 LR image at x2-x4 is at least this big, so no image is padded to an int8 artifact's
+    # tile, and the int8 recipe calibrates on 56x56 LR tiles
+    _model_args(ev, tile=56, overlap=12, int8=True)
     ev.add_argument("--data", default=_default_data("Set5"), help="folder of HR images; None: $EDGEKIT_DATA/sr/Set5")
     ev.add_argument("--quantize", choices=["int8"], help="evaluate a quantized compiled artifact")
     ev.add_argument("--calibration", default=_default_data("Set14"),
@@ -49,23 +54,28 @@ def register(subparsers) -> None:
     run.add_argument("--compare", type=Path, nargs="?", const=COMPARE_DEFAULT, metavar="IMAGE",
                      help="also write a side-by-side crop, bicubic | CFSR, of the region the model changes most "
                           "(without IMAGE: OUTPUT's name with -compare.png)")
-    _model_args(run, tile=128, overlap=16)
+    _model_args(run, tile=TILE, overlap=16)
     add_media_arguments(run)
     run.set_defaults(func=_run)
 
     live = commands.add_parser("live", help="side-by-side bicubic vs CFSR on a camera, file or stream",
                                formatter_class=FORMATTER)
     add_live_arguments(live)
-    _model_args(live, tile=128, overlap=16)
+    _model_args(live, tile=TILE, overlap=16)
     live.set_defaults(func=_live)
 
 
-def _model_args(parser: argparse.ArgumentParser, tile: int, overlap: int) -> None:
+def _model_args(parser: argparse.ArgumentParser, tile: int, overlap: int, int8: bool = False) -> None:
     parser.add_argument("--scale", type=int, default=4, choices=SCALES, help="upscaling factor")
     parser.add_argument("--weights", help="CFSR_x{S}.pth checkpoint; None: $EDGEKIT_WEIGHTS/cfsr/CFSR_x{S}.pth")
     parser.add_argument("--backend", default="eager", choices=BACKENDS, help="eager is the PyTorch reference")
     parser.add_argument("--target", default="host", help="compile target for compiled backends")
-    parser.add_argument("--tile", type=int, default=tile, help="LR tile size (compiled artifacts' input shape)")
+    parser.add_argument("--tile", type=int, default=tile,
+                        help="largest LR piece run in one model call: an image with both sides <= TILE runs whole, a "
+                             "larger one in overlapping TILE x TILE tiles. A compiled backend builds one artifact for "
+                             f"every LR side in {MIN_SIZE}..TILE (TILE at most {MAX_TILE}; smaller images are mirrored "
+                             f"up to {MIN_SIZE})" + ("; a --quantize int8 artifact takes exactly TILE x TILE and "
+                                                     "calibrates on TILE x TILE LR tiles" if int8 else ""))
     parser.add_argument("--overlap", type=int, default=overlap, help="LR context pixels around each tile")
     parser.add_argument("--cache", type=Path, help=CACHE_HELP)
 
@@ -78,11 +88,9 @@ def _default_data(name: str) -> str | None:
 
 def _sr_from_args(args: argparse.Namespace, quantize: str | None = None, calibration: str | None = None):
     check_scale(args.scale)
-    check_tiling(args.tile, args.overlap)
+    check_tiling(args.tile, args.overlap, args.backend)
     sr = build_sr(args.backend, args.scale, args.weights, args.tile, args.target, quantize, calibration, args.cache)
-    # Eager takes any shape; compiled artifacts only their tile.
-    fixed = args.backend != "eager"
-    return sr, {"tile": args.tile, "overlap": args.overlap, "fixed_tile": fixed}
+    return sr, tiling_for(args.backend, args.tile, args.overlap, quantize)
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -111,7 +119,7 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def upscale_file(src, dst, scale: int = 4, backend: str = "eager", weights=None, tile: int = 128,
+def upscale_file(src, dst, scale: int = 4, backend: str = "eager", weights=None, tile: int = TILE,
                  overlap: int = 16, target: str = "host", cache=None, compare=None) -> Path:
     """Read `src`, super-resolve it, write `dst` (format from its suffix) and, with `compare`, the side-by-side crop
     there; the `run` command and `make demo`."""

@@ -23,7 +23,7 @@ from . import Lowered
 def import_relax(source: Source, target_dict: dict):
     """The model as a relax module; a dynamic axis is a symbolic variable whose bounds are attributes of `main`
     (TVM plans memory for the upper bound)."""
-    return _bounded_takes(_import_relax(source, target_dict))
+    return _inbound_slices(_bounded_takes(_import_relax(source, target_dict)))
 
 
 def _bounded_takes(mod):
@@ -44,6 +44,63 @@ def _bounded_takes(mod):
         if isinstance(fn, relax.Function):
             mod[gv] = BoundedTake(mod).visit_expr(fn)
     return mod
+
+
+def _inbound_slices(mod):
+    """`R.strided_slice` of symbolic bounds (a causal conv's `y[..., :L]` at a dynamic L) marked `assume_inbound`
+    where every begin and end provably lies within its axis: TVM 0.27 legalizes the unmarked form with a clamp
+    whose if_then_else it cannot type in a shape (relax "FInferType ... prim.if_then_else")."""
+    import tvm
+    from tvm import relax
+
+    analyzer = tvm.sym.Analyzer()
+
+    def proven(cond) -> bool:  # a bool when both sides are constants
+        if isinstance(cond, bool):
+            return cond
+        try:
+            return bool(analyzer.can_prove(cond))
+        except (TypeError, ValueError, RuntimeError):  # not an integer expression: not provably in bounds
+            return False
+
+    def inbound(call) -> bool:
+        x, axes, begin, end = call.args[:4]
+        strides = call.args[4] if len(call.args) > 4 else None
+        if not isinstance(x.ty, relax.TensorType) or x.ty.shape is None or not all(
+                isinstance(t, relax.Tuple) for t in (axes, begin, end)):
+            return False
+        if strides is not None and not (isinstance(strides, relax.Tuple)
+                                        and all(_prim(s) == 1 for s in strides.fields if isinstance(_prim(s), int))
+                                        and all(isinstance(_prim(s), int) for s in strides.fields)):
+            return False
+        for a, b, e in zip(axes.fields, begin.fields, end.fields):
+            extent = x.ty.shape[int(_prim(a)) % x.ty.ndim]
+            b, e = _prim(b), _prim(e)
+            # b <= e: a begin of 0 needs no proof (e is a size, never negative)
+            if not all(proven(c) for c in (b >= 0, b == 0 or b <= e, e <= extent)):
+                return False
+        return True
+
+    @relax.expr_functor.mutator
+    class InboundSlice(relax.PyExprMutator):
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            if isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.strided_slice" \
+                    and not call.attrs.assume_inbound and inbound(call):
+                return relax.op.strided_slice(*call.args, assume_inbound=True)
+            return call
+
+    for gv, fn in list(mod.functions.items()):
+        if isinstance(fn, relax.Function):
+            mod[gv] = InboundSlice(mod).visit_expr(fn)
+    return mod
+
+
+def _prim(value):
+    """A slice bound: an int when constant, else the expression as given."""
+    from tvm import tirx
+
+    return int(value) if isinstance(value, tirx.IntImm) else value
 
 
 def _import_relax(source: Source, target_dict: dict):

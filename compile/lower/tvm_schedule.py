@@ -239,11 +239,13 @@ def _tile_reduction(sch, block, lanes: int) -> None:
     extents = [_extent(iv.dom.extent) for iv in ivs]
     vec = spatial[-1] if spatial else None
     width = _vector_width(extents[vec], lanes) if vec is not None else 0
-    if vec is not None and not width:
+    if vec is not None and not width and extents[vec] is None:
+        # a symbolic innermost axis (an image's width): two vectors with a peeled tail, still contiguous; moving a
+        # constant axis (channels) innermost instead would scatter every accumulator store across the image
+        width = 2 * lanes
+    elif vec is not None and not width:
         vec, width = _transposed_vector_axis(sch, block, spatial, extents, lanes) or (vec, 0)
         ivs = sch.get(block).iter_vars
-        if not width and extents[vec] is None:  # no constant axis to vectorise: the symbolic one, with a tail
-            width = 2 * lanes
     if not width or not _contiguous(sch.get(block), ivs[vec].var):
         if spatial:
             sch.reorder(*[loops[i] for i in spatial + reduce])
