@@ -51,7 +51,7 @@ def _inbound_slices(mod):
     where every begin and end provably lies within its axis: TVM 0.27 legalizes the unmarked form with a clamp
     whose if_then_else it cannot type in a shape (relax "FInferType ... prim.if_then_else")."""
     import tvm
-    from tvm import relax
+    from tvm import relax, tirx
 
     analyzer = tvm.sym.Analyzer()
 
@@ -63,21 +63,24 @@ def _inbound_slices(mod):
         except (TypeError, ValueError, RuntimeError):  # not an integer expression: not provably in bounds
             return False
 
+    def nonnegative(e) -> bool:  # a size variable is never negative (the analyzer does not know that)
+        return isinstance(e, tirx.Var) or proven(e >= 0)
+
     def inbound(call) -> bool:
         x, axes, begin, end = call.args[:4]
         strides = call.args[4] if len(call.args) > 4 else None
         if not isinstance(x.ty, relax.TensorType) or x.ty.shape is None or not all(
                 isinstance(t, relax.Tuple) for t in (axes, begin, end)):
             return False
-        if strides is not None and not (isinstance(strides, relax.Tuple)
-                                        and all(_prim(s) == 1 for s in strides.fields if isinstance(_prim(s), int))
-                                        and all(isinstance(_prim(s), int) for s in strides.fields)):
+        if strides is not None and not (isinstance(strides, relax.Tuple) and all(
+                isinstance(v, int) and v == 1 for v in map(_prim, strides.fields))):
             return False
         for a, b, e in zip(axes.fields, begin.fields, end.fields):
             extent = x.ty.shape[int(_prim(a)) % x.ty.ndim]
             b, e = _prim(b), _prim(e)
-            # b <= e: a begin of 0 needs no proof (e is a size, never negative)
-            if not all(proven(c) for c in (b >= 0, b == 0 or b <= e, e <= extent)):
+            # negative bounds count from the end: left to TVM's clamping legalization
+            if not (proven(b >= 0) and nonnegative(e) and (isinstance(b, int) and b == 0 or proven(b <= e))
+                    and proven(e <= extent)):
                 return False
         return True
 
