@@ -32,6 +32,19 @@ def paths_config(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Eager torch on one thread for a module's tests, as the CLI runs it with --threads 1: OpenMP threads spin-wait
+    when the CPU is oversubscribed (shared CI boxes), 10-30x slower. Modules opt in with
+    `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def shared() -> Path:
     if not SHARED.is_dir():

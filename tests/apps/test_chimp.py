@@ -19,6 +19,8 @@ from edgekit.apps.progress import read_json_lines
 from edgekit.cli import main as edgekit_main
 from edgekit.errors import EdgekitError
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 DEMO_VIDEO = Path(__file__).resolve().parents[2] / "../shared/data/chimp/demo.mp4"
 
 
@@ -36,14 +38,6 @@ def tiny(tmp_path_factory) -> Path:
     synth.write_dataset(root, videos=2, seed=4242, frames=24)
     return root
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The CLI runs eager torch on one thread (--threads); the in-process tests do the same."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

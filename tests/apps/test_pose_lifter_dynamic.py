@@ -12,15 +12,10 @@ from edgekit.apps.pose import lifter, model as pose_model, motion, skeleton
 from edgekit.compile import pipeline
 from edgekit.errors import EdgekitError
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 FRAMES = (lifter.MIN_FRAMES, 2, 13, lifter.WINDOW)  # the smallest, an even, an odd and the largest window
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -16,21 +16,14 @@ SHARED = Path(__file__).resolve().parents[2] / "../shared"
 WEIGHTS = SHARED / "weights"
 SET5 = SHARED / "data/sr/Set5"
 VIDEO = SHARED / "data/pose/vtest.avi"
-pytestmark = pytest.mark.skipif(not (WEIGHTS / "cfsr").is_dir() or not SET5.is_dir(),
-                                reason="shared CFSR weights / Set5 not found next to the repo (../shared)")
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"),
+              pytest.mark.skipif(not (WEIGHTS / "cfsr").is_dir() or not SET5.is_dir(),
+                                 reason="shared CFSR weights / Set5 not found next to the repo (../shared)")]
 
 
 def ckpt(scale: int) -> Path:
     return WEIGHTS / "cfsr" / f"CFSR_x{scale}.pth"
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """OpenMP threads spin-wait when the CPU is oversubscribed (shared CI boxes): 10-30x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
 
 from edgekit.apps.superres import app, eval as sr_eval
 from edgekit.compile import pipeline
@@ -17,17 +16,11 @@ from edgekit.errors import EdgekitError
 SHARED = Path(__file__).resolve().parents[2] / "../shared"
 CKPT = SHARED / "weights" / "cfsr" / "CFSR_x2.pth"
 SET5 = SHARED / "data" / "sr" / "Set5"
-pytestmark = pytest.mark.skipif(not CKPT.is_file() or not SET5.is_dir(),
-                                reason="shared CFSR weights / Set5 not found next to the repo (../shared)")
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"),
+              pytest.mark.skipif(not CKPT.is_file() or not SET5.is_dir(),
+                                 reason="shared CFSR weights / Set5 not found next to the repo (../shared)")]
 TILE, OVERLAP = 48, 8  # the artifact takes LR sides 16..48
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
