@@ -22,37 +22,50 @@ from . import Lowered
 
 def import_relax(source: Source, target_dict: dict):
     """The model as a relax module; a dynamic axis is a symbolic variable whose bounds are attributes of `main`
-    (TVM plans memory for the upper bound)."""
-    return _inbound_slices(_bounded_takes(_import_relax(source, target_dict)))
+    (TVM plans memory for the upper bound). Two rewrites of the frontends' calls follow (_rewrite_calls)."""
+    return _rewrite_calls(_import_relax(source, target_dict),
+                          {"relax.take": _bounded_take, "relax.strided_slice": _inbound_slice})
 
 
-def _bounded_takes(mod):
-    """`R.take(..., mode="fast")` (the frontends' select / index / Gather) as mode "clip": the same result for every
-    in-range index and none out of memory for the others; TVM prints a warning per fast-mode take it legalizes."""
+def _rewrite_calls(mod, rewrites: dict):
+    """Every relax function of `mod` with each call of an op named in `rewrites` ({op name: call -> new call, or
+    None to keep it}) replaced, in one walk."""
     import tvm
     from tvm import relax
 
     @relax.expr_functor.mutator
-    class BoundedTake(relax.PyExprMutator):
+    class Rewriter(relax.PyExprMutator):
         def visit_call_(self, call):
             call = super().visit_call_(call)
-            if isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.take" and call.attrs.mode == "fast":
-                return relax.op.take(call.args[0], call.args[1], axis=call.attrs.axis, mode="clip")
-            return call
+            rewrite = rewrites.get(call.op.name) if isinstance(call.op, tvm.ir.Op) else None
+            new = rewrite(call) if rewrite else None
+            return call if new is None else new
 
     for gv, fn in list(mod.functions.items()):
         if isinstance(fn, relax.Function):
-            mod[gv] = BoundedTake(mod).visit_expr(fn)
+            mod[gv] = Rewriter(mod).visit_expr(fn)
     return mod
 
 
-def _inbound_slices(mod):
+def _bounded_take(call):
+    """`R.take(..., mode="fast")` (the frontends' select / index / Gather) as mode "clip": the same result for every
+    in-range index and none out of memory for the others; TVM prints a warning per fast-mode take it legalizes."""
+    from tvm import relax
+
+    if call.attrs.mode != "fast":
+        return None
+    return relax.op.take(call.args[0], call.args[1], axis=call.attrs.axis, mode="clip")
+
+
+def _inbound_slice(call):
     """`R.strided_slice` of symbolic bounds (a causal conv's `y[..., :L]` at a dynamic L) marked `assume_inbound`
     where every begin and end provably lies within its axis: TVM 0.27 legalizes the unmarked form with a clamp
     whose if_then_else it cannot type in a shape (relax "FInferType ... prim.if_then_else")."""
     import tvm
     from tvm import relax, tirx
 
+    if call.attrs.assume_inbound:
+        return None
     analyzer = tvm.sym.Analyzer()
 
     def proven(cond) -> bool:  # a bool when both sides are constants
@@ -66,37 +79,22 @@ def _inbound_slices(mod):
     def nonnegative(e) -> bool:  # a size variable is never negative (the analyzer does not know that)
         return isinstance(e, tirx.Var) or proven(e >= 0)
 
-    def inbound(call) -> bool:
-        x, axes, begin, end = call.args[:4]
-        strides = call.args[4] if len(call.args) > 4 else None
-        if not isinstance(x.ty, relax.TensorType) or x.ty.shape is None or not all(
-                isinstance(t, relax.Tuple) for t in (axes, begin, end)):
-            return False
-        if strides is not None and not (isinstance(strides, relax.Tuple) and all(
-                isinstance(v, int) and v == 1 for v in map(_prim, strides.fields))):
-            return False
-        for a, b, e in zip(axes.fields, begin.fields, end.fields):
-            extent = x.ty.shape[int(_prim(a)) % x.ty.ndim]
-            b, e = _prim(b), _prim(e)
-            # negative bounds count from the end: left to TVM's clamping legalization
-            if not (proven(b >= 0) and nonnegative(e) and (isinstance(b, int) and b == 0 or proven(b <= e))
-                    and proven(e <= extent)):
-                return False
-        return True
-
-    @relax.expr_functor.mutator
-    class InboundSlice(relax.PyExprMutator):
-        def visit_call_(self, call):
-            call = super().visit_call_(call)
-            if isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.strided_slice" \
-                    and not call.attrs.assume_inbound and inbound(call):
-                return relax.op.strided_slice(*call.args, assume_inbound=True)
-            return call
-
-    for gv, fn in list(mod.functions.items()):
-        if isinstance(fn, relax.Function):
-            mod[gv] = InboundSlice(mod).visit_expr(fn)
-    return mod
+    x, axes, begin, end = call.args[:4]
+    strides = call.args[4] if len(call.args) > 4 else None
+    if not isinstance(x.ty, relax.TensorType) or x.ty.shape is None or not all(
+            isinstance(t, relax.Tuple) for t in (axes, begin, end)):
+        return None
+    if strides is not None and not (isinstance(strides, relax.Tuple) and all(
+            isinstance(v, int) and v == 1 for v in map(_prim, strides.fields))):
+        return None
+    for a, b, e in zip(axes.fields, begin.fields, end.fields):
+        extent = x.ty.shape[int(_prim(a)) % x.ty.ndim]
+        b, e = _prim(b), _prim(e)
+        # negative bounds count from the end: left to TVM's clamping legalization
+        if not (proven(b >= 0) and nonnegative(e) and (isinstance(b, int) and b == 0 or proven(b <= e))
+                and proven(e <= extent)):
+            return None
+    return relax.op.strided_slice(*call.args, assume_inbound=True)
 
 
 def _prim(value):
