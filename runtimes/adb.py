@@ -38,8 +38,10 @@ def run_adb(url: str, artifact_dir: Path, manifest, inputs: list[np.ndarray], *,
         staged = executorch_runner.write_inputs(work, inputs)
         _shell(adb, "mkdir", "-p", remote)
         _adb(adb, "push", runner, f"{DEVICE_DIR}/executorch_runner")
-        _adb(adb, "push", str(Path(artifact_dir) / entry), *map(str, staged), remote)
-        argv = executorch_runner.args(f"{remote}/{entry}", remote, benchmark)
+        kernels = [safe_name(k["file"], "a kernel library's file name")
+                   for k in manifest.backend_info.get("kernel_libraries", [])]
+        _adb(adb, "push", *(str(Path(artifact_dir) / name) for name in (entry, *kernels)), *map(str, staged), remote)
+        argv = executorch_runner.args(f"{remote}/{entry}", remote, benchmark, manifest)
         _shell(adb, "chmod", "+x", f"{DEVICE_DIR}/executorch_runner")
         try:
             proc = _shell(adb, f"{DEVICE_DIR}/executorch_runner", *argv)

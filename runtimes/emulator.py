@@ -219,7 +219,7 @@ def _run_executorch(root, work: Path, guest: str, manifest, inputs, bench: dict)
     executorch_runner.write_inputs(work, inputs)
     try:
         proc = _emulate(root, [f"/{RUNNER}", *executorch_runner.args(f"{guest}/artifact/{manifest.entry}", guest,
-                                                                      bench)])
+                                                                      bench, manifest)])
     except EdgekitError:
         executorch_runner.raise_refusal(work, manifest)  # an input the program cannot take: say which and why
         raise

@@ -1,9 +1,14 @@
 """ExecuTorch: model.pte through executorch.runtime (the Python runtime links libtorch, so torch loads here).
 
-The program loads from the verified bytes edgekit hashed (`payload`), not from the path."""
+The program loads from the verified bytes edgekit hashed (`payload`), not from the path; so do the artifact's
+custom-kernel libraries (manifest `kernel_libraries`), which register their ops with ExecuTorch when loaded."""
 from __future__ import annotations
 
+import ctypes
+import hashlib
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -15,10 +20,35 @@ def load(artifact_dir: Path, manifest, payload: dict[str, bytes] | None = None):
     _set_threads()
     if manifest.backend_info.get("attention") == "llama.custom_sdpa":
         from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401  (registers its kernels)
+    for entry in manifest.backend_info.get("kernel_libraries", []):
+        name = entry["file"]
+        _load_kernels(payload[name] if payload is not None else (Path(artifact_dir) / name).read_bytes())
     # from the verified bytes (load_program takes a buffer), not by reopening the path
     program = Runtime.get().load_program(payload[manifest.entry] if payload is not None
                                          else Path(artifact_dir) / manifest.entry)
     return program.load_method("forward"), program  # the program (and the buffer it reads) lives as long as the method
+
+
+_LOADED: dict[str, ctypes.CDLL] = {}  # sha256 of a kernel library -> its handle (loaded once; never unloaded)
+
+
+def _load_kernels(data: bytes) -> None:
+    """dlopen a kernel library from its verified bytes (a private file in a fresh 0700 directory, removed once
+    mapped); its static initialisers register its kernels with the libexecutorch.so executorch.runtime loaded."""
+    digest = hashlib.sha256(data).hexdigest()
+    if digest in _LOADED:
+        return
+    # the library leaves ExecuTorch's symbols to the libexecutorch.so in the process, which Python's import loaded
+    # privately (RTLD_LOCAL): make it global, without loading a second copy
+    ctypes.CDLL("libexecutorch.so", mode=os.RTLD_NOLOAD | os.RTLD_GLOBAL)
+    private = tempfile.mkdtemp(prefix="edgekit-kernels-")
+    try:
+        fd, path = tempfile.mkstemp(suffix=".so", dir=private)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        _LOADED[digest] = ctypes.CDLL(path)
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
 
 
 def _set_threads() -> None:

@@ -1,7 +1,10 @@
 // Runs an ExecuTorch .pte the way a phone does: C++ runtime + XNNPACK, no libtorch.
 // Built against the libexecutorch*.so and headers that the executorch wheel ships.
 //
-//   executorch_runner MODEL.pte DIR WARMUP ITERS
+//   executorch_runner MODEL.pte DIR WARMUP ITERS [KERNEL_LIBRARY...]
+//
+// Each KERNEL_LIBRARY (a shared library of custom kernels the artifact ships, e.g. edgekit's fused selective scan)
+// is loaded before the program: its static initialisers register its ops with this runtime's kernel registry.
 //
 // Input i of `forward` is two files, written by runtimes/executorch_runner.py:
 //   DIR/in<i>.shape  one line "DTYPE D0,D1,...": DTYPE as edgekit's manifest names it (float32, float16, int64,
@@ -26,6 +29,8 @@
 #include <sstream>
 #include <string>
 #include <vector>
+
+#include <dlfcn.h>
 
 #include <executorch/extension/module/module.h>
 #include <executorch/extension/tensor/tensor.h>
@@ -134,10 +139,12 @@ static bool read_exact(const std::string& path, std::vector<char>& buf, size_t n
 }
 
 int main(int argc, char** argv) {
-  if (argc != 5) return fail("usage: executorch_runner MODEL.pte DIR WARMUP ITERS");
+  if (argc < 5) return fail("usage: executorch_runner MODEL.pte DIR WARMUP ITERS [KERNEL_LIBRARY...]");
   const std::string dir = argv[2];
   const int warmup = std::stoi(argv[3]), iters = std::max(1, std::stoi(argv[4]));
   std::remove((dir + "/error.json").c_str());  // an earlier run's refusal (adb reuses DIR) is not this run's
+  for (int i = 5; i < argc; ++i)  // kept loaded for the life of the process: the registry points into them
+    if (dlopen(argv[i], RTLD_NOW | RTLD_LOCAL) == nullptr) return fail(std::string("cannot load ") + dlerror());
 
   Module module(argv[1], Module::LoadMode::Mmap);
   auto meta = module.method_meta("forward");

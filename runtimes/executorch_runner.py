@@ -37,9 +37,12 @@ def shape_line(x: np.ndarray) -> str:
     return f"{x.dtype.name} {','.join(str(d) for d in x.shape)}\n"
 
 
-def args(pte: str, work: str, benchmark: dict | None) -> list[str]:
+def args(pte: str, work: str, benchmark: dict | None, manifest=None) -> list[str]:
+    """The runner's command line; the artifact (directory of `pte`) ships its custom-kernel libraries beside it."""
     warmup, iters = (benchmark.get("warmup", 3), benchmark.get("iters", 20)) if benchmark else (0, 1)
-    return [pte, work, str(warmup), str(iters)]
+    folder = pte.rsplit("/", 1)[0]
+    kernels = [f"{folder}/{k['file']}" for k in (manifest.backend_info.get("kernel_libraries", []) if manifest else [])]
+    return [pte, work, str(warmup), str(iters), *kernels]
 
 
 def read_result(work: Path, manifest, stdout: str, benchmark: dict | None) -> tuple[list[np.ndarray], dict | None]:

@@ -1,6 +1,8 @@
 """Issue 6 acceptance 3 through the compile pipeline: a two-layer Mamba model whose scans are edgekit's kernel op
-compiles for host with every backend (ExecuTorch/ONNX Runtime get the chunked decomposition, TVM the TensorIR
-kernel) and matches eager within 1e-4."""
+compiles for host with every backend (ExecuTorch the native fused kernel it ships, ONNX Runtime the chunked
+decomposition, TVM the TensorIR kernel) and matches eager within 1e-4."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -36,9 +38,48 @@ def test_tvm_artifact_runs_the_scan_kernel(mamba, tmp_path):
     assert b"edgekit_selective_scan" in (art / "model.so").read_bytes()
 
 
-@pytest.mark.parametrize("backend", ["tvm", "onnxruntime"])
+def test_executorch_artifact_runs_the_native_kernel(mamba, tmp_path):
+    """Issue #28: the ExecuTorch program calls edgekit::selective_scan (no chunked decomposition) and the payload
+    carries the kernel library it registers, listed in the manifest with its sha256."""
+    model, inputs, _ = mamba
+    art = edgekit.compile_model(model, inputs, backend="executorch", output=tmp_path / "et")
+    manifest = json.loads((art / "manifest.json").read_text())
+    info = manifest["backend_info"]
+    assert info["scan"] == "edgekit fused kernel"
+    (lib,) = info["kernel_libraries"]
+    assert lib["ops"] == ["edgekit::selective_scan.out"] and lib["file"] in manifest["files"]
+    assert (art / lib["file"]).read_bytes()[:4] == b"\x7fELF"
+    assert b"edgekit::selective_scan" in (art / "model.pte").read_bytes()
+    assert "aten_cumsum_default" not in info["non_delegated_op_types"]
+
+
+def test_executorch_without_a_compiler_falls_back_to_the_decomposition(mamba, tmp_path, monkeypatch):
+    """No C++ compiler for the target: a warning that says so and how to fix it, and an artifact that still
+    matches eager through the chunked decomposition (recorded in the manifest)."""
+    from edgekit.compile.lower import executorch as lower_et
+
+    model, inputs, expected = mamba
+    monkeypatch.setattr(lower_et, "_native_compiler", lambda target: ("no-such-c++", []))
+    with pytest.warns(UserWarning, match="no-such-c\\+\\+.*not found.*Install the compiler"):
+        art = edgekit.compile_model(model, inputs, backend="executorch", output=tmp_path / "et")
+    info = json.loads((art / "manifest.json").read_text())["backend_info"]
+    assert info["scan"].startswith("chunked decomposition") and "kernel_libraries" not in info
+    assert "aten_cumsum_default" in info["non_delegated_op_types"]
+    (got,) = edgekit.load(art).run([inputs[0].numpy()])
+    assert np.abs(got - expected).max() <= 1e-4
+    # the decomposition cannot take a dynamic length (XNNPACK: one dynamic dim per reshape, and it reshapes L into
+    # chunks): a clear refusal naming the sizes and the other backends, nothing written
+    with pytest.warns(UserWarning), pytest.raises(
+            EdgekitError, match=r"executorch failed to lower .* with dynamic sizes \(L 8\.\.128\)"):
+        edgekit.compile_model(model, inputs, backend="executorch", output=tmp_path / "dyn",
+                              dynamic_shapes="hidden:1=L:8..128")
+    assert not (tmp_path / "dyn").exists()
+
+
+@pytest.mark.parametrize("backend", backends.names())
 def test_dynamic_sequence_length(mamba, backend, tmp_path):
-    """Issue #23: one artifact for every length in 8..128 (TVM: the TensorIR scan over a symbolic length)."""
+    """Issue #23: one artifact for every length in 8..128 (TVM: the TensorIR scan over a symbolic length;
+    ExecuTorch: the native kernel, which takes any length)."""
     model, inputs, _ = mamba
     art = edgekit.compile_model(model, inputs, backend=backend, output=tmp_path / backend,
                                 dynamic_shapes="hidden:1=L:8..128")
@@ -49,13 +90,3 @@ def test_dynamic_sequence_length(mamba, backend, tmp_path):
             expected = model(x).numpy()
         (got,) = compiled.run([x.numpy()])
         assert np.abs(got - expected).max() <= 1e-4, length
-
-
-def test_dynamic_length_executorch_says_why_not(mamba, tmp_path):
-    """XNNPACK takes one dynamic dim per reshape and the chunked scan reshapes L into (chunks, chunk): a clear
-    refusal that names the sizes and the other backends, nothing written."""
-    model, inputs, _ = mamba
-    with pytest.raises(EdgekitError, match=r"executorch failed to lower .* with dynamic sizes \(L 8\.\.128\)"):
-        edgekit.compile_model(model, inputs, backend="executorch", output=tmp_path / "et",
-                              dynamic_shapes="hidden:1=L:8..128")
-    assert not (tmp_path / "et").exists()

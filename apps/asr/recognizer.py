@@ -14,7 +14,7 @@ from .common import BACKENDS, CACHE_LEN, VERIFY_TOLERANCE, Graph, default_model_
 from .convert_ct2 import load_whisper
 from .ctc_beam import BeamOptions
 from .features import HOP, SAMPLE_RATE, WINDOW_SECONDS
-from .samba import DYNAMIC_BACKENDS, MIN_HOPS, WEIGHTS, SambaFramedGraph, SambaGraph, dynamic_range, load
+from .samba import MIN_HOPS, WEIGHTS, SambaFramedGraph, SambaGraph, dynamic_range, load
 from .samba_decoder import decoder_scorer
 from .whisper import CachedDecoder, Whisper, WhisperDecoderStep, WhisperEncoder, example_inputs
 
@@ -63,23 +63,20 @@ def graphs(whisper: Whisper, backend: str, artifacts, samples: int,
 
 class SambaRecognizer(SambaApp):
     """`recognizer(audio_16k) -> text` with Samba-ASR: eager (the edgekit scan kernel, any length) or a compiled
-    graph. On DYNAMIC_BACKENDS (ONNX Runtime, TVM) one artifact with a dynamic length, 0.5 s to `window` seconds: each
-    utterance runs at its own length, padded only to the next 10 ms hop; on the others a static `window`-second
-    graph that audio is padded to. Longer audio is cut to the window (see `vad.windows`)."""
+    graph: one artifact with a dynamic length, 0.5 s to `window` seconds, so each utterance runs at its own length,
+    padded only to the next 10 ms hop. Longer audio is cut to the window (see `vad.windows`)."""
 
     def __init__(self, weights=None, backend: str = "eager", artifacts=None, window: int = 10):
         check_backend(backend)
         if window < 1:
             raise EdgekitError(f"window {window} s: Samba windows are 1 s or longer. Pass --window 1 or more.")
         self.model = load(weights or WEIGHTS)
-        max_hops = min_hops = window * SAMPLE_RATE // HOP
+        max_hops, min_hops = window * SAMPLE_RATE // HOP, MIN_HOPS
         if backend == "eager":
             ctc, max_hops = graph(SambaGraph(self.model).eval(), (torch.zeros(1, window * SAMPLE_RATE),),
                                   f"samba-ctc-{window}s", backend, artifacts), None
         else:
             ctc = samba_graph(self.model, backend, artifacts, window)
-            if backend in DYNAMIC_BACKENDS:
-                min_hops = MIN_HOPS
         # With a decoder: CTC beam search with its scores added, the settings training chose (ctc_beam.py).
         beam = scorer = None
         if self.model.decoder is not None:
@@ -89,11 +86,10 @@ class SambaRecognizer(SambaApp):
 
 
 def samba_graph(model, backend: str, artifacts, window: int) -> Graph:
-    """The compiled Samba graph (SambaFramedGraph) up to `window` s as a numpy callable on `backend`: on
-    DYNAMIC_BACKENDS one artifact for 0.5 s .. `window` s (samba.dynamic_range; verified at its shortest, an odd and
-    its longest length), elsewhere a static one for `window` s."""
+    """The compiled Samba graph (SambaFramedGraph) up to `window` s as a numpy callable on `backend`: one artifact for
+    0.5 s .. `window` s (samba.dynamic_range; verified at its shortest, an odd and its longest length). ExecuTorch
+    takes the dynamic length through edgekit's native scan kernel (its XNNPACK delegate cannot take the chunked
+    decomposition's reshapes with two dynamic dimensions)."""
     example = (torch.zeros(1, window * SAMPLE_RATE // HOP, HOP),)
-    if backend not in DYNAMIC_BACKENDS:
-        return graph(SambaFramedGraph(model).eval(), example, f"samba-ctc-{window}s", backend, artifacts)
     return runner(SambaFramedGraph(model).eval(), example, f"samba-ctc-dyn-{window}s", backend,
                   cache_dir=artifacts, progress=True, dynamic_shapes=dynamic_range(window), **VERIFY_TOLERANCE)

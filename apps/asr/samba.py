@@ -247,9 +247,6 @@ class SambaFramedGraph(SambaGraph):
 
 
 MIN_HOPS = 50  # 0.5 s: the shortest audio a compiled Samba graph takes (shorter audio is zero-padded to it)
-# Backends whose Samba artifact takes a dynamic length. ExecuTorch's XNNPACK delegate refuses a reshape of the
-# chunked scan with two dynamic dimensions: there the graph stays static, one window long, and audio is padded to it.
-DYNAMIC_BACKENDS = ("onnxruntime", "tvm")
 
 
 def dynamic_range(window: int) -> str:

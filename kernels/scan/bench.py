@@ -3,7 +3,8 @@
     python -m edgekit.kernels.scan.bench [--threads 2] [--json PATH]
 
 Peers: the sequential PyTorch loop (reference.selective_scan_ref in float32) and the parallel
-Blelloch scan (reference.parallel_scan). Bandwidth is the minimum traffic (each input read once,
+Blelloch scan (reference.parallel_scan); beside them the native C++ build of the same fused scan that ExecuTorch
+artifacts ship (native.py; one thread). Bandwidth is the minimum traffic (each input read once,
 each output written once) over the median time, against a large-copy bandwidth measured in the
 same run; the scan is compute-bound, the state update is not.
 """
@@ -47,6 +48,7 @@ def run(threads=2, repeat=10, peer_repeat=3):
     os.environ.setdefault("TVM_NUM_THREADS", str(threads))  # read when TVM's thread pool starts
     import torch
 
+    from . import native
     from .api import selective_scan, selective_state_update
     from .reference import parallel_scan, selective_scan_ref, selective_state_update_ref
 
@@ -71,6 +73,7 @@ def run(threads=2, repeat=10, peer_repeat=3):
         args, traffic = _scan_case(torch, batch, dim, length, n, mamba)
         record(name, [batch, dim, length, n], traffic, {
             "edgekit": (lambda: selective_scan(**args), repeat),
+            "edgekit native C++": (lambda: native.selective_scan(**args), repeat),
             "sequential loop": (lambda: selective_scan_ref(**args, dtype=torch.float32), peer_repeat),
             "parallel scan": (lambda: parallel_scan(**args), peer_repeat),
         })

@@ -1,7 +1,10 @@
 """`torch.ops.edgekit.selective_scan`: one graph node per scan, so each backend picks its form.
 
 Eager runs the compiled host kernel. torch.export keeps the op whole; then
-  * ExecuTorch / ONNX Runtime: `decompose(exported_program)` swaps in the exportable chunked scan;
+  * ExecuTorch: the op stays, as its out variant `edgekit::selective_scan.out` (defined here, so ExecuTorch's
+    memory planning can give it its output buffer), run by the native kernel (native.py) the artifact ships;
+  * ONNX Runtime, and ExecuTorch without a C++ compiler for the target: `decompose(exported_program)` swaps in
+    the exportable chunked scan;
   * TVM: `from_exported_program(ep, custom_convert_map=relax_convert_map(target))` swaps in the
     TensorIR kernel built for that target (x86, NEON or CUDA).
 """
@@ -23,6 +26,23 @@ def selective_scan_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
 @selective_scan_op.register_fake
 def _(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
     return torch.empty_like(u)
+
+
+torch.library.define(
+    "edgekit::selective_scan.out",
+    "(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor? D=None, Tensor? z=None, Tensor? delta_bias=None, "
+    "bool delta_softplus=False, *, Tensor(a!) out) -> Tensor(a!)")
+
+
+@torch.library.impl("edgekit::selective_scan.out", "CompositeExplicitAutograd")
+def _selective_scan_out(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, *, out):
+    out.copy_(selective_scan_op(u, delta, A, B, C, D, z, delta_bias, delta_softplus))
+    return out
+
+
+@torch.library.register_fake("edgekit::selective_scan.out")
+def _(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, *, out):
+    return out
 
 
 def decompose(exported_program):

@@ -562,9 +562,11 @@ def test_tts_synthesis_and_augmentation_give_16k_audio(tmp_path):
     assert len(noisy) > len(audio) and np.abs(noisy).max() <= 1.0
 
 
-def test_samba_compiles_for_android_and_matches_eager_under_the_emulator(emulator_sysroot, tmp_path):
-    """The Samba graph (log-mel front end, Mamba blocks through the scan op, CTC head) for android-arm64 with
-    ONNX Runtime; compile_model verifies it under the aarch64 emulator against eager and fails otherwise."""
+@pytest.mark.parametrize("backend", ["onnxruntime", "executorch"])
+def test_samba_compiles_for_android_and_matches_eager_under_the_emulator(emulator_sysroot, tmp_path, backend):
+    """The Samba graph (log-mel front end, Mamba blocks through the scan op, CTC head) for android-arm64;
+    compile_model verifies it under the aarch64 emulator against eager and fails otherwise. ExecuTorch: the C++
+    runner loads the artifact's aarch64 build of the fused scan kernel."""
     import json as json_module
 
     import edgekit
@@ -572,10 +574,15 @@ def test_samba_compiles_for_android_and_matches_eager_under_the_emulator(emulato
 
     graph = SambaGraph(_tiny_samba(kernel_scan)).eval()
     audio = 0.1 * torch.randn(1, 8000, generator=torch.Generator().manual_seed(0))
-    out = edgekit.compile_model(graph, (audio,), target="android-arm64", backend="onnxruntime",
+    out = edgekit.compile_model(graph, (audio,), target="android-arm64", backend=backend,
                                 output=tmp_path / "samba", atol=1e-3, rtol=1e-3)
-    verify = json_module.loads((out / "manifest.json").read_text())["verify"]
+    manifest = json_module.loads((out / "manifest.json").read_text())
+    verify = manifest["verify"]
     assert verify["status"] == "pass" and "emulator" in verify["where"]
+    if backend == "executorch":
+        (lib,) = manifest["backend_info"]["kernel_libraries"]
+        assert lib["arch"] == "aarch64"
+        assert (out / lib["file"]).read_bytes()[18:20] == (183).to_bytes(2, "little")  # ELF e_machine: EM_AARCH64
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "executorch", "tvm"])

@@ -81,6 +81,23 @@ def test_kernel_matches_reference(length, n, flags, groups):
     _check_scan(selective_scan, 2, 4, length, n, groups, flags)
 
 
+@pytest.mark.parametrize("length,n,flags,groups", list(_sampled_grid()))
+def test_native_kernel_matches_reference(length, n, flags, groups):
+    """scan_cpu.cc (the kernel ExecuTorch artifacts ship) on the same grid; 6 channels: a lane block of 16 is
+    partly empty, and with 2 groups each block stops at its group's end."""
+    from edgekit.kernels.scan import native
+
+    _check_scan(native.selective_scan, 2, 6, length, n, groups, flags)
+
+
+def test_native_kernel_refuses_sizes_it_cannot_take():
+    from edgekit.kernels.scan import native
+
+    args, opts = _scan_inputs(1, 4, 8, 257)
+    with pytest.raises(ValueError, match="1..256 states"):
+        native.selective_scan(**args, **opts)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("flags", FLAGS)
 @pytest.mark.parametrize("n", STATES)
