@@ -26,6 +26,18 @@ class Matmul(nn.Module):
         return a @ b
 
 
+class Framed(nn.Module):
+    """An STFT as a conv (Whisper's and Samba's front end, smaller): one channel, 64 taps every 24 samples, over
+    the signal given in hops of 24 samples (so that a dynamic hop count gives export an exact frame count)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(1, 50, 64, stride=24)
+
+    def forward(self, hops):
+        return self.conv(hops.flatten(1).unsqueeze(1))
+
+
 class Norms(nn.Module):
     def __init__(self):
         super().__init__()
@@ -48,6 +60,9 @@ def _cases():
         "pointwise_14x14": (nn.Conv2d(48, 32, 1), (torch.randn(1, 48, 14, 14),)),
         "depthwise_14x14": (nn.Conv2d(32, 32, 5, padding=2, groups=32), (torch.randn(1, 32, 14, 14),)),
         "softmax_layernorm": (Norms(), (torch.randn(2, 10, 48),)),
+        "framed_conv1d": (Framed(), (torch.randn(1, 99, 24),)),
+        # 101 output frames no vector width divides and a kernel too short to be framed (stays a conv)
+        "conv1d_odd_row": (nn.Conv1d(4, 8, 3), (torch.randn(1, 4, 103),)),
         "conv_attention": conv_attention(image_size=32),
     }
 
@@ -90,6 +105,21 @@ def test_rows_that_are_no_multiple_of_the_vector_still_vectorise(name):
     assert "T.parallel(" in conv and "T.vectorized(" in conv and "T.unroll(" in conv
 
 
+def test_one_channel_conv_with_a_long_kernel_runs_as_a_matmul():
+    """compile/lower/tvm.py rewrites it (frames gathered once, a matmul over contiguous kernels whose columns are
+    padded to whole vector tiles): no conv1d kernel is left."""
+    from edgekit.compile.lower.tvm import import_relax
+
+    model, inputs = _cases()["framed_conv1d"]
+    target = tvm_target(get_target("host"))
+    mod, _ = tvm_schedule.schedule(import_relax(from_module(model.eval(), inputs, "case"), target), target)
+    kernels = _loops(mod)
+    assert not any("conv1d" in name for name in kernels)
+    matmul = next(text for name, text in kernels.items() if "matmul" in name)
+    update = matmul.split('T.sblock("matmul_update")')[1].split("T.sblock(")[0]
+    assert "T.vectorized(" in matmul and "T.where" not in update  # whole tiles: no predicate on the FMAs
+
+
 @pytest.mark.parametrize("target_name, lanes", [("host", None), ("android-arm64", 4)])
 def test_rules_parallelise_and_vectorise(target_name, lanes):
     model, inputs = _cases()["conv_attention"]
@@ -110,6 +140,7 @@ DYNAMIC_CASES = {
     "depthwise": ("input0:2=8..64,3=8..64", [(8, 8), (37, 23), (64, 64)]),
     "matmul": ("input0:1=m:1..96;input1:2=n:1..96", [(1, 1), (41, 53), (96, 96)]),
     "softmax_layernorm": ("input0:1=1..64", [(1,), (37,), (64,)]),
+    "framed_conv1d": ("input0:1=4..200", [(4,), (113,), (200,)]),
     "conv_attention": ("input0:2=16..64,3=16..64", [(16, 16), (41, 29), (64, 64)]),
 }
 

@@ -22,9 +22,10 @@ from . import Lowered
 
 def import_relax(source: Source, target_dict: dict):
     """The model as a relax module; a dynamic axis is a symbolic variable whose bounds are attributes of `main`
-    (TVM plans memory for the upper bound). Two rewrites of the frontends' calls follow (_rewrite_calls)."""
+    (TVM plans memory for the upper bound). Rewrites of the frontends' calls follow (_rewrite_calls)."""
     return _rewrite_calls(_import_relax(source, target_dict),
-                          {"relax.take": _bounded_take, "relax.strided_slice": _inbound_slice})
+                          {"relax.take": _bounded_take, "relax.strided_slice": _inbound_slice,
+                           "relax.nn.conv1d": _framed_conv1d})
 
 
 def _rewrite_calls(mod, rewrites: dict):
@@ -55,6 +56,54 @@ def _bounded_take(call):
     if call.attrs.mode != "fast":
         return None
     return relax.op.take(call.args[0], call.args[1], axis=call.attrs.axis, mode="clip")
+
+
+FRAMED_CONV_MIN_KERNEL = 16
+FRAMED_CONV_COLUMNS = 32  # the matmul's columns padded to a multiple of two AVX-512 vectors (8 NEON, 4 AVX2)
+
+
+def _framed_conv1d(call):
+    """A conv1d over a one-channel signal with a long kernel (an STFT as a windowed DFT basis: 400 taps every 160
+    samples) as the matmul it is: frames [batch, L_out, K] gathered from the signal, times the kernels [K, C_out].
+    The CPU rule vectorises a matmul over contiguous weights; as a conv its lanes were 160 samples apart (a gather
+    per FMA: Samba's front end took 155 ms of 170). The frame indices are computed at run time, so a dynamic
+    signal length stays symbolic."""
+    from tvm import relax
+
+    attrs = call.attrs
+    data, weight = call.args
+    if (attrs.groups != 1 or attrs.data_layout != "NCW" or attrs.kernel_layout != "OIW"
+            or attrs.out_layout not in ("", "NCW") or any(int(p) for p in attrs.padding)
+            or int(attrs.dilation[0]) != 1 or str(attrs.out_dtype) not in ("", "void", "float32")):
+        return None
+    if not all(isinstance(t.ty, relax.TensorType) and t.ty.shape is not None for t in (data, weight)):
+        return None
+    out_channels, in_channels, taps = weight.ty.shape
+    if not (_const_int(in_channels) == 1 and (_const_int(taps) or 0) >= FRAMED_CONV_MIN_KERNEL
+            and _const_int(out_channels)):
+        return None
+    batch, _, _ = data.ty.shape
+    frames = call.ty.shape[2]  # L_out: symbolic for a dynamic signal
+    stride, taps = int(attrs.strides[0]), int(taps)
+    starts = relax.op.multiply(relax.op.arange(0, frames, 1, "int64"),
+                               relax.const(stride, "int64"))
+    index = relax.op.add(relax.op.expand_dims(starts, 1), relax.op.arange(0, taps, 1, "int64"))  # [L_out, K]
+    signal = relax.op.reshape(data, relax.ShapeExpr([batch, data.ty.shape[2]]))
+    framed = relax.op.take(signal, index, axis=1, mode="clip")  # [batch, L_out, K]
+    kernels = relax.op.reshape(weight, relax.ShapeExpr([out_channels, taps]))
+    padded = -(-int(out_channels) // FRAMED_CONV_COLUMNS) * FRAMED_CONV_COLUMNS
+    if padded != int(out_channels):  # zero kernels up to whole vector tiles (a partial tile would run scalar)
+        kernels = relax.op.nn.pad(kernels, [0, padded - int(out_channels), 0, 0])
+    product = relax.op.matmul(framed, relax.op.permute_dims(kernels, [1, 0]))  # [batch, L_out, padded]
+    if padded != int(out_channels):
+        product = relax.op.strided_slice(product, [2], [0], [int(out_channels)], assume_inbound=True)
+    return relax.op.permute_dims(product, [0, 2, 1])
+
+
+def _const_int(value) -> int | None:
+    from tvm import tirx
+
+    return int(value) if isinstance(value, (int, tirx.IntImm)) else None
 
 
 def _inbound_slice(call):
