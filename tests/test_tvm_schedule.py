@@ -120,6 +120,36 @@ def test_one_channel_conv_with_a_long_kernel_runs_as_a_matmul():
     assert "T.vectorized(" in matmul and "T.where" not in update  # whole tiles: no predicate on the FMAs
 
 
+class TiedLM(nn.Module):
+    """A token embedding tied to the logits (Whisper's decoder) with a Linear between."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(300, 48)
+        self.mix = nn.Linear(48, 48)
+
+    def forward(self, tokens):
+        return self.mix(self.embed(tokens)) @ self.embed.weight.T
+
+
+def test_weights_used_transposed_are_stored_transposed_once():
+    """compile/lower/tvm.py: no weight is transposed per call (the tied embedding neither; only the gathered rows
+    are), the table is stored once (as its transpose: the gather takes its columns), and the result is eager's."""
+    from edgekit.compile.lower.tvm import import_relax
+
+    torch.manual_seed(0)
+    model, tokens = TiedLM().eval(), torch.tensor([[3, 299, 0, 41]])
+    target = tvm_target(get_target("host"))
+    mod = import_relax(from_module(model, (tokens,), "case"), target)
+    text = mod["main"].script(show_meta=False)
+    # three constants (the table, the Linear's weight and bias), the table used by the gather and the logits alike
+    assert len(set(re.findall(r'metadata\["ir.GenericConst"\]\[(\d+)\]', text))) == 3
+    assert "R.Tensor((48, 300)" in text and not re.search(r"permute_dims\(metadata", text)
+    scheduled, _ = tvm_schedule.schedule(mod, target)
+    with torch.no_grad():
+        np.testing.assert_allclose(_run(scheduled, target, [tokens]), model(tokens).numpy(), atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("target_name, lanes", [("host", None), ("android-arm64", 4)])
 def test_rules_parallelise_and_vectorise(target_name, lanes):
     model, inputs = _cases()["conv_attention"]
