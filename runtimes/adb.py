@@ -38,8 +38,8 @@ def run_adb(url: str, artifact_dir: Path, manifest, inputs: list[np.ndarray], *,
         staged = executorch_runner.write_inputs(work, inputs)
         _shell(adb, "mkdir", "-p", remote)
         _adb(adb, "push", runner, f"{DEVICE_DIR}/executorch_runner")
-        kernels = [safe_name(k["file"], "a kernel library's file name")
-                   for k in manifest.backend_info.get("kernel_libraries", [])]
+        kernels = [safe_name(name, "a kernel library's file name")
+                   for name in executorch_runner.kernel_files(manifest)]
         _adb(adb, "push", *(str(Path(artifact_dir) / name) for name in (entry, *kernels)), *map(str, staged), remote)
         argv = executorch_runner.args(f"{remote}/{entry}", remote, benchmark, manifest)
         _shell(adb, "chmod", "+x", f"{DEVICE_DIR}/executorch_runner")

@@ -5,9 +5,13 @@ same files run on a device or inside the aarch64 emulator.
 """
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Iterator, Protocol
 
 import numpy as np
 
@@ -35,3 +39,17 @@ def summarize(times_ms: list[float]) -> dict:
     t = np.asarray(times_ms)
     return {"p50_ms": float(np.percentile(t, 50)), "p90_ms": float(np.percentile(t, 90)),
             "min_ms": float(t.min()), "mean_ms": float(t.mean()), "iters": int(t.size)}
+
+
+@contextmanager
+def private_copy(data: bytes, suffix: str = ".so") -> Iterator[str]:
+    """A path holding `data`: an exclusive file in a fresh 0700 directory of this process, removed on exit. For the
+    loaders that take only a path (dlopen): they get the verified bytes, never the artifact's file again."""
+    private = tempfile.mkdtemp(prefix="edgekit-lib-")  # mode 0700, ours
+    try:
+        fd, path = tempfile.mkstemp(suffix=suffix, dir=private)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        yield path
+    finally:
+        shutil.rmtree(private, ignore_errors=True)

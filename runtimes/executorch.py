@@ -7,11 +7,12 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from .base import private_copy
+from .executorch_runner import kernel_files
 
 
 def load(artifact_dir: Path, manifest, payload: dict[str, bytes] | None = None):
@@ -20,8 +21,7 @@ def load(artifact_dir: Path, manifest, payload: dict[str, bytes] | None = None):
     _set_threads()
     if manifest.backend_info.get("attention") == "llama.custom_sdpa":
         from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401  (registers its kernels)
-    for entry in manifest.backend_info.get("kernel_libraries", []):
-        name = entry["file"]
+    for name in kernel_files(manifest):
         _load_kernels(payload[name] if payload is not None else (Path(artifact_dir) / name).read_bytes())
     # from the verified bytes (load_program takes a buffer), not by reopening the path
     program = Runtime.get().load_program(payload[manifest.entry] if payload is not None
@@ -33,22 +33,16 @@ _LOADED: dict[str, ctypes.CDLL] = {}  # sha256 of a kernel library -> its handle
 
 
 def _load_kernels(data: bytes) -> None:
-    """dlopen a kernel library from its verified bytes (a private file in a fresh 0700 directory, removed once
-    mapped); its static initialisers register its kernels with the libexecutorch.so executorch.runtime loaded."""
+    """dlopen a kernel library from its verified bytes (base.private_copy, removed once mapped); its static
+    initialisers register its kernels with the libexecutorch.so executorch.runtime loaded."""
     digest = hashlib.sha256(data).hexdigest()
     if digest in _LOADED:
         return
     # the library leaves ExecuTorch's symbols to the libexecutorch.so in the process, which Python's import loaded
     # privately (RTLD_LOCAL): make it global, without loading a second copy
     ctypes.CDLL("libexecutorch.so", mode=os.RTLD_NOLOAD | os.RTLD_GLOBAL)
-    private = tempfile.mkdtemp(prefix="edgekit-kernels-")
-    try:
-        fd, path = tempfile.mkstemp(suffix=".so", dir=private)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+    with private_copy(data) as path:
         _LOADED[digest] = ctypes.CDLL(path)
-    finally:
-        shutil.rmtree(private, ignore_errors=True)
 
 
 def _set_threads() -> None:

@@ -37,12 +37,22 @@ def shape_line(x: np.ndarray) -> str:
     return f"{x.dtype.name} {','.join(str(d) for d in x.shape)}\n"
 
 
-def args(pte: str, work: str, benchmark: dict | None, manifest=None) -> list[str]:
+def kernel_files(manifest) -> list[str]:
+    """The payload files of the artifact's custom-kernel libraries (manifest backend_info.kernel_libraries), each
+    loaded before the program; one the manifest does not list as a payload file is refused."""
+    names = [entry.get("file") for entry in manifest.backend_info.get("kernel_libraries", [])]
+    unlisted = [name for name in names if name not in manifest.files]
+    if unlisted:
+        raise EdgekitError(f"the manifest names kernel library {unlisted[0]!r}, which is not one of its payload files "
+                           "(so it was never checksummed); the artifact is inconsistent. Recompile it.")
+    return names
+
+
+def args(pte: str, work: str, benchmark: dict | None, manifest) -> list[str]:
     """The runner's command line; the artifact (directory of `pte`) ships its custom-kernel libraries beside it."""
     warmup, iters = (benchmark.get("warmup", 3), benchmark.get("iters", 20)) if benchmark else (0, 1)
     folder = pte.rsplit("/", 1)[0]
-    kernels = [f"{folder}/{k['file']}" for k in (manifest.backend_info.get("kernel_libraries", []) if manifest else [])]
-    return [pte, work, str(warmup), str(iters), *kernels]
+    return [pte, work, str(warmup), str(iters), *(f"{folder}/{name}" for name in kernel_files(manifest))]
 
 
 def read_result(work: Path, manifest, stdout: str, benchmark: dict | None) -> tuple[list[np.ndarray], dict | None]:

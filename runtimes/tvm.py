@@ -5,12 +5,11 @@ TVM loads a shared library only from a path: the verified bytes (`payload`) are 
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from .base import private_copy
 
 
 def load(artifact_dir: Path, manifest, payload: dict[str, bytes] | None = None):
@@ -31,15 +30,9 @@ def load(artifact_dir: Path, manifest, payload: dict[str, bytes] | None = None):
 
 
 def _load_private(tvm, data: bytes):
-    """Load a library from bytes: an exclusive file in a fresh 0700 directory, removed once it is mapped."""
-    private = tempfile.mkdtemp(prefix="edgekit-lib-")  # mode 0700, ours
-    try:
-        fd, path = tempfile.mkstemp(suffix=".so", dir=private)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+    """Load a library from bytes (base.private_copy: removed once it is mapped)."""
+    with private_copy(data) as path:
         return tvm.runtime.load_module(path)
-    finally:
-        shutil.rmtree(private, ignore_errors=True)
 
 
 def run(handle, inputs: list[np.ndarray]) -> list[np.ndarray]:

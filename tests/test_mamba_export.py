@@ -53,6 +53,20 @@ def test_executorch_artifact_runs_the_native_kernel(mamba, tmp_path):
     assert "aten_cumsum_default" not in info["non_delegated_op_types"]
 
 
+def test_kernel_library_outside_the_payload_is_refused(mamba, tmp_path):
+    """A manifest naming a kernel library it does not checksum: a clear refusal, nothing loaded."""
+    from edgekit.artifact import read_manifest
+    from edgekit.runtimes import executorch_runner
+
+    model, inputs, _ = mamba
+    art = edgekit.compile_model(model, inputs, backend="executorch", output=tmp_path / "et")
+    manifest = read_manifest(art)
+    assert executorch_runner.kernel_files(manifest) == ["scan_kernel.so"]
+    manifest.backend_info["kernel_libraries"][0]["file"] = "elsewhere.so"
+    with pytest.raises(EdgekitError, match="'elsewhere.so', which is not one of its payload files"):
+        executorch_runner.kernel_files(manifest)
+
+
 def test_executorch_without_a_compiler_falls_back_to_the_decomposition(mamba, tmp_path, monkeypatch):
     """No C++ compiler for the target: a warning that says so and how to fix it, and an artifact that still
     matches eager through the chunked decomposition (recorded in the manifest)."""
