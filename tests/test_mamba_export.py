@@ -23,26 +23,37 @@ def mamba():
         return model, (x,), model(x).numpy()
 
 
+@pytest.fixture(scope="module")
+def compiled(mamba, tmp_path_factory):
+    """The model's static artifact per backend, compiled once for the module."""
+    model, inputs, _ = mamba
+    built = {}
+
+    def get(backend: str):
+        if backend not in built:
+            built[backend] = edgekit.compile_model(model, inputs, backend=backend,
+                                                   output=tmp_path_factory.mktemp("mamba") / backend)
+        return built[backend]
+
+    return get
+
+
 @pytest.mark.parametrize("backend", backends.names())
-def test_two_layer_mamba_on_every_backend(mamba, backend, tmp_path):
-    model, inputs, expected = mamba
-    art = edgekit.compile_model(model, inputs, backend=backend, output=tmp_path / backend)
-    (got,) = edgekit.load(art).run([inputs[0].numpy()])
+def test_two_layer_mamba_on_every_backend(mamba, compiled, backend):
+    _, inputs, expected = mamba
+    (got,) = edgekit.load(compiled(backend)).run([inputs[0].numpy()])
     assert np.abs(got - expected).max() <= 1e-4
 
 
-def test_tvm_artifact_runs_the_scan_kernel(mamba, tmp_path):
+def test_tvm_artifact_runs_the_scan_kernel(compiled):
     """The TVM artifact calls the TensorIR scan, not a decomposition of it."""
-    model, inputs, _ = mamba
-    art = edgekit.compile_model(model, inputs, backend="tvm", output=tmp_path / "t")
-    assert b"edgekit_selective_scan" in (art / "model.so").read_bytes()
+    assert b"edgekit_selective_scan" in (compiled("tvm") / "model.so").read_bytes()
 
 
-def test_executorch_artifact_runs_the_native_kernel(mamba, tmp_path):
+def test_executorch_artifact_runs_the_native_kernel(compiled):
     """Issue #28: the ExecuTorch program calls edgekit::selective_scan (no chunked decomposition) and the payload
     carries the kernel library it registers, listed in the manifest with its sha256."""
-    model, inputs, _ = mamba
-    art = edgekit.compile_model(model, inputs, backend="executorch", output=tmp_path / "et")
+    art = compiled("executorch")
     manifest = json.loads((art / "manifest.json").read_text())
     info = manifest["backend_info"]
     assert info["scan"] == "edgekit fused kernel"
@@ -53,14 +64,12 @@ def test_executorch_artifact_runs_the_native_kernel(mamba, tmp_path):
     assert "aten_cumsum_default" not in info["non_delegated_op_types"]
 
 
-def test_kernel_library_outside_the_payload_is_refused(mamba, tmp_path):
+def test_kernel_library_outside_the_payload_is_refused(compiled):
     """A manifest naming a kernel library it does not checksum: a clear refusal, nothing loaded."""
     from edgekit.artifact import read_manifest
     from edgekit.runtimes import executorch_runner
 
-    model, inputs, _ = mamba
-    art = edgekit.compile_model(model, inputs, backend="executorch", output=tmp_path / "et")
-    manifest = read_manifest(art)
+    manifest = read_manifest(compiled("executorch"))
     assert executorch_runner.kernel_files(manifest) == ["scan_kernel.so"]
     manifest.backend_info["kernel_libraries"][0]["file"] = "elsewhere.so"
     with pytest.raises(EdgekitError, match="'elsewhere.so', which is not one of its payload files"):
