@@ -124,10 +124,10 @@ static void scan_block(const float *u, const float *delta, const float *z, const
 
 /* Returns 0, or -1 when the sizes are outside what this kernel takes (n_state > MAX_STATE, groups not dividing
    dim). */
-extern "C" __attribute__((visibility("default"))) int edgekit_selective_scan_f32(const float *u, const float *delta, const float *A, const float *B, const float *C,
-                               const float *D, const float *z, const float *delta_bias, int delta_softplus,
-                               int64_t batch, int64_t dim, int64_t len, int64_t n_state, int64_t groups, float *y,
-                               float *last_state) {
+extern "C" __attribute__((visibility("default"))) int edgekit_selective_scan_f32(
+    const float *u, const float *delta, const float *A, const float *B, const float *C, const float *D,
+    const float *z, const float *delta_bias, int delta_softplus, int64_t batch, int64_t dim, int64_t len,
+    int64_t n_state, int64_t groups, float *y, float *last_state) {
     if (n_state < 1 || n_state > MAX_STATE || groups < 1 || dim % groups) return -1;
     int64_t per_group = dim / groups;
     for (int64_t b = 0; b < batch; b++) {
