@@ -185,12 +185,12 @@ def _at(inputs, dims, size: tuple) -> list:
 
 
 @pytest.mark.parametrize("name", list(DYNAMIC_CASES))
-def test_symbolic_extents_are_scheduled_and_match_eager_at_each_size(name):
+def test_symbolic_extents_are_scheduled_and_match_eager_at_each_size(name, tmp_path):
     """One module for a range of sizes: every kernel gets the rules (parallel, vectorised; symbolic loops tiled by a
     constant with a peeled tail), none falls back to default loops, and each size matches eager."""
     from edgekit.compile.lower.tvm import import_relax
     from edgekit.compile.source import with_dynamic
-    from edgekit.kernels.attention.relax_pass import use_fused_attention
+    from edgekit.kernels.attention.relax_pass import link_fcompile, use_fused_attention
 
     model, inputs = _cases()[name]
     text, sizes = DYNAMIC_CASES[name]
@@ -203,7 +203,10 @@ def test_symbolic_extents_are_scheduled_and_match_eager_at_each_size(name):
     kernels = _loops(scheduled)
     assert all("T.parallel(" in text for text in kernels.values()), pipeline
     assert any("T.vectorized(" in text for text in kernels.values())
-    vm = tvm.relax.VirtualMachine(tvm.compile(scheduled, target=tvm.target.Target(target)), tvm.cpu())
+    # exported as lowering does: the attention kernel's x86 micro-kernel is linked in then (link_fcompile)
+    library = str(tmp_path / "case.so")
+    tvm.compile(scheduled, target=tvm.target.Target(target)).export_library(library, fcompile=link_fcompile(target))
+    vm = tvm.relax.VirtualMachine(tvm.runtime.load_module(library), tvm.cpu())
     for size in sizes:
         xs = _at(inputs, source.dynamic, size)
         out = vm["main"](*[tvm.runtime.tensor(x.numpy()) for x in xs])
@@ -213,3 +216,48 @@ def test_symbolic_extents_are_scheduled_and_match_eager_at_each_size(name):
         eager = (eager[0] if isinstance(eager, tuple) else eager).numpy()
         assert got.shape == eager.shape
         np.testing.assert_allclose(got, eager, atol=1e-4, rtol=1e-4, err_msg=f"{name} at {size}")
+
+
+class MobileBlock(nn.Module):
+    """BlazePose's shape of block: an explicit asymmetric pad (TFLite's SAME at stride 2), a strided depthwise conv,
+    batch norm, ReLU6, a pointwise conv with a bias, batch norm; rows of 14 pixels, channels that fill vectors."""
+
+    def __init__(self):
+        super().__init__()
+        self.depthwise, self.pointwise = nn.Conv2d(32, 32, 3, stride=2, groups=32), nn.Conv2d(32, 48, 1)
+        self.norms = nn.ModuleList([nn.BatchNorm2d(32), nn.BatchNorm2d(48)])
+        for norm in self.norms:  # statistics a trained model has, so folding them is visible in the result
+            norm.running_mean.uniform_(-1, 1), norm.running_var.uniform_(0.5, 2)
+            norm.weight.data.uniform_(0.5, 1.5), norm.bias.data.uniform_(-1, 1)
+
+    def forward(self, x):
+        x = torch.nn.functional.relu6(self.norms[0](self.depthwise(torch.nn.functional.pad(x, (0, 1, 0, 1)))))
+        return self.norms[1](self.pointwise(x))
+
+
+def _ops(mod) -> set[str]:
+    return set(re.findall(r"R\.(?:nn\.)?(\w+)\(", mod["main"].script(show_meta=False)))
+
+
+def test_mobilenet_block_folds_and_runs_channels_last():
+    """compile/lower/tvm.py folds the batch norms into the convs and the pad into the conv's padding, and spells
+    ReLU6 as max/min; tvm_schedule.channels_last moves the convs to NHWC (rows of 14 pixels fill no vector, 32 and
+    48 channels do). Eager's result either way."""
+    from edgekit.compile.lower.tvm import import_relax
+
+    torch.manual_seed(0)
+    model, x = MobileBlock().eval(), torch.randn(1, 32, 27, 27)
+    target = tvm_target(get_target("host"))
+    mod = import_relax(from_module(model, (x,), "case"), target)
+    assert not {"batch_norm", "pad", "clip"} & _ops(mod) and "conv2d" in _ops(mod)
+    scheduled, pipeline = tvm_schedule.schedule(mod, target)
+    assert "convolutions in NHWC" in pipeline
+    with torch.no_grad():
+        np.testing.assert_allclose(_run(scheduled, target, [x]), model(x).numpy(), atol=1e-4, rtol=1e-4)
+
+
+def test_rows_that_fill_vectors_keep_nchw():
+    """CFSR's case: 64-pixel rows vectorise as they are, so the layout stays."""
+    model, inputs = nn.Conv2d(24, 24, 3, padding=1), (torch.randn(1, 24, 16, 64),)
+    _, pipeline = tvm_schedule.schedule(_relax(model, inputs), tvm_target(get_target("host")))
+    assert "NHWC" not in pipeline

@@ -22,11 +22,13 @@ from . import Lowered
 
 def import_relax(source: Source, target_dict: dict):
     """The model as a relax module; a dynamic axis is a symbolic variable whose bounds are attributes of `main`
-    (TVM plans memory for the upper bound). Rewrites of the frontends' calls follow (_rewrite_calls), then weights
-    used only transposed are stored transposed (_pretransposed_weights)."""
-    return _pretransposed_weights(_rewrite_calls(_import_relax(source, target_dict),
-                                                 {"relax.take": _bounded_take, "relax.strided_slice": _inbound_slice,
-                                                  "relax.nn.conv1d": _framed_conv1d}))
+    (TVM plans memory for the upper bound). Batch norms after convolutions are folded into their weights and zero
+    pads into their padding (_folded_batch_norms, _padded_convolutions); rewrites of the frontends' calls follow
+    (_rewrite_calls), then weights used only transposed are stored transposed (_pretransposed_weights)."""
+    mod = _padded_convolutions(_folded_batch_norms(_import_relax(source, target_dict)))
+    rewrites = {"relax.take": _bounded_take, "relax.strided_slice": _inbound_slice, "relax.nn.conv1d": _framed_conv1d,
+                "relax.clip": _clip_bounds}
+    return _pretransposed_weights(_rewrite_calls(mod, rewrites))
 
 
 def _rewrite_calls(mod, rewrites: dict):
@@ -47,6 +49,101 @@ def _rewrite_calls(mod, rewrites: dict):
         if isinstance(fn, relax.Function):
             mod[gv] = Rewriter(mod).visit_expr(fn)
     return mod
+
+
+def _folded_batch_norms(mod):
+    """Inference batch norms after a convolution with constant weights (a torch module's Conv2d + BatchNorm2d, with
+    or without the conv's bias) folded into the convolution's weights and bias, here with numpy: the normalisation
+    then costs nothing and the conv's epilogue (bias, ReLU) fuses into its kernel; unfolded, each batch norm was a
+    pass of its own over the feature map. (TVM's FoldBatchnormToConv2D leaves the arithmetic to FoldConstant, which
+    this pipeline does not run: see tvm_schedule.fuse.)"""
+    import numpy as np
+    from tvm import relax
+    from tvm.relax.dpl import TupleGetItemPattern, is_const, is_op, rewrite_call, wildcard
+
+    data, weight, bias = wildcard(), is_const(), is_const()
+    conv = is_op("relax.nn.conv2d")(data, weight)
+    with_bias = is_op("relax.add")(conv, bias | is_op("relax.reshape")(bias, wildcard()))  # [O] as [1, O, 1, 1]
+    stats = [is_const() for _ in range(4)]  # gamma, beta, mean, var
+    norm = is_op("relax.nn.batch_norm")(conv | with_bias, *stats)
+
+    def fold(expr, matches):
+        conv_call, norm_call = matches[conv], matches[norm]
+        attrs = conv_call.attrs
+        gamma, beta, mean, var = (matches[s].value.numpy().astype(np.float64) for s in stats)
+        w = matches[weight].value.numpy()
+        if (attrs.kernel_layout != "OIHW" or attrs.data_layout != "NCHW" or int(norm_call.attrs.axis) not in (1, -3)
+                or norm_call.attrs.training or w.dtype != np.float32 or gamma.shape != (w.shape[0],)):
+            return expr
+        b = 0.0
+        if with_bias in matches:
+            b = matches[bias].value.numpy().astype(np.float64)
+            added = [_const_int(d) for d in matches[with_bias].args[1].ty.shape]  # the bias as the add sees it
+            if b.size != w.shape[0] or added not in ([1, w.shape[0], 1, 1], [w.shape[0], 1, 1]):
+                return expr
+            b = b.reshape(-1)
+        scale = (gamma if norm_call.attrs.scale else 1.0) / np.sqrt(var + float(norm_call.attrs.epsilon))
+        shift = (beta if norm_call.attrs.center else 0.0) + (b - mean) * scale
+        folded = relax.const((w * scale.reshape(-1, 1, 1, 1)).astype(np.float32))
+        out = relax.Call(conv_call.op, [matches[data], folded], attrs)
+        return relax.op.add(out, relax.const(shift.astype(np.float32).reshape(1, -1, 1, 1)))
+
+    pattern = TupleGetItemPattern(norm, 0)
+    for gv, fn in list(mod.functions.items()):
+        if isinstance(fn, relax.Function):
+            mod[gv] = rewrite_call(pattern, fold, fn)
+    return relax.transform.DeadCodeElimination()(mod)
+
+
+def _padded_convolutions(mod):
+    """A zero pad of the spatial axes before a conv2d (TFLite's asymmetric SAME padding, spelled out by the
+    frontends) folded into the conv's own padding: the pad was a copy of the feature map per call, and a layout
+    change (tvm_schedule.channels_last) would transpose around it."""
+    from tvm import relax
+    from tvm.relax.dpl import is_op, rewrite_call, wildcard
+
+    data, weight = wildcard(), wildcard()
+    pad = is_op("relax.nn.pad")(data)
+    conv = is_op("relax.nn.conv2d")(pad, weight)
+
+    def fold(expr, matches):
+        pad_call, conv_call = matches[pad], matches[conv]
+        attrs, widths = conv_call.attrs, [_const_int(w) for w in pad_call.attrs.pad_width]
+        value = pad_call.attrs.pad_value if hasattr(pad_call.attrs, "pad_value") else 0.0
+        if (attrs.data_layout != "NCHW" or pad_call.attrs.pad_mode != "constant" or float(value) != 0.0
+                or None in widths or len(widths) != 8 or any(widths[:4]) or min(widths) < 0):
+            return expr
+        top, bottom, left, right = widths[4:]
+        old = [int(p) for p in attrs.padding]
+        padding = [old[0] + top, old[1] + left, old[2] + bottom, old[3] + right]
+        return relax.op.nn.conv2d(matches[data], matches[weight], strides=attrs.strides, padding=padding,
+                                  dilation=attrs.dilation, groups=attrs.groups, data_layout=attrs.data_layout,
+                                  kernel_layout=attrs.kernel_layout, out_layout=attrs.out_layout,
+                                  out_dtype=attrs.out_dtype)
+
+    for gv, fn in list(mod.functions.items()):
+        if isinstance(fn, relax.Function):
+            mod[gv] = rewrite_call(conv, fold, fn)
+    return relax.transform.DeadCodeElimination()(mod)
+
+
+def _clip_bounds(call):
+    """`R.clip(x, lo, hi)` of a float tensor as minimum(maximum(x, lo), hi): the same values, and elementwise ops
+    that a layout change passes through (relax gives clip no layout rule) and that fuse into a conv's epilogue."""
+    import numpy as np
+    from tvm import relax
+
+    x, low, high = call.args
+    if not isinstance(x.ty, relax.TensorType) or str(x.ty.dtype) not in ("float32", "float16"):
+        return None
+    bounds = []
+    for bound in (low, high):  # FloatImm (or PrimValue of one)
+        value = getattr(bound, "value", None)
+        value = getattr(value, "value", value)
+        if not isinstance(value, (int, float)):
+            return None
+        bounds.append(relax.const(np.asarray(value, dtype=str(x.ty.dtype))))
+    return relax.op.minimum(relax.op.maximum(x, bounds[0]), bounds[1])
 
 
 def _pretransposed_weights(mod):

@@ -8,8 +8,13 @@ then each fused PrimFunc is rewritten by one rule:
   accumulates in registers while the reduction loops run outside it; the outer spatial loops are fused and run
   in parallel; the fused epilogue (bias, activation, residual) is computed per tile while it is hot;
   a row that is no multiple of the vector (40, 20, 14, 7 pixels) takes a narrower register, else the output
-  channels are vectorised instead, over operands transposed per call so that the channels are contiguous;
-* everything else (elementwise, padding, layout moves): parallelise, vectorise the innermost loop.
+  channels are vectorised instead, over operands transposed per call so that the channels are contiguous; a model
+  whose convolutions mostly have such rows (MobileNet-style: BlazePose, the chimp detector) is moved to NHWC before
+  legalization (channels_last), where the channels are the contiguous innermost axis throughout;
+* everything else (elementwise, padding, layout moves): parallelise, vectorise the innermost loop. Elementwise
+  producers are inlined into their consumers, except a transcendental one feeding a broadcast (computed once);
+  float32 exp, sigmoid and softmax are legalized with TVM's polynomial fast_exp (vector code, not a libm call per
+  lane).
 
 Kernels the rule cannot handle keep TVM's loops. The rules are the default: they add well under a second to a
 compile and need no stored records. A model tuned with `edgekit tune` (compile/tune.py: MetaSchedule) has a
@@ -43,6 +48,7 @@ def schedule(mod, tvm_target: dict, database: Path | None = None):
     if tvm_target["kind"] == "cuda":
         return _schedule_cuda(mod, tvm.target.Target(tvm_target))
     mod = fuse(mod, tvm_target)
+    layout = mod.attrs.get(LAYOUT_ATTR) if mod.attrs else None
     target = tvm.target.Target(tvm_target)
     lanes = tvm.target.codegen.llvm_get_vector_width(target) // 32
     tuned = ""
@@ -57,8 +63,8 @@ def schedule(mod, tvm_target: dict, database: Path | None = None):
     with target:
         mod = dlight.ApplyDefaultSchedule(CpuRule(lanes))(mod)
     kernels = [f for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
-    return mod, (f"{tuned}edgekit CPU rules ({lanes} fp32 lanes): {_scheduled(mod)}/{len(kernels)} kernels "
-                 "scheduled, the rest default loops")
+    return mod, (f"{tuned}edgekit CPU rules ({lanes} fp32 lanes{', convolutions in ' + layout if layout else ''}): "
+                 f"{_scheduled(mod)}/{len(kernels)} kernels scheduled, the rest default loops")
 
 
 def _scheduled(mod) -> int:
@@ -69,8 +75,11 @@ def _scheduled(mod) -> int:
 def fuse(mod, tvm_target: dict):
     """The CPU module legalized and fused, before any schedule: the kernels `edgekit tune` extracts and tunes."""
     tvm_target = tvm.target.Target(tvm_target)
+    mod = channels_last(mod, tvm.target.codegen.llvm_get_vector_width(tvm_target) // 32)
     passes = pipeline.library_dispatch_passes(tvm_target) + [
-        relax.transform.LegalizeOps({"relax.nn.gelu": _gelu}),
+        relax.transform.LegalizeOps({"relax.nn.gelu": _gelu, "relax.exp": _fast(topi.fast_exp),
+                                     "relax.sigmoid": _fast(lambda x: 1 / (1 + topi.fast_exp(-x))),
+                                     "relax.nn.softmax": _fast(topi.nn.fast_softmax, "axis")}),
         relax.transform.AnnotateTIROpPattern(),
         _keep_kernels_unfused,
         # no FoldConstant (TVM's CPU legalize passes have it): it builds each constant subgraph with LLVM, one
@@ -80,6 +89,82 @@ def fuse(mod, tvm_target: dict):
     ]
     with tvm_target:
         return tvm.transform.Sequential(passes)(mod)
+
+
+LAYOUT_ATTR = "edgekit.conv_layout"  # set on a module whose convolutions channels_last moved to NHWC
+CHANNELS_LAST_GAIN = 1.25  # the estimated vector efficiency NHWC must win by before the layout changes
+
+
+def channels_last(mod, lanes: int):
+    """The module's 2-D convolutions in NHWC (weights HWIO, transposed here once) when that vectorises them better.
+
+    The rule vectorises a conv over its innermost output axis: in NCHW the image row, in NHWC the output channels.
+    MobileNet-style networks have rows of 7, 14, 28 or 56 pixels (narrow or no vectors, BlazePose's convs ran at
+    2-20 GFLOP/s) and channel counts that are multiples of 16; CFSR's 64-pixel tiles are the opposite. Each conv's
+    FLOPs are weighted by the fraction of a full vector its axis fills; the layout that wins by CHANNELS_LAST_GAIN
+    is used for the whole model (relax's ConvertLayout, which carries the layout through the elementwise ops, pools
+    and resizes between convolutions, so the activations are transposed only where the model starts and ends)."""
+    import numpy as np
+
+    convs = _conv2d_shapes(mod)
+    if not convs:
+        return mod
+
+    def efficiency(extent: int | None) -> float:  # the fraction of a vector register an axis of `extent` fills
+        return 1.0 if extent is None else _vector_width(extent, lanes) / lanes or 1 / lanes
+
+    nchw = sum(flops * min(1.0, efficiency(width)) for flops, width, _ in convs)
+    nhwc = sum(flops * min(1.0, efficiency(channels)) for flops, _, channels in convs)
+    if nhwc < CHANNELS_LAST_GAIN * nchw:
+        return mod
+    try:
+        converted = relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]})(mod)
+    except tvm.error.InternalError:  # an op ConvertLayout cannot carry: stay in NCHW
+        return mod
+
+    @relax.expr_functor.mutator
+    class FoldTransposedConstants(relax.PyExprMutator):
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            if (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.permute_dims"
+                    and isinstance(call.args[0], tvm.ir.GenericConst)):
+                axes = None if call.attrs.axes is None else [int(a) for a in call.attrs.axes]
+                return relax.const(np.ascontiguousarray(np.transpose(call.args[0].value.numpy(), axes)))
+            return call
+
+    for gv, fn in list(converted.functions.items()):
+        if isinstance(fn, relax.Function):
+            converted[gv] = FoldTransposedConstants(converted).visit_expr(fn)
+    return relax.transform.DeadCodeElimination()(converted).with_attr(LAYOUT_ATTR, "NHWC")
+
+
+def _conv2d_shapes(mod) -> list[tuple[int, int | None, int | None]]:
+    """(FLOPs at the upper bound, output width, output channels) of each NCHW conv2d with a constant weight."""
+    import numpy as np
+
+    convs = []
+
+    @relax.expr_functor.visitor
+    class Convs(relax.PyExprVisitor):
+        def visit_call_(self, call):
+            super().visit_call_(call)
+            if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.nn.conv2d"):
+                return
+            attrs, weight = call.attrs, call.args[1]
+            if (attrs.data_layout != "NCHW" or attrs.kernel_layout != "OIHW"
+                    or not isinstance(weight, tvm.ir.GenericConst) or call.ty.shape is None):
+                return
+            n, o, h, w = (_extent(d) for d in call.ty.shape)
+            taps = int(np.prod(weight.value.numpy().shape[1:]))
+            size = 1
+            for d in (n, o, h, w):
+                size *= d if d is not None else 256  # a symbolic axis: weigh it as a mid-sized one
+            convs.append((2 * size * taps, w, o))
+
+    for fn in mod.functions.values():
+        if isinstance(fn, relax.Function):
+            Convs().visit_expr(fn)
+    return convs
 
 
 # MetaSchedule databases, one folder per target and model: tuning/<target>/<model>/database_{workload,tuning_record}
@@ -166,6 +251,21 @@ def _gelu(bb, call):
                       primfunc_name_hint="gelu")
 
 
+def _fast(compute, *attrs):
+    """A legalization for float32 that computes with `compute` (TVM's polynomial fast_exp, relative error ~4e-6),
+    which vectorises: LLVM turns a vector exp into one libm call per lane (a Mamba decoder step's state update
+    spent 0.34 of its 0.46 ms in expf). Other dtypes keep TVM's own legalization."""
+
+    def legalize(bb, call):
+        if call.args[0].ty.dtype != "float32":
+            return call.op.get_attr("FLegalize")(bb, call)
+        kwargs = {name: int(getattr(call.attrs, name)) for name in attrs}
+        return bb.call_te(lambda x: compute(x, **kwargs), call.args[0],
+                          primfunc_name_hint=call.op.name.split(".")[-1])
+
+    return legalize
+
+
 @tvm.transform.module_pass(opt_level=0, name="KeepKernelsUnfused")
 def _keep_kernels_unfused(mod, _ctx):
     """edgekit's hand-written kernels (attention, scan) arrive marked scheduled; FuseOps must not merge them
@@ -210,13 +310,16 @@ def _is_reduction(sch, block) -> bool:
 
 def _inline_elementwise(sch) -> None:
     """Inline elementwise chains into their consumers, except producers of reductions (padding, transposes):
-    inlining those would recompute them inside the reduction loops."""
+    inlining those would recompute them inside the reduction loops; and producers with a transcendental call (exp,
+    log, ...) whose consumer is broadcast over more elements: inlined, a per-channel softplus was recomputed in
+    each of the 16 state lanes it feeds (a Mamba step's state update)."""
     changed = True
     while changed:
         changed = False
         for block in _root_blocks(sch):
             if (_is_reduction(sch, block) or is_output_block(sch, block)
-                    or any(_is_reduction(sch, c) for c in sch.get_consumers(block))):
+                    or any(_is_reduction(sch, c) for c in sch.get_consumers(block))
+                    or _costly_broadcast(sch, block)):
                 continue
             try:
                 sch.compute_inline(block)
@@ -224,6 +327,36 @@ def _inline_elementwise(sch) -> None:
                 continue
             changed = True
             break
+
+
+def _costly_broadcast(sch, block) -> bool:
+    """The block calls a math function and a consumer iterates over more points than it (a broadcast)."""
+    stmt = sch.get(block)
+    if not isinstance(stmt.body, tirx.BufferStore) or not _has_math_call(stmt.body.value):
+        return False
+    points = _points(stmt)
+    return points is not None and any((_points(sch.get(c)) or 0) > points for c in sch.get_consumers(block))
+
+
+_CHEAP_CALLS = ("tirx.reinterpret", "tirx.if_then_else", "tirx.likely", "tirx.shift_left", "tirx.shift_right")
+
+
+def _has_math_call(expr) -> bool:
+    """`expr` calls an intrinsic other than bit moves and selects (exp, log, tanh, sqrt, ...)."""
+    if isinstance(expr, tvm.ir.expr.Call):
+        return not str(expr.op.name).startswith(_CHEAP_CALLS) or any(_has_math_call(a) for a in expr.args)
+    children = [getattr(expr, f, None) for f in ("a", "b", "value", "condition", "true_value", "false_value")]
+    return any(_has_math_call(c) for c in children if isinstance(c, tvm.ir.expr.Expr))
+
+
+def _points(stmt) -> int | None:
+    total = 1
+    for iv in stmt.iter_vars:
+        extent = _extent(iv.dom.extent)
+        if extent is None:
+            return None
+        total *= extent
+    return total
 
 
 def _tile_reduction(sch, block, lanes: int) -> None:

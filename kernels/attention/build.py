@@ -12,6 +12,7 @@ import hashlib
 import json
 import platform
 import shutil
+import subprocess
 from pathlib import Path
 
 import tvm
@@ -52,12 +53,25 @@ def _key(*parts) -> str:
     return digest.hexdigest()[:20]
 
 
-def microkernel_fcompile(compiler="g++"):
-    """An export_library fcompile that compiles and links the AVX-512 micro-kernel in."""
+def microkernel_fcompile(compiler: str = "g++"):
+    """An export_library fcompile that links the AVX-512 micro-kernel in (compiled once per source, cached)."""
     if isinstance(compiler, str) and shutil.which(compiler) is None:
         raise RuntimeError(f"attention kernel: C++ compiler {compiler!r} not found; it builds the AVX-512 "
                            "micro-kernel on first use. Install it (e.g. apt-get install g++).")
-    return cc.cross_compiler(compiler, options=MICROKERNEL_FLAGS, add_files=[str(MICROKERNEL)])
+    return cc.cross_compiler(compiler, add_files=[str(microkernel_object(compiler))])
+
+
+def microkernel_object(compiler: str = "g++") -> Path:
+    """The micro-kernel compiled to a position-independent object, in the kernel cache."""
+    name = f"attention-microkernel-{_key(compiler, MICROKERNEL_FLAGS)}.o"
+
+    def build(path: Path) -> None:
+        command = [compiler, *MICROKERNEL_FLAGS, "-fPIC", "-c", str(MICROKERNEL), "-o", str(path)]
+        proc = subprocess.run(command, capture_output=True, text=True)
+        if proc.returncode:
+            raise RuntimeError(f"attention kernel: {' '.join(command)} failed:\n{proc.stderr.strip()[-2000:]}")
+
+    return library(name, build)
 
 
 def build_host_library(head_dim: int) -> Path:

@@ -10,12 +10,14 @@
 // scalar broadcasts and the softmax needs no horizontal reductions. Scores are kept in base 2
 // (scale * log2(e) is folded into Q) so exp is a cheap exp2.
 // Fewer than kMinLaneRows queries (decode) go row by row, vectorised over the head dim instead.
-// The head dim is a template parameter (multiples of 16) so every inner loop fully unrolls.
+// The head dim is a template parameter (multiples of 4) so every inner loop fully unrolls.
 #include <immintrin.h>
 
 #include <algorithm>
+#include <array>
 #include <cfloat>
 #include <cstdint>
+#include <utility>
 
 namespace {
 
@@ -60,18 +62,23 @@ inline void scores16(const float* k, const float* qt, __m512* s) {
   for (int kk = 0; kk < kLanes; ++kk) s[kk] = acc[kk];
 }
 
-// ot[d] = ot[d] * alpha + sum_j v[j][d] * p[j], 16 head-dim columns at a time.
+// ot[d] = ot[d] * alpha + sum_j v[j][d] * p[j] for W head-dim columns from d0 (W <= 16).
+template <int D, int W>
+inline void accumulate_pv_cols(const float* v, int n, const __m512* p, __m512 alpha, float* ot, int d0) {
+  __m512 acc[W];
+  for (int dd = 0; dd < W; ++dd) acc[dd] = _mm512_mul_ps(_mm512_load_ps(ot + (d0 + dd) * kLanes), alpha);
+  for (int j = 0; j < n; ++j) {
+    const float* vj = v + j * D + d0;
+    for (int dd = 0; dd < W; ++dd) acc[dd] = _mm512_fmadd_ps(_mm512_set1_ps(vj[dd]), p[j], acc[dd]);
+  }
+  for (int dd = 0; dd < W; ++dd) _mm512_store_ps(ot + (d0 + dd) * kLanes, acc[dd]);
+}
+
+// ot[d] = ot[d] * alpha + sum_j v[j][d] * p[j]: 16 head-dim columns at a time, then the last D % 16.
 template <int D>
 inline void accumulate_pv(const float* v, int n, const __m512* p, __m512 alpha, float* ot) {
-  for (int d0 = 0; d0 < D; d0 += 16) {
-    __m512 acc[16];
-    for (int dd = 0; dd < 16; ++dd) acc[dd] = _mm512_mul_ps(_mm512_load_ps(ot + (d0 + dd) * kLanes), alpha);
-    for (int j = 0; j < n; ++j) {
-      const float* vj = v + j * D + d0;
-      for (int dd = 0; dd < 16; ++dd) acc[dd] = _mm512_fmadd_ps(_mm512_set1_ps(vj[dd]), p[j], acc[dd]);
-    }
-    for (int dd = 0; dd < 16; ++dd) _mm512_store_ps(ot + (d0 + dd) * kLanes, acc[dd]);
-  }
+  for (int d0 = 0; d0 + 16 <= D; d0 += 16) accumulate_pv_cols<D, 16>(v, n, p, alpha, ot, d0);
+  if constexpr (D % 16 != 0) accumulate_pv_cols<D, D % 16>(v, n, p, alpha, ot, D - D % 16);
 }
 
 template <int D>
@@ -124,16 +131,19 @@ void lane_tile(const float* q, const float* k, const float* v, float* o, int row
     for (int d = 0; d < D; ++d) o[r * D + d] = ot[d * kLanes + r] * inv[r];
 }
 
-// One query row over keys [lo, hi), vectorised over the head dim (D / 16 zmm registers). With
+// One query row over keys [lo, hi), vectorised over the head dim (D / 16 zmm registers, the last one
+// partly used when 16 does not divide D). With
 // ml == nullptr o gets the attention output; otherwise o gets the unnormalised sum and ml the
 // (base-2 running max, sum of weights) pair, for a split-K caller to merge.
 template <int D>
 void row(const float* q, const float* k, const float* v, int32_t lo, int32_t hi, float scale, float* o,
          float* ml) {
-  constexpr int ND = D / 16;
+  constexpr int ND = (D + 15) / 16;
+  constexpr __mmask16 kLast = D % 16 ? (1u << (D % 16)) - 1 : 0xFFFF;  // live lanes of the last register
+  const auto cols = [](int c) -> __mmask16 { return c == ND - 1 ? kLast : 0xFFFF; };
   __m512 qv[ND], acc[ND];
   for (int c = 0; c < ND; ++c) {
-    qv[c] = _mm512_mul_ps(_mm512_loadu_ps(q + 16 * c), _mm512_set1_ps(scale * kLog2e));
+    qv[c] = _mm512_mul_ps(_mm512_maskz_loadu_ps(cols(c), q + 16 * c), _mm512_set1_ps(scale * kLog2e));
     acc[c] = _mm512_setzero_ps();
   }
   alignas(64) float s[kBlock];
@@ -143,8 +153,8 @@ void row(const float* q, const float* k, const float* v, int32_t lo, int32_t hi,
     float mnew = m;
     for (int j = 0; j < n; ++j) {
       const float* kj = k + (j0 + j) * D;
-      __m512 dot = _mm512_mul_ps(qv[0], _mm512_loadu_ps(kj));
-      for (int c = 1; c < ND; ++c) dot = _mm512_fmadd_ps(qv[c], _mm512_loadu_ps(kj + 16 * c), dot);
+      __m512 dot = _mm512_mul_ps(qv[0], _mm512_maskz_loadu_ps(cols(0), kj));
+      for (int c = 1; c < ND; ++c) dot = _mm512_fmadd_ps(qv[c], _mm512_maskz_loadu_ps(cols(c), kj + 16 * c), dot);
       s[j] = _mm512_reduce_add_ps(dot);
       mnew = std::max(mnew, s[j]);
     }
@@ -159,7 +169,7 @@ void row(const float* q, const float* k, const float* v, int32_t lo, int32_t hi,
     for (int j = 0; j < n; ++j) {
       const float* vj = v + (j0 + j) * D;
       const __m512 p = _mm512_set1_ps(s[j]);
-      for (int c = 0; c < ND; ++c) acc[c] = _mm512_fmadd_ps(p, _mm512_loadu_ps(vj + 16 * c), acc[c]);
+      for (int c = 0; c < ND; ++c) acc[c] = _mm512_fmadd_ps(p, _mm512_maskz_loadu_ps(cols(c), vj + 16 * c), acc[c]);
       sum += s[j];
     }
     l = l * alpha + sum;
@@ -170,7 +180,7 @@ void row(const float* q, const float* k, const float* v, int32_t lo, int32_t hi,
     ml[1] = l;
   }
   const __m512 inv = _mm512_set1_ps(ml ? 1.0f : 1.0f / l);
-  for (int c = 0; c < ND; ++c) _mm512_storeu_ps(o + 16 * c, _mm512_mul_ps(acc[c], inv));
+  for (int c = 0; c < ND; ++c) _mm512_mask_storeu_ps(o + 16 * c, cols(c), _mm512_mul_ps(acc[c], inv));
 }
 
 template <int D>
@@ -182,24 +192,28 @@ void tile(const float* q, const float* k, const float* v, float* o, int rows, Vi
   }
 }
 
-using TileFn = void (*)(const float*, const float*, const float*, float*, int, Visible, float);
-constexpr TileFn kTiles[] = {tile<16>,  tile<32>,  tile<48>,  tile<64>,  tile<80>,  tile<96>,
-                             tile<112>, tile<128>, tile<144>, tile<160>, tile<176>, tile<192>,
-                             tile<208>, tile<224>, tile<240>, tile<256>};
-using RowFn = void (*)(const float*, const float*, const float*, int32_t, int32_t, float, float*, float*);
-constexpr RowFn kRows[] = {row<16>,  row<32>,  row<48>,  row<64>,  row<80>,  row<96>,  row<112>, row<128>,
-                           row<144>, row<160>, row<176>, row<192>, row<208>, row<224>, row<240>, row<256>};
+// Every head dim that is a multiple of 4 up to kMaxDim: kTiles[D / 4 - 1].
+template <int... I>
+constexpr auto tiles(std::integer_sequence<int, I...>) {
+  return std::array{&tile<4 * (I + 1)>...};
+}
+template <int... I>
+constexpr auto rows(std::integer_sequence<int, I...>) {
+  return std::array{&row<4 * (I + 1)>...};
+}
+constexpr auto kTiles = tiles(std::make_integer_sequence<int, kMaxDim / 4>{});
+constexpr auto kRows = rows(std::make_integer_sequence<int, kMaxDim / 4>{});
 
 }  // namespace
 
 // q, o: `rows` consecutive query rows of one head; k, v: that head's K/V [lk, d_head], d_head a
-// multiple of 16 (the caller zero-pads). Query r sits at key position pos0 + r and sees keys j
+// multiple of 4. Query r sits at key position pos0 + r and sees keys j
 // with pos0 + r - window < j <= pos0 + r.
 extern "C" int32_t ek_attention_tile_f32(const float* q, const float* k, const float* v, float* o,
                                          int32_t rows, int32_t lk, int32_t d_head, int32_t pos0,
                                          int32_t window, float scale) {
-  if (d_head % 16 || d_head < 16 || d_head > kMaxDim || rows < 1 || rows > kLanes) return -1;
-  kTiles[d_head / 16 - 1](q, k, v, o, rows, Visible{pos0, window, lk}, scale);
+  if (d_head % 4 || d_head < 4 || d_head > kMaxDim || rows < 1 || rows > kLanes) return -1;
+  kTiles[d_head / 4 - 1](q, k, v, o, rows, Visible{pos0, window, lk}, scale);
   return 0;
 }
 
@@ -208,8 +222,8 @@ extern "C" int32_t ek_attention_tile_f32(const float* q, const float* k, const f
 extern "C" int32_t ek_attention_row_partial_f32(const float* q, const float* k, const float* v, float* o,
                                                 float* ml, int32_t lk, int32_t d_head, int32_t pos,
                                                 int32_t window, float scale, int32_t key_lo, int32_t key_hi) {
-  if (d_head % 16 || d_head < 16 || d_head > kMaxDim) return -1;
+  if (d_head % 4 || d_head < 4 || d_head > kMaxDim) return -1;
   const Visible vis{pos, window, lk};
-  kRows[d_head / 16 - 1](q, k, v, std::max(vis.lo(pos), key_lo), std::min(vis.hi(pos), key_hi), scale, o, ml);
+  kRows[d_head / 4 - 1](q, k, v, std::max(vis.lo(pos), key_lo), std::min(vis.hi(pos), key_hi), scale, o, ml);
   return 0;
 }

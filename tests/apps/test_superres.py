@@ -206,17 +206,29 @@ def set5_eval(capsys, scale: int, *options: str) -> dict:
     return read_json_lines(capsys.readouterr().out)[1]
 
 
+_EAGER_PSNR: dict[int, float] = {}  # Set5 PSNR-Y of eager per scale: measured once, compared by every backend
+
+
+def eager_psnr(capsys, scale: int) -> float:
+    if scale not in _EAGER_PSNR:
+        _EAGER_PSNR[scale] = set5_eval(capsys, scale)["psnr_y"]
+    return _EAGER_PSNR[scale]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("scale,paper", [(4, 32.33), (2, 38.09)])
 def test_eager_reproduces_paper_on_set5(scale, paper, capsys):
-    assert set5_eval(capsys, scale)["psnr_y"] == pytest.approx(paper, abs=0.02)
+    assert eager_psnr(capsys, scale) == pytest.approx(paper, abs=0.02)
 
 
+# x4 on every backend; x2 (the same graph with another upsampler) where a run is cheap: ExecuTorch's CPU build of
+# CFSR takes over a minute per Set5 pass here
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ["onnxruntime", "executorch", "tvm"])
-@pytest.mark.parametrize("scale", [4, 2])
-def test_compiled_backend_matches_eager_on_set5(backend, scale, tmp_path, capsys):
-    eager = set5_eval(capsys, scale)["psnr_y"]
-    compiled = set5_eval(capsys, scale, "--backend", backend, "--cache", str(tmp_path))
+@pytest.mark.parametrize("scale,backend", [(4, "onnxruntime"), (4, "executorch"), (4, "tvm"), (2, "onnxruntime"),
+                                           (2, "tvm")])
+def test_compiled_backend_matches_eager_on_set5(backend, scale, capsys):
+    eager = eager_psnr(capsys, scale)
+    # the session's artifact cache (conftest): an artifact another test compiled for the same model is reused
+    compiled = set5_eval(capsys, scale, "--backend", backend)
     assert compiled["backend"] == backend and compiled["n_images"] == 5
     assert compiled["psnr_y"] == pytest.approx(eager, abs=0.02)

@@ -39,7 +39,7 @@ def _check(b, h, hkv, lq, lk, d, **mask):
 
 
 @pytest.mark.parametrize("length", [1, 7, 113, 1023])
-@pytest.mark.parametrize("head_dim", [32, 64, 80, 128])
+@pytest.mark.parametrize("head_dim", [12, 24, 64, 80, 128])
 @pytest.mark.parametrize("causal", [False, True])
 def test_prefill_sweep(length, head_dim, causal):
     _check(1, 2, 2, length, length, head_dim, causal=causal)
@@ -69,7 +69,7 @@ def test_grouped_query(heads, kv_heads):
 
 
 @pytest.mark.parametrize("lq", [1, 3, 16, 17])
-@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("head_dim", [24, 64, 128])
 def test_decode_with_cache(lq, head_dim):
     """Lq < Lk: new queries sit at the end of the cache (bottom-right causal alignment)."""
     _check(1, 4, 2, lq, 4097, head_dim, causal=True)
