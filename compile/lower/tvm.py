@@ -59,7 +59,7 @@ def _folded_batch_norms(mod):
     this pipeline does not run: see tvm_schedule.fuse.)"""
     import numpy as np
     from tvm import relax
-    from tvm.relax.dpl import TupleGetItemPattern, is_const, is_op, rewrite_call, wildcard
+    from tvm.relax.dpl import TupleGetItemPattern, is_const, is_op, wildcard
 
     data, weight, bias = wildcard(), is_const(), is_const()
     conv = is_op("relax.nn.conv2d")(data, weight)
@@ -88,11 +88,7 @@ def _folded_batch_norms(mod):
         out = relax.Call(conv_call.op, [matches[data], folded], attrs)
         return relax.op.add(out, relax.const(shift.astype(np.float32).reshape(1, -1, 1, 1)))
 
-    pattern = TupleGetItemPattern(norm, 0)
-    for gv, fn in list(mod.functions.items()):
-        if isinstance(fn, relax.Function):
-            mod[gv] = rewrite_call(pattern, fold, fn)
-    return relax.transform.DeadCodeElimination()(mod)
+    return _rewrite_matches(mod, TupleGetItemPattern(norm, 0), fold)
 
 
 def _padded_convolutions(mod):
@@ -100,7 +96,7 @@ def _padded_convolutions(mod):
     frontends) folded into the conv's own padding: the pad was a copy of the feature map per call, and a layout
     change (tvm_schedule.channels_last) would transpose around it."""
     from tvm import relax
-    from tvm.relax.dpl import is_op, rewrite_call, wildcard
+    from tvm.relax.dpl import is_op, wildcard
 
     data, weight = wildcard(), wildcard()
     pad = is_op("relax.nn.pad")(data)
@@ -121,9 +117,18 @@ def _padded_convolutions(mod):
                                   kernel_layout=attrs.kernel_layout, out_layout=attrs.out_layout,
                                   out_dtype=attrs.out_dtype)
 
+    return _rewrite_matches(mod, conv, fold)
+
+
+def _rewrite_matches(mod, pattern, fold):
+    """Every match of the dataflow `pattern` in `mod`'s relax functions replaced by fold(expr, matches) (relax's
+    rewrite_call), then the bindings the replacements left unused removed."""
+    from tvm import relax
+    from tvm.relax.dpl import rewrite_call
+
     for gv, fn in list(mod.functions.items()):
         if isinstance(fn, relax.Function):
-            mod[gv] = rewrite_call(conv, fold, fn)
+            mod[gv] = rewrite_call(pattern, fold, fn)
     return relax.transform.DeadCodeElimination()(mod)
 
 

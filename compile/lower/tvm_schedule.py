@@ -155,7 +155,7 @@ def _conv2d_shapes(mod) -> list[tuple[int, int | None, int | None]]:
                     or not isinstance(weight, tvm.ir.GenericConst) or call.ty.shape is None):
                 return
             n, o, h, w = (_extent(d) for d in call.ty.shape)
-            taps = int(np.prod(weight.value.numpy().shape[1:]))
+            taps = int(np.prod([int(d) for d in weight.ty.shape][1:]))  # inputs per group x kernel height x width
             size = 1
             for d in (n, o, h, w):
                 size *= d if d is not None else 256  # a symbolic axis: weigh it as a mid-sized one

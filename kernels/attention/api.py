@@ -5,7 +5,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .build import SPLIT_SYMBOL, host_module, pool_threads
+from .build import HEAD_DIM_STEP, SPLIT_SYMBOL, host_module, pool_threads
 from .tir_kernel import TILE_ROWS
 
 MAX_HEAD_DIM = 256
@@ -25,7 +25,7 @@ def attention(q, k, v, *, causal=False, window=None, scale=None):
     _check(q, k, v, causal, window, scale)
     lq, d = q.shape[2], q.shape[3]
     scale = d**-0.5 if scale is None else float(scale)
-    pad = -d % 4  # the micro-kernel takes head dims in multiples of 4; zero columns change nothing
+    pad = -d % HEAD_DIM_STEP  # the micro-kernel takes head dims in multiples of it; zero columns change nothing
     q, k, v = (F.pad(t, (0, pad)) if pad else t.contiguous() for t in (q, k, v))
     out = torch.empty_like(q)
     args = (q, k, v, out, int(causal or window is not None), min(window or 0, _INT32_MAX), scale)

@@ -25,6 +25,7 @@ _HERE = Path(__file__).parent
 MICROKERNEL = _HERE / "microkernel_avx512.cc"
 SPLIT_SYMBOL = "attention_split_f32"
 MICROKERNEL_FLAGS = ["-O3", "-std=c++17", "-mavx512f", "-mavx512dq", "-mfma"]
+HEAD_DIM_STEP = 4  # the micro-kernel takes head dims that are multiples of this (its kTiles / kRows tables)
 
 def host_has_avx512() -> bool:
     if platform.machine() != "x86_64":

@@ -33,7 +33,7 @@ def link_fcompile(target: dict, fcompile=None):
 
 
 def _kernel(target: dict, head_dim: int, causal: bool, scale: float, dtype: str) -> tvm.tirx.PrimFunc:
-    if uses_microkernel(target) and head_dim % 4 == 0 and dtype == "float32":
+    if uses_microkernel(target) and head_dim % build.HEAD_DIM_STEP == 0 and dtype == "float32":
         func = tir_kernel.tile_driver
     else:
         func = tir_kernel.portable_kernel(head_dim, "cuda" if target["kind"] == "cuda" else "cpu", dtype)
