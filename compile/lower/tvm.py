@@ -268,6 +268,8 @@ def _inbound_slice(call):
     """`R.strided_slice` of symbolic bounds (a causal conv's `y[..., :L]` at a dynamic L) marked `assume_inbound`
     where every begin and end provably lies within its axis: TVM 0.27 legalizes the unmarked form with a clamp
     whose if_then_else it cannot type in a shape (relax "FInferType ... prim.if_then_else")."""
+    import functools
+
     import tvm
     from tvm import relax, tirx
 
@@ -283,9 +285,6 @@ def _inbound_slice(call):
         except (TypeError, ValueError, RuntimeError):  # not an integer expression: not provably in bounds
             return False
 
-    def nonnegative(e) -> bool:  # a size variable is never negative (the analyzer does not know that)
-        return isinstance(e, tirx.Var) or proven(e >= 0)
-
     x, axes, begin, end = call.args[:4]
     strides = call.args[4] if len(call.args) > 4 else None
     if not isinstance(x.ty, relax.TensorType) or x.ty.shape is None or not all(
@@ -294,13 +293,17 @@ def _inbound_slice(call):
     if strides is not None and not (isinstance(strides, relax.Tuple) and all(
             isinstance(v, int) and v == 1 for v in map(_prim, strides.fields))):
         return None
-    for a, b, e in zip(axes.fields, begin.fields, end.fields):
-        extent = x.ty.shape[int(_prim(a)) % x.ty.ndim]
-        b, e = _prim(b), _prim(e)
-        # negative bounds count from the end: left to TVM's clamping legalization
-        if not (proven(b >= 0) and nonnegative(e) and (isinstance(b, int) and b == 0 or proven(b <= e))
-                and proven(e <= extent)):
-            return None
+    # sizes are never negative (the analyzer does not know that of a shape's variables): e.g. a strided conv's
+    # output length (L - 1) // 4 + 1 is then provably >= 0
+    sizes = [v for d in x.ty.shape for v in tirx.analysis.undefined_vars(d)]
+    with analyzer.constraint_scope(functools.reduce(tirx.And, [v >= 0 for v in sizes], tirx.const(True))):
+        for a, b, e in zip(axes.fields, begin.fields, end.fields):
+            extent = x.ty.shape[int(_prim(a)) % x.ty.ndim]
+            b, e = _prim(b), _prim(e)
+            # negative bounds count from the end: left to TVM's clamping legalization
+            if not (proven(b >= 0) and proven(e >= 0) and (isinstance(b, int) and b == 0 or proven(b <= e))
+                    and proven(e <= extent)):
+                return None
     return relax.op.strided_slice(*call.args, assume_inbound=True)
 
 

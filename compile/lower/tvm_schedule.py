@@ -38,6 +38,10 @@ from tvm.s_tir.schedule.analysis import is_output_block
 
 _OPAQUE = 8  # relax OpPatternKind.kOpaque: FuseOps leaves such calls alone
 _MIN_LANES = 4  # narrowest vector the rule emits (a 128-bit register of fp32)
+# Tile width along a symbolic innermost axis. The tail tile (width % tile columns) runs as scalar code over the whole
+# tile under its bounds predicate, so its cost grows with the tile width: with 8 columns CFSR at 193x257 runs at 1.1x
+# its static build, with 32 (two AVX-512 vectors) at 1.8-1.9x (one thread; docs/benchmarks.md).
+_SYMBOLIC_WIDTH = 8
 
 
 def schedule(mod, tvm_target: dict, database: Path | None = None):
@@ -373,9 +377,9 @@ def _tile_reduction(sch, block, lanes: int) -> None:
     vec = spatial[-1] if spatial else None
     width = _vector_width(extents[vec], lanes) if vec is not None else 0
     if vec is not None and not width and extents[vec] is None:
-        # a symbolic innermost axis (an image's width): two vectors with a peeled tail, still contiguous; moving a
+        # a symbolic innermost axis (an image's width): a narrow vector with a peeled tail, still contiguous; moving a
         # constant axis (channels) innermost instead would scatter every accumulator store across the image
-        width = 2 * lanes
+        width = min(2 * lanes, _SYMBOLIC_WIDTH)
     elif vec is not None and not width:
         vec, width = _transposed_vector_axis(sch, block, spatial, extents, lanes) or (vec, 0)
         ivs = sch.get(block).iter_vars
@@ -387,11 +391,12 @@ def _tile_reduction(sch, block, lanes: int) -> None:
     row, reuses = _row_axis(sch.get(block), ivs, spatial, vec, extents)
     vec_o, vec_i = sch.split(loops[vec], [None, width])
     tiled = {vec: vec_o}
+    factors = {vec: width}
     inner = [vec_i]
     if row is not None:
         rows = _rows(width, lanes)
-        row_o, row_i = sch.split(loops[row], [None, rows if extents[row] is None
-                                              else _largest_divisor(extents[row], rows)])
+        factors[row] = rows if extents[row] is None else _largest_divisor(extents[row], rows)
+        row_o, row_i = sch.split(loops[row], [None, factors[row]])
         tiled[row] = row_o
         inner.insert(0, row_i)
     outer = [tiled.get(i, loops[i]) for i in spatial]
@@ -400,18 +405,43 @@ def _tile_reduction(sch, block, lanes: int) -> None:
     tails = [tiled[i] for i in (vec, row) if i is not None and extents[i] is None]
     anchor = _parallel_tiles(sch, outer, tails, [loops[i] for i in reduce], inner)
     consumers = [sch.cache_write(block, 0, "local")] if is_output_block(sch, block) else sch.get_consumers(block)
+    iter_vars = [iv.var for iv in sch.get(block).iter_vars]
     for consumer in consumers:
         try:
             sch.reverse_compute_at(consumer, anchor, preserve_unit_loops=True)
         except ScheduleError:
             continue  # stays at the root and is scheduled as elementwise
         _vectorize_innermost(sch, consumer, lanes)
+    if tails:
+        _tile_accumulator(sch, block, {iter_vars[i]: f for i, f in factors.items() if extents[i] is None})
     if row is not None:
-        sch.unroll(inner[0])
+        sch.unroll(row_i)
     sch.vectorize(vec_i)
     sch.decompose_reduction(block, loops[reduce[0]])  # the init copies the unrolled, vectorised tile loops
     for loop in tails:
         _partition_tail(sch, loop)
+
+
+def _tile_accumulator(sch, block, factors: dict) -> None:
+    """Store the accumulator of a reduction tiled over symbolic extents as tiles: each dimension indexed by a tiled
+    block iter (`factors`: iter var -> tile size) becomes (index // size, index % size). The tail tile's bounds
+    predicate stays, but each tile now lies inside the buffer, so TVM's buffer compaction shrinks the accumulator
+    to one constant tile per thread, kept in registers (before: a whole image plane per thread, in memory)."""
+    from tvm.tirx import IndexMap
+
+    region = sch.get(block).writes[0].region
+    split = [next((f for var, f in factors.items() if _uses(r.min, var)), None) for r in region]
+    if not any(split):
+        return
+
+    def tiles(*index):
+        out = []
+        for i, f in zip(index, split):
+            out += [i // f, i % f] if f else [i]
+        return out
+
+    sch.transform_layout(block, ("write", 0), IndexMap.from_func(tiles, ndim=len(region)),
+                         assume_injective_transform=True)
 
 
 def _parallel_tiles(sch, outer, tails, reduce, inner):

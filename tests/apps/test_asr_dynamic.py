@@ -97,6 +97,20 @@ def test_compiled_dynamic_length_matches_eager(compiled, eager, samples):
     assert compiled(audio) == eager(audio)
 
 
+def test_tvm_takes_the_dynamic_length_too(weights, artifacts, eager):
+    """TVM lowers the graph at a symbolic length (the causal convs' cut to (L - 1) // 4 + 1 frames is proven in
+    range; unproven, TVM 0.27's clamp put an if_then_else into a shape it cannot type) and matches eager."""
+    from edgekit.apps.asr.recognizer import SambaRecognizer
+
+    tvm_recognizer = SambaRecognizer(weights, "tvm", artifacts, window=WINDOW)
+    audio = _speech(13457)
+    frames = (13457 // HOP + 1) // samba.SUBSAMPLE
+    got, want = tvm_recognizer.graph(samba.frame_audio(audio, MAX_HOPS)), eager.graph(audio[None])
+    for g, w in zip(got, want):
+        assert float(np.abs(g[:, :frames] - w[:, :frames]).max()) < 1e-3
+    assert tvm_recognizer(audio) == eager(audio)
+
+
 def test_compiled_artifact_records_and_verifies_the_dynamic_length(compiled, weights, artifacts):
     from edgekit.apps.asr.common import VERIFY_TOLERANCE
     from edgekit.compile import cache
