@@ -237,7 +237,7 @@ def test_symbolic_extents_are_scheduled_and_match_eager_at_each_size(name, tmp_p
 @pytest.mark.parametrize("name", ["conv2d", "matmul"])
 def test_symbolic_tiles_accumulate_in_a_constant_register_tile(name):
     """A conv over a symbolic image (and a matmul over symbolic rows and columns): after TVM's buffer compaction
-    each thread's accumulator is one constant tile (rows x two vectors), not a slice of the whole image, so the tail
+    each thread's accumulator is one constant tile (rows x one vector), not a slice of the whole image, so the tail
     tile's bounds predicate costs nothing in the full tiles (CFSR at a symbolic size ran 1.6x slower before)."""
     from tvm import s_tir
 
