@@ -405,7 +405,6 @@ def _tile_reduction(sch, block, lanes: int) -> None:
     tails = [tiled[i] for i in (vec, row) if i is not None and extents[i] is None]
     anchor = _parallel_tiles(sch, outer, tails, [loops[i] for i in reduce], inner)
     consumers = [sch.cache_write(block, 0, "local")] if is_output_block(sch, block) else sch.get_consumers(block)
-    iter_vars = [iv.var for iv in sch.get(block).iter_vars]
     for consumer in consumers:
         try:
             sch.reverse_compute_at(consumer, anchor, preserve_unit_loops=True)
@@ -413,7 +412,7 @@ def _tile_reduction(sch, block, lanes: int) -> None:
             continue  # stays at the root and is scheduled as elementwise
         _vectorize_innermost(sch, consumer, lanes)
     if tails:
-        _tile_accumulator(sch, block, {iter_vars[i]: f for i, f in factors.items() if extents[i] is None})
+        _tile_accumulator(sch, block, {ivs[i].var: f for i, f in factors.items() if extents[i] is None})
     if row is not None:
         sch.unroll(row_i)
     sch.vectorize(vec_i)
